@@ -1,0 +1,225 @@
+"""Low-level decoders and encoders for each file format, built on the field's readers.
+
+Pillow reads PNG/JPEG, tifffile reads TIFF, nibabel reads NIfTI. Every decoder returns
+``(array, meta)`` where ``array`` is channel-first ``(C, *spatial)`` in the file's own dtype and ``meta``
+holds ``spacing`` (spatial order), ``spatial_dims`` and format details. :mod:`unetseg.data.io` wraps these
+with the checks and the one-line :class:`~unetseg.errors.DataError` messages.
+
+Axis conventions (documented for users in :mod:`unetseg.data.io`):
+
+* 2D rasters are ``(H, W)``; colour comes first as channels (RGB -> C=3; an alpha channel is dropped).
+* 3D arrays are ``(D, H, W)`` = ``(z, y, x)``. NIfTI stores ``(x, y, z)``: it is transposed on reading and
+  back on writing, so 3D TIFF stacks and NIfTI volumes share one order (the SimpleITK / nnU-Net order).
+* TIFF axes come from the file's metadata (ImageJ, OME or tifffile's own): ``C``/``S`` are channels,
+  ``Z`` is depth. A leading axis without a name (``Q``/``I``: a plain multi-page TIFF) is depth; the
+  dataset loader turns it into channels when the image's mask is 2D of the same height and width
+  (``meta["planes_unlabelled"]`` marks this case).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Guard against headers claiming absurd sizes (fuzzed or corrupt files): refuse before allocating.
+MAX_ELEMENTS = 1 << 31
+
+_SIGNATURES = {
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    "gzip": (b"\x1f\x8b",),
+}
+
+
+def sniff(head: bytes) -> str | None:
+    """The format a file's first bytes name (``png``, ``jpeg``, ``tiff``, ``gzip``, ``nifti``), or None."""
+    for name, sigs in _SIGNATURES.items():
+        if any(head.startswith(s) for s in sigs):
+            return name
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") in (348, 540):
+        return "nifti"
+    if len(head) >= 4 and int.from_bytes(head[:4], "big") in (348, 540):
+        return "nifti"
+    return None
+
+
+def _check_size(shape: tuple[int, ...]) -> None:
+    if any(s <= 0 for s in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+        raise ValueError(f"implausible image size {tuple(shape)}")
+
+
+# ---------------------------------------------------------------------------------------------- Pillow
+def _pil_array(im: Any, *, mask: bool) -> np.ndarray:
+    """Decode a Pillow image to ``(C, H, W)``; palette masks keep their indices, images get colours."""
+    mode = im.mode
+    if mask and mode in ("P", "PA"):
+        arr = np.asarray(im.getchannel(0) if mode == "PA" else im)
+    elif mode in ("P", "PA"):
+        rgb = im.convert("RGB")
+        arr = np.asarray(rgb)
+        if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+            arr = arr[..., 0]  # a grey palette is a grey image
+    elif mode in ("LA", "La", "RGBA", "RGBa"):
+        arr = np.asarray(im)[..., :-1]  # drop alpha
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        arr = np.asarray(im.convert("RGB"))
+    elif mode == "1":
+        arr = np.asarray(im).astype(np.uint8)
+    else:  # L, I, I;16*, F, RGB
+        arr = np.asarray(im)
+    arr = np.asarray(arr)
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+def read_pillow(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+    """Read a PNG/JPEG (or anything Pillow opens) to ``(C, H, W)``."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        # Pillow still refuses images over twice its pixel limit (DecompressionBombError).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            _check_size((im.height, im.width))
+            im.load()
+            arr = _pil_array(im, mask=mask)
+            fmt = (im.format or "").lower()
+    return arr, {"spacing": (1.0, 1.0), "spatial_dims": 2, "format": fmt or "png"}
+
+
+def write_pillow(path: Path, array: np.ndarray) -> None:
+    """Write ``(H, W)`` grey (uint8/uint16) or ``(3, H, W)`` uint8 RGB with Pillow (PNG by extension)."""
+    from PIL import Image
+
+    arr = array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+    if arr.ndim == 3:
+        arr = np.moveaxis(arr, 0, -1)
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+
+
+# ---------------------------------------------------------------------------------------------- TIFF
+_DEPTH_AXES = "ZQI"
+_CHANNEL_AXES = "CS"
+
+
+def read_tiff(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+    """Read a TIFF (2D, RGB, 3D stack, multi-channel) to ``(C, *spatial)`` following its axes metadata."""
+    import tifffile
+
+    quiet = logging.getLogger("tifffile")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # a corrupt file becomes one DataError line, not a screen of warnings
+    try:
+        return _read_tiff(path, tifffile)
+    finally:
+        quiet.setLevel(level)
+
+
+def _read_tiff(path: Path, tifffile: Any) -> tuple[np.ndarray, dict]:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, shape = series.axes, tuple(series.shape)
+        _check_size(shape)
+        arr = series.asarray()
+        spacing_yx = _tiff_resolution(tif.pages[0])
+        z_spacing = float((tif.imagej_metadata or {}).get("spacing", 1.0))
+    # Singleton axes other than Y/X carry no information (ImageJ hyperstacks have many of them).
+    keep = [i for i, a in enumerate(axes) if a in "YX" or shape[i] > 1]
+    arr = arr.reshape([shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    chan = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES]
+    depth = [i for i, a in enumerate(axes) if a in _DEPTH_AXES]
+    other = [a for a in axes if a not in "YX" + _CHANNEL_AXES + _DEPTH_AXES]
+    if len(chan) > 1 or len(depth) > 1 or other or "Y" not in axes or "X" not in axes:
+        raise ValueError(f"unsupported TIFF layout (axes {axes!r}, shape {arr.shape})")
+    order = chan + depth + [axes.index("Y"), axes.index("X")]
+    arr = np.transpose(arr, order)
+    if not chan:
+        arr = arr[None]
+    elif axes[chan[0]] == "S" and arr.shape[0] in (2, 4):
+        arr = arr[:-1]  # grey+alpha or RGBA: drop alpha
+    spatial_dims = arr.ndim - 1
+    spacing = (z_spacing, *spacing_yx) if spatial_dims == 3 else spacing_yx
+    meta = {"spacing": spacing, "spatial_dims": spatial_dims, "format": "tiff"}
+    if depth and axes[depth[0]] in "QI":
+        meta["planes_unlabelled"] = True
+    return arr, meta
+
+
+def _tiff_resolution(page: Any) -> tuple[float, float]:
+    out = []
+    for tag in ("YResolution", "XResolution"):
+        t = page.tags.get(tag)
+        try:
+            num, den = t.value
+            out.append(float(den) / float(num) if num else 1.0)
+        except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+            out.append(1.0)
+    return out[0], out[1]
+
+
+def write_tiff(path: Path, array: np.ndarray, *, spacing: tuple | None = None,
+               channels: bool = False) -> None:
+    """Write ``(*spatial)`` (``channels=False``) or ``(C, *spatial)`` with axes metadata and spacing."""
+    import tifffile
+
+    spatial = array.shape[1:] if channels else array.shape
+    axes = ("C" if channels else "") + ("ZYX" if len(spatial) == 3 else "YX")
+    sp = tuple(float(s) for s in (spacing or (1.0,) * len(spatial)))
+    if not channels and len(spatial) == 3 and array.dtype in (np.uint8, np.uint16, np.float32):
+        # ImageJ's flavour keeps the z spacing where Fiji and napari find it.
+        tifffile.imwrite(path, array, imagej=True, metadata={"axes": "ZYX", "spacing": sp[0]},
+                         resolution=(1.0 / sp[-1], 1.0 / sp[-2]))
+    else:
+        tifffile.imwrite(path, array, metadata={"axes": axes}, resolution=(1.0 / sp[-1], 1.0 / sp[-2]))
+
+
+# ---------------------------------------------------------------------------------------------- NIfTI
+def read_nifti(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+    """Read a NIfTI volume (3D, or 4D with channels last) to ``(C, z, y, x)`` keeping spacing and affine."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = tuple(int(s) for s in img.shape)
+    _check_size(shape)
+    if len(shape) < 2 or len(shape) > 4:
+        raise ValueError(f"unsupported NIfTI shape {shape}")
+    raw_dtype = np.dtype(img.get_data_dtype())
+    arr = np.asanyarray(img.dataobj)
+    arr = np.moveaxis(arr, -1, 0) if arr.ndim == 4 else arr[None]
+    # (x, y, z) on disk -> (z, y, x) in memory; zooms follow.
+    spatial_dims = arr.ndim - 1
+    arr = np.transpose(arr, (0, *range(spatial_dims, 0, -1)))
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial_dims])[::-1]
+    meta = {
+        "spacing": zooms,
+        "spatial_dims": spatial_dims,
+        "format": "nifti",
+        "affine": np.asarray(img.affine, dtype=np.float64),
+        "raw_dtype": str(raw_dtype),
+    }
+    return arr, meta
+
+
+def write_nifti(path: Path, array: np.ndarray, *, meta: dict | None = None, channels: bool = False) -> None:
+    """Write ``(z, y, x)`` (or ``(C, z, y, x)`` with ``channels``) as NIfTI ``(x, y, z[, C])`` with the
+    affine of ``meta`` (or a diagonal of its spacing)."""
+    import nibabel as nib
+
+    meta = meta or {}
+    spatial_dims = array.ndim - int(channels)
+    data = np.transpose(array, tuple(range(array.ndim - 1, -1, -1)))  # reversing all axes: both cases
+    affine = meta.get("affine")
+    if affine is None:
+        sp = tuple(meta.get("spacing") or (1.0,) * spatial_dims)[::-1]
+        affine = np.diag([*sp, *([1.0] * (4 - len(sp)))])
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.set_data_dtype(data.dtype)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))

@@ -1,0 +1,308 @@
+"""Reading and writing images and masks: PNG, JPEG, TIFF (2D, RGB, 3D stacks, float) and NIfTI.
+
+Every problem with a file becomes one :class:`~unetseg.errors.DataError` line that starts with the path
+(``data/images/cell_03.png: truncated or corrupt PNG file (cannot decode: image file is truncated)``);
+decoders never take the process down, whatever bytes they are given.
+
+Conventions:
+
+* images are channel-first ``(C, *spatial)`` float32: grey -> C=1, RGB -> C=3 (alpha is dropped),
+  nnU-Net ``NAME_0000``, ``NAME_0001``, ... files of one case -> C=k+1;
+* masks are ``(*spatial)`` arrays of the stored integer values (palette PNGs keep their indices);
+* 3D arrays are ``(z, y, x)`` for TIFF stacks and NIfTI alike; ``meta["spacing"]`` follows that order,
+  ``meta["affine"]`` is the NIfTI affine (x, y, z order, as stored), used again when writing.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetseg.data import formats
+from unetseg.errors import DataError
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".nii", ".nii.gz")
+MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".nii", ".nii.gz")
+NNUNET_IMAGE_DIRS: tuple[str, ...] = ("imagesTr", "imagesTs", "imagesVal")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_FORMAT_NAMES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+                 ".nii": "NIfTI", ".nii.gz": "NIfTI (gzip)"}
+
+
+def suffix_of(path: str | Path) -> str:
+    """The lower-case extension, ``.nii.gz`` counted as one."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def _plain_stem(path: Path) -> str:
+    return path.name[: len(path.name) - len(suffix_of(path))] if suffix_of(path) else path.name
+
+
+def channel_index(path: str | Path) -> tuple[str, int] | None:
+    """``(case, k)`` for an nnU-Net channel file ``imagesTr/CASE_000k.ext``, else None.
+
+    Only files inside an nnU-Net images folder (imagesTr/imagesTs/imagesVal) count, so ordinary names
+    that end in four digits (``scan_2019.png``) are left alone.
+    """
+    p = Path(path)
+    if p.parent.name not in NNUNET_IMAGE_DIRS:
+        return None
+    m = _CHANNEL_RE.match(_plain_stem(p))
+    return (m["case"], int(m["channel"])) if m else None
+
+
+def stem_of(path: str | Path) -> str:
+    """The case name of a file: ``a.nii.gz`` -> ``a``; ``imagesTs/a_0000.nii.gz`` -> ``a``."""
+    ch = channel_index(path)
+    return ch[0] if ch else _plain_stem(Path(path))
+
+
+def channel_files(path: str | Path) -> list[Path]:
+    """All channel files of the nnU-Net case ``path`` belongs to (``_0000``, ``_0001``, ... in order)."""
+    p = Path(path)
+    ch = channel_index(p)
+    if ch is None:
+        return [p]
+    ext = p.name[len(_plain_stem(p)):]
+    files, k = [], 0
+    while (f := p.with_name(f"{ch[0]}_{k:04d}{ext}")).exists():
+        files.append(f)
+        k += 1
+    return files or [p]
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def list_images(folder_or_file: str | Path) -> list[Path]:
+    """Supported image files of a folder (sorted; one path per case), or ``[file]`` for a single file.
+
+    A folder without images but with ``images/`` (or nnU-Net ``imagesTs/``, ``imagesTr/``) is looked into.
+    nnU-Net channel files are grouped: each case is listed once by its ``_0000`` file, and
+    :func:`read_image` of that file reads all its channels. Raises DataError for a missing path, an
+    unsupported file type or a folder without images.
+    """
+    p = Path(folder_or_file)
+    if p.is_file():
+        check_suffix(p, IMAGE_SUFFIXES)
+        return [p]
+    if not p.is_dir():
+        raise DataError(f"{p}: no such file or folder")
+    files = [f for f in _visible_files(p) if suffix_of(f) in IMAGE_SUFFIXES]
+    if not files:
+        for sub in ("images", "imagesTs", "imagesTr"):
+            if (p / sub).is_dir():
+                return list_images(p / sub)
+        raise DataError(f"{p}: no images found (supported: {', '.join(IMAGE_SUFFIXES)})")
+    return [f for f in files if (channel_index(f) or ("", 0))[1] == 0]
+
+
+def check_suffix(path: Path, allowed: tuple[str, ...] = IMAGE_SUFFIXES) -> str:
+    """Return the suffix of ``path`` or raise DataError when it is not one of ``allowed``."""
+    suffix = suffix_of(path)
+    if suffix not in allowed:
+        what = suffix or "(no extension)"
+        extra = "; JPEG is lossy, save masks as PNG or TIFF" if suffix in (".jpg", ".jpeg") else ""
+        raise DataError(f"{path}: unsupported file type {what} (supported: {', '.join(allowed)}){extra}")
+    return suffix
+
+
+def _decode(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+    suffix = check_suffix(path, MASK_SUFFIXES if mask else IMAGE_SUFFIXES)
+    name = _FORMAT_NAMES[suffix]
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror or e})") from None
+    if size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    kind = formats.sniff(head)
+    nifti = suffix in (".nii", ".nii.gz")
+    expected = ("gzip" if suffix == ".nii.gz" else "nifti") if nifti else None
+    if (nifti and kind != expected) or (not nifti and kind not in ("png", "jpeg", "tiff")):
+        raise DataError(f"{path}: not a {name} file (unrecognised content)")
+    try:
+        if nifti:
+            arr, meta = formats.read_nifti(path, mask=mask)
+        elif kind == "tiff":
+            arr, meta = formats.read_tiff(path, mask=mask)
+        else:
+            arr, meta = formats.read_pillow(path, mask=mask)
+        arr = np.asarray(arr)
+    except MemoryError:
+        raise DataError(f"{path}: image too large to decode") from None
+    except Exception as e:  # decoders raise anything on corrupt bytes; all of it is one user error
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        if type(e).__name__ == "DecompressionBombError":
+            raise DataError(f"{path}: image too large to decode ({reason})") from None
+        raise DataError(f"{path}: truncated or corrupt {name} file (cannot decode: {reason})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise DataError(f"{path}: {bad} NaN/inf pixel value(s)")
+    meta.update(path=str(path), dtype=str(arr.dtype), shape=tuple(int(s) for s in arr.shape[1:]))
+    return arr, meta
+
+
+def read_image(path: str | Path, *, group_channels: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an image as channel-first float32 ``(C, *spatial)`` and its metadata.
+
+    Args:
+        path: a PNG/JPEG/TIFF/NIfTI file. An nnU-Net ``_0000`` file reads all channels of its case
+            unless ``group_channels`` is False.
+    Returns:
+        ``(image, meta)``; ``meta`` has ``spacing`` (spatial order), ``spatial_dims``, ``dtype`` (the
+        stored pixel type), ``shape`` (spatial), ``path``, ``format`` and for NIfTI ``affine``.
+    Raises:
+        DataError: missing, empty, truncated, corrupt or unsupported file; NaN/inf pixels; channel files
+        of different sizes.
+    """
+    p = Path(path)
+    paths = channel_files(p) if group_channels else [p]
+    arrays, meta = [], {}
+    for f in paths:
+        arr, m = _decode(f, mask=False)
+        if arrays and arr.shape[1:] != arrays[0].shape[1:]:
+            raise DataError(f"{f}: size {arr.shape[1:]} differs from {paths[0].name} {arrays[0].shape[1:]}")
+        meta = meta or m
+        arrays.append(arr.astype(np.float32, copy=False))
+    image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    meta["channels"] = int(image.shape[0])
+    return image, meta
+
+
+def read_mask(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a label image as ``(*spatial)`` with its stored values (integers; whole-number floats become
+    integers). Raises DataError for corrupt files, colour masks with differing channels, NaN/inf and
+    fractional values."""
+    p = Path(path)
+    arr, meta = _decode(p, mask=True)
+    if arr.shape[0] > 1 and not all(np.array_equal(arr[0], arr[c]) for c in range(1, arr.shape[0])):
+        raise DataError(f"{p}: mask has {arr.shape[0]} different channels; expected one label image")
+    arr = arr[0]
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        raise DataError(f"{p}: mask has fractional values; expected integer labels")
+    if arr.dtype.kind in "fb":
+        arr = _mask_array(arr)
+    meta["dtype"] = str(arr.dtype)
+    meta.pop("planes_unlabelled", None)
+    return arr, meta
+
+
+def _mask_array(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "biu" or np.array_equal(labels, np.round(labels)):
+        lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+        if lo >= 0 and hi <= 255:
+            return labels.astype(np.uint8)
+        if lo >= 0 and hi <= 65535:
+            return labels.astype(np.uint16)
+        return labels.astype(np.int32)
+    return labels.astype(np.float32)
+
+
+def write_mask(path: str | Path, labels: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
+    """Write a label image: PNG for 2D, ``.nii``/``.nii.gz``/``.tif`` for 2D or 3D, chosen by extension.
+
+    Values 0..255 are written as uint8 (uint16 above). NIfTI keeps ``meta["affine"]`` (or a diagonal of
+    ``meta["spacing"]``); TIFF keeps ``meta["spacing"]``. Creates the parent folder. Returns the path.
+    """
+    p = Path(path)
+    suffix = check_suffix(p, MASK_SUFFIXES)
+    arr = _mask_array(labels)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
+            raise DataError(f"{p}: PNG holds 2D masks with values 0..65535; use .tif or .nii.gz")
+        formats.write_pillow(p, arr)
+    elif suffix in (".tif", ".tiff"):
+        formats.write_tiff(p, arr, spacing=(meta or {}).get("spacing"))
+    else:
+        formats.write_nifti(p, arr, meta=meta)
+    return p
+
+
+def write_image(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
+    """Write an image ``(*spatial)`` or ``(C, *spatial)`` in its own dtype (PNG/JPEG: uint8 or uint16 grey,
+    uint8 RGB; TIFF and NIfTI: anything). A 3D array is ``(C, H, W)`` unless ``meta["spatial_dims"]`` is 3.
+    Used by the synthetic generator and the tests."""
+    p = Path(path)
+    suffix = check_suffix(p, IMAGE_SUFFIXES)
+    arr = np.asarray(image)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    spatial_dims = (meta or {}).get("spatial_dims") or (3 if arr.ndim == 4 else 2)
+    channels = arr.ndim == spatial_dims + 1
+    if suffix in (".png", ".jpg", ".jpeg"):
+        formats.write_pillow(p, arr)
+    elif suffix in (".tif", ".tiff"):
+        formats.write_tiff(p, arr, spacing=(meta or {}).get("spacing"), channels=channels)
+    else:
+        formats.write_nifti(p, arr, meta=meta, channels=channels)
+    return p
+
+
+def write_probabilities(path: str | Path, probs: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
+    """Write per-class probabilities ``(C, *spatial)`` as one float32 TIFF with axes ``CYX``/``CZYX``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    formats.write_tiff(p, np.asarray(probs, dtype=np.float32), spacing=(meta or {}).get("spacing"),
+                       channels=True)
+    return p
+
+
+def match_channels(image: np.ndarray, channels: int, source: str | Path = "image") -> np.ndarray:
+    """Adapt a ``(C, *spatial)`` image to a model's input channels: grey -> RGB repeats, RGB -> grey
+    averages; any other mismatch is a DataError naming ``source``."""
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if c == 1:
+        return np.repeat(image, channels, axis=0)
+    if channels == 1 and c == 3:
+        return image.mean(axis=0, keepdims=True, dtype=np.float32)
+    raise DataError(f"{source}: image has {c} channel(s), the model expects {channels}")
+
+
+class SkipLog:
+    """Collects bad inputs skipped under ``--skip-bad``: one line per file on stderr, a count at the end."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+        self.messages: list[str] = []
+
+    def skip(self, error: Exception | str) -> None:
+        """Report one bad input (its one-line message) and count it."""
+        msg = str(error)
+        self.messages.append(msg)
+        print(f"skipped: {msg}", file=self.stream or sys.stderr)
+
+    @property
+    def count(self) -> int:
+        return len(self.messages)
+
+    def summary(self, what: str = "pair") -> str | None:
+        """Print and return ``skipped N bad pair(s)`` when something was skipped."""
+        if not self.messages:
+            return None
+        line = f"skipped {self.count} bad {what}(s); see the lines above"
+        print(line, file=self.stream or sys.stderr)
+        return line
+
+
+def save_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None = None,
+                 **kw: Any) -> Path:
+    """Coloured overlay PNG (see :func:`unetseg.data.overlay.save_overlay`)."""
+    from unetseg.data.overlay import save_overlay as _save
+
+    return _save(path, image, labels, truth, **kw)

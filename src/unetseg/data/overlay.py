@@ -1,0 +1,86 @@
+"""Coloured overlays of a segmentation on its image, written as PNG (for predict --overlay and evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# Class colours (class 1, 2, ...): the Tableau palette, distinct and colour-blind friendly enough.
+PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+], dtype=np.float32)
+FP_COLOUR, FN_COLOUR, WRONG_CLASS_COLOUR = (230, 30, 30), (40, 80, 255), (255, 215, 0)
+
+
+def _slice2d(array: np.ndarray, index: int | None, spatial_dims: int) -> np.ndarray:
+    if spatial_dims == 2:
+        return array
+    return array[..., index, :, :] if array.ndim == 4 else array[index]
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` float in [0, 1]: RGB images as colour, others by their first channel, each stretched
+    between its 1st and 99th percentile."""
+    img = image if image.ndim == 3 else image[None]
+    img = img[:3] if img.shape[0] == 3 else img[:1]
+    lo, hi = np.percentile(img, [1, 99])
+    out = np.clip((img - lo) / max(hi - lo, 1e-8), 0, 1)
+    return np.repeat(out, 3, axis=0).transpose(1, 2, 0) if out.shape[0] == 1 else out.transpose(1, 2, 0)
+
+
+def colourise(grey: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend class colours (class 0 left clear) over an ``(H, W, 3)`` [0, 1] image; returns uint8."""
+    rgb = grey * 255.0
+    fg = labels > 0
+    colours = PALETTE[(labels[fg].astype(np.int64) - 1) % len(PALETTE)]
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colours
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def error_map(grey: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """False positives red, false negatives blue, wrong foreground class yellow, over a dimmed image."""
+    rgb = grey * 160.0
+    fp = (labels > 0) & (truth == 0)
+    fn = (labels == 0) & (truth > 0)
+    wrong = (labels > 0) & (truth > 0) & (labels != truth)
+    for m, colour in ((fp, FP_COLOUR), (fn, FN_COLOUR), (wrong, WRONG_CLASS_COLOUR)):
+        rgb[m] = colour
+    return rgb.astype(np.uint8)
+
+
+def save_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None = None,
+                 *, slice_index: int | None = None) -> Path:
+    """Write a PNG of ``labels`` over ``image``; with ``truth``, the panels image | truth | prediction |
+    errors (FP red, FN blue, wrong class yellow) side by side.
+
+    Args:
+        image: ``(*spatial)`` or ``(C, *spatial)``, any range.
+        labels: class indices ``(*spatial)``; ``truth`` likewise.
+        slice_index: for 3D, the slice along the first axis; default the one with most foreground
+            (of ``truth`` when given, else of ``labels``).
+    """
+    labels = np.asarray(labels)
+    d = labels.ndim
+    image = np.asarray(image, dtype=np.float32)
+    if d == 3:
+        ref = truth if truth is not None else labels
+        if slice_index is None:
+            counts = (np.asarray(ref) > 0).reshape(ref.shape[0], -1).sum(1)
+            slice_index = int(np.argmax(counts)) if counts.any() else ref.shape[0] // 2
+    grey = _display(_slice2d(image, slice_index, d))
+    lab = _slice2d(labels, slice_index, d)
+    panels = [colourise(grey, lab)]
+    if truth is not None:
+        tru = _slice2d(np.asarray(truth), slice_index, d)
+        plain = colourise(grey, np.zeros_like(lab))
+        panels = [plain, colourise(grey, tru), panels[0], error_map(grey, lab, tru)]
+    gap = np.full((grey.shape[0], 4, 3), 255, dtype=np.uint8)
+    row = [p for panel in panels for p in (panel, gap)][:-1]
+    from PIL import Image
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(row, axis=1)).save(p)
+    return p

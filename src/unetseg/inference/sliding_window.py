@@ -1,0 +1,338 @@
+"""Sliding-window prediction of images of any size, 2D or 3D, with Gaussian blending.
+
+How a prediction is made (one code path for 2D/3D and for every engine):
+
+1. **Tile geometry.** The requested tile (default: the training patch) is rounded up to a multiple of
+   ``2**depth`` so a "same"-padding network needs no internal padding, and shrunk per axis to the image
+   where the image is smaller (that axis is then one pass over the whole extent, padded inside the
+   network as a plain forward pass would be: no wasted compute). For the valid-padding U-Net the tile is
+   the *input* size; each output tile is smaller by a constant margin, and the image is mirror-extended
+   by that margin on every side: the paper's overlap-tile strategy, so every output pixel sees context.
+2. **Grid.** Tile starts per axis are spread evenly so neighbours overlap by at least ``overlap`` (as in
+   nnU-Net) and are multiples of ``2**depth``, so every tile sees the pooling grid of a whole-image pass
+   (for the valid U-Net, tiling is then seamless: identical to one pass). When the last tile has to
+   reach past the image end (by less than ``2**depth`` pixels), the image is mirror-extended there
+   (``reflect``: real image content rather than zeros) and the extra output is cropped off. The grid is
+   the Cartesian product of the per-axis starts, computed once per image shape.
+3. **Batches.** Tiles go through the engine ``batch_size`` at a time (under ``torch.inference_mode``,
+   optional autocast / channels_last), with optional flip TTA. Softmax (sigmoid -> ``[1-p, p]`` for one
+   logit) and the multiplication by the importance map happen on the device; the weighted
+   probabilities are added into one float32 accumulator ``(classes, *spatial)`` on the *host*, so device
+   memory does not grow with the image. On CUDA the copy back overlaps the next batch's compute.
+4. **Blending.** The importance map is a product of 1-D Gaussians (sigma = tile/8, max 1 at the centre,
+   strictly positive). Because both the map and the grid are separable, the sum of the weights over all
+   tiles is an outer product of 1-D sums: no weight image is ever stored. Probabilities are divided by
+   it in place, chunk by chunk; labels skip the division (a positive per-pixel factor cannot change the
+   argmax) and are computed in chunks. Peak host memory: the image + one ``(classes, *spatial)``
+   float32 buffer + the labels (+ a mirror-extended copy of the image when one is needed).
+
+A single tile covering the whole image is used unweighted, so it equals a plain forward pass exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from unetseg.errors import ConfigError, DataError
+from unetseg.inference.engines import Engine, as_engine
+from unetseg.inference.tta import predict_probs
+
+BLENDS = ("gaussian", "constant")
+
+
+@functools.lru_cache(maxsize=64)
+def gaussian_1d(length: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """A 1-D Gaussian over ``length`` pixels, centred, max 1, sigma = ``sigma_scale * length``."""
+    x = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
+    sigma = max(sigma_scale * length, 1e-6)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    g = np.maximum(g / g.max(), 1e-6)  # strictly positive so the border is never divided by zero
+    g = g.astype(np.float32)
+    g.flags.writeable = False
+    return g
+
+
+def gaussian_importance_map(tile: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """The N-D importance map used to blend tiles: the outer product of :func:`gaussian_1d` per axis
+    (nnU-Net, Isensee et al. 2021). Positive everywhere, 1 at the centre, decaying towards the border."""
+    out = np.ones((), dtype=np.float32)
+    for n in tile:
+        out = np.multiply.outer(out, gaussian_1d(int(n), sigma_scale))
+    return out.astype(np.float32)
+
+
+def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> tuple[list[int], int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``size`` pixels with at least ``overlap``
+    (fraction of the tile) between neighbours, spread evenly from 0 to the end (as in nnU-Net).
+
+    Starts are multiples of ``align`` (2**depth), so every tile sees the same pooling grid as a pass over
+    the whole image; for the valid-padding U-Net that makes tiling seamless (identical to one pass).
+    Returns the starts and the covered extent (``>= size``; larger by less than ``align`` when the last
+    tile has to reach past the end, which is then mirror-extended).
+    """
+    if size <= tile:
+        return [0], tile
+    span = -(-(size - tile) // align) * align  # the last start
+    step = max(align, int(tile * (1.0 - overlap)) // align * align)
+    n = -(-span // step) + 1
+    # rounded to multiples of align, consecutive gaps stay <= step, so tiles still overlap enough
+    return [int(round(span * i / (n - 1) / align)) * align for i in range(n)], span + tile
+
+
+def _axis_weight_sum(size: int, tile: int, starts: list[int], weights: np.ndarray) -> torch.Tensor:
+    total = np.zeros(size, dtype=np.float64)
+    for s in starts:
+        total[s : s + tile] += weights
+    return torch.from_numpy(total.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything about one image shape that does not depend on the pixel values."""
+
+    tile_in: tuple[int, ...]
+    tile_out: tuple[int, ...]
+    margin: tuple[int, ...]  # mirror-extension per side (valid padding); 0 for "same" networks
+    domain: tuple[int, ...]  # output domain: the image, extended to the tiles' extent
+    starts: tuple[tuple[int, ...], ...]  # per axis
+    weighted: bool
+
+    @property
+    def num_tiles(self) -> int:
+        return math.prod(len(s) for s in self.starts)
+
+    def positions(self) -> Iterator[tuple[int, ...]]:
+        return itertools.product(*self.starts)
+
+
+class Predictor:
+    """Sliding-window predictor over any engine (PyTorch module, TorchScript, ONNX Runtime).
+
+    Args:
+        engine: an :class:`~unetseg.inference.engines.Engine` or a ``torch.nn.Module``.
+        num_classes, spatial_dims, in_channels: override the geometry read from the model (toy models).
+        tile: tile size per spatial axis (the input size for valid-padding nets); ``None``: whole image.
+        overlap: fraction of a tile shared with its neighbour, in [0, 1); ``None``: 0.25 (2D), 0.5 (3D).
+        blend: ``gaussian`` (importance map, default) or ``constant`` (plain average).
+        batch_size: tiles per forward pass.
+        tta: average over all flips (4 in 2D, 8 in 3D), mapped back.
+        device, precision: used when ``engine`` is a module (see :class:`TorchEngine`).
+        sigma_scale: Gaussian sigma as a fraction of the tile.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | nn.Module,
+        *,
+        num_classes: int | None = None,
+        spatial_dims: int | None = None,
+        in_channels: int | None = None,
+        tile: Sequence[int] | None = None,
+        overlap: float | None = None,
+        blend: str = "gaussian",
+        batch_size: int = 4,
+        tta: bool = False,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        sigma_scale: float = 0.125,
+    ) -> None:
+        self.engine = as_engine(engine, device, precision, num_classes=num_classes,
+                                spatial_dims=spatial_dims, in_channels=in_channels)
+        self.spatial_dims = self.engine.spatial_dims
+        self.num_classes = self.engine.num_classes
+        self.out_channels = max(2, self.num_classes)
+        if tile is not None:
+            tile = tuple(int(t) for t in tile)
+            if len(tile) != self.spatial_dims or min(tile) < 1:
+                raise ConfigError(f"tile {list(tile)}: expected {self.spatial_dims} positive sizes")
+        self.tile = tile
+        self.overlap = (0.25 if self.spatial_dims == 2 else 0.5) if overlap is None else float(overlap)
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"overlap {overlap}: expected a fraction in [0, 1)")
+        if blend not in BLENDS:
+            raise ConfigError(f"blend {blend!r}: expected one of {', '.join(BLENDS)}")
+        self.blend = blend
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch size {batch_size}: expected a positive number")
+        self.batch_size = int(batch_size)
+        self.tta = bool(tta)
+        self.sigma_scale = sigma_scale
+        self._plans: dict[tuple[int, ...], Plan] = {}
+
+    # ------------------------------------------------------------------ geometry
+    def plan(self, shape: Sequence[int]) -> Plan:
+        """The tiling of an image of spatial ``shape`` (cached per shape)."""
+        shape = tuple(int(s) for s in shape)
+        if shape not in self._plans:
+            if len(self._plans) >= 256:  # a folder of many sizes: keep the cache bounded
+                self._plans.clear()
+            self._plans[shape] = self._make_plan(shape)
+        return self._plans[shape]
+
+    def _make_plan(self, shape: tuple[int, ...]) -> Plan:
+        eng = self.engine
+        probe = eng.valid_input_size(tuple(max(2 * eng.size_divisor, 8) for _ in shape))
+        margin = tuple((i - o) // 2 for i, o in zip(probe, eng.output_size(probe), strict=True))
+        # one pass (tile None) or an axis the image does not fill: the image plus the margins
+        whole = tuple(s + 2 * m for s, m in zip(shape, margin, strict=True))
+        if self.tile is None:
+            want = whole
+        else:
+            # "same" nets: a multiple of 2**depth avoids internal padding; valid nets round by themselves
+            div = 1 if any(margin) else eng.size_divisor
+            rounded = (max(-(-t // div) * div, 2 * m + 1) for t, m in zip(self.tile, margin, strict=True))
+            want = tuple(min(t, w) for t, w in zip(rounded, whole, strict=True))
+        tile_in = eng.valid_input_size(want)
+        tile_out = eng.output_size(tile_in)
+        if any(o < 1 for o in tile_out):
+            raise ConfigError(f"tile {list(tile_in)} is too small for this network (output {list(tile_out)})")
+        align = eng.size_divisor
+        axes = [tile_starts(s, o, self.overlap, align) for s, o in zip(shape, tile_out, strict=True)]
+        starts = tuple(tuple(a[0]) for a in axes)
+        domain = tuple(a[1] for a in axes)
+        weighted = self.blend == "gaussian" and math.prod(len(s) for s in starts) > 1
+        return Plan(tile_in, tile_out, margin, domain, starts, weighted)
+
+    # ------------------------------------------------------------------ public API
+    def predict_proba(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Probabilities ``(max(2, num_classes), *spatial)`` float32 of an already-normalised image
+        ``(C, *spatial)``; rows sum to 1."""
+        acc, plan = self._accumulate(image)
+        return self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
+
+    def predict(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Class indices with the image's spatial shape (uint8, or uint16 beyond 256 classes)."""
+        acc, plan = self._accumulate(image)
+        return self._argmax(acc, tuple(image.shape[1:]))
+
+    def predict_both(self, image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, probabilities)`` from one pass over the tiles."""
+        acc, plan = self._accumulate(image)
+        probs = self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
+        return self._argmax(torch.from_numpy(probs), probs.shape[1:]), probs
+
+    # ------------------------------------------------------------------ internals
+    def _check(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+        if x.ndim != self.spatial_dims + 1:
+            raise DataError(f"image of shape {tuple(x.shape)}: expected (C, *spatial), {self.spatial_dims}D")
+        if x.shape[0] != self.engine.in_channels:
+            raise DataError(f"image has {x.shape[0]} channels, the model expects {self.engine.in_channels}")
+        if min(x.shape[1:]) < 1:
+            raise DataError(f"image of shape {tuple(x.shape)} is empty")
+        return x.detach().to("cpu", torch.float32)
+
+    def _mirror(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Mirror-extend by the margin on every side, and at the end up to the output domain."""
+        pads = [(m, m + d - s) for m, d, s in zip(plan.margin, plan.domain, x.shape[1:], strict=True)]
+        if not any(a or b for a, b in pads):
+            return x
+        # numpy's reflect handles pads longer than the axis (repeated reflection) and 1-pixel axes
+        return torch.from_numpy(np.pad(x.numpy(), [(0, 0), *pads], mode="reflect"))
+
+    def _weights(self, plan: Plan) -> torch.Tensor | None:
+        if not plan.weighted:
+            return None
+        g = gaussian_importance_map(plan.tile_out, self.sigma_scale)
+        return torch.from_numpy(g).to(self.engine.device)
+
+    def _accumulate(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Plan]:
+        x = self._check(image)
+        plan = self.plan(x.shape[1:])
+        src = self._mirror(x, plan)
+        acc = torch.zeros((self.out_channels, *plan.domain), dtype=torch.float32)
+        weights = self._weights(plan)
+        dev = self.engine.device
+        cuda = dev.type == "cuda"
+        positions = list(plan.positions())
+        in_buf = [self._buffer((self.batch_size, src.shape[0], *plan.tile_in), cuda) for _ in range(2)]
+        out_buf = [self._buffer((self.batch_size, self.out_channels, *plan.tile_out), cuda) for _ in range(2)]
+        pending: tuple | None = None
+        with torch.inference_mode():
+            for k, first in enumerate(range(0, len(positions), self.batch_size)):
+                batch = positions[first : first + self.batch_size]
+                xb = in_buf[k % 2][: len(batch)]
+                for j, p in enumerate(batch):
+                    xb[j].copy_(src[_box(p, plan.tile_in)])
+                probs = predict_probs(self.engine, xb.to(dev, non_blocking=True), self.spatial_dims, self.tta)
+                if tuple(probs.shape[2:]) != plan.tile_out:
+                    raise ConfigError(
+                        f"the model returned tiles of {tuple(probs.shape[2:])} for input {plan.tile_in}; "
+                        f"expected {plan.tile_out}"
+                    )
+                if weights is not None:
+                    probs.mul_(weights)
+                if cuda:  # copy back asynchronously; add the previous batch while this one computes
+                    host = out_buf[k % 2][: len(batch)]
+                    host.copy_(probs, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    if pending is not None:
+                        self._add(acc, plan, *pending)
+                    pending = (batch, host, event)
+                else:
+                    self._add(acc, plan, batch, probs, None)
+            if pending is not None:
+                self._add(acc, plan, *pending)
+        return acc, plan
+
+    @staticmethod
+    def _buffer(shape: tuple[int, ...], pinned: bool) -> torch.Tensor:
+        return torch.empty(shape, dtype=torch.float32, pin_memory=pinned)
+
+    @staticmethod
+    def _add(acc: torch.Tensor, plan: Plan, batch: list, probs: torch.Tensor, event) -> None:
+        if event is not None:
+            event.synchronize()
+        probs = probs.to("cpu")
+        for j, p in enumerate(batch):
+            acc[_box(p, plan.tile_out)].add_(probs[j])
+
+    def _normalise(self, acc: torch.Tensor, plan: Plan, image_shape: tuple[int, ...]) -> np.ndarray:
+        """Divide by the summed tile weights (outer product of per-axis sums), in place, in chunks."""
+        sums = []
+        for d, t, s in zip(plan.domain, plan.tile_out, plan.starts, strict=True):
+            w = gaussian_1d(t, self.sigma_scale) if plan.weighted else np.ones(t, np.float32)
+            sums.append(_axis_weight_sum(d, t, list(s), w))
+        rest = sums[1:]
+        inner = rest[0] if rest else torch.ones(())
+        for extra in rest[1:]:
+            inner = torch.outer(inner.reshape(-1), extra).reshape(*inner.shape, *extra.shape)
+        if plan.num_tiles > 1:
+            for i, chunk in _chunks(plan.domain[0], inner.numel()):
+                acc[:, i:chunk].div_(sums[0][i:chunk].reshape(-1, *([1] * inner.ndim)) * inner)
+        # a view (strided when the tiles reached past the image): no second full-size copy
+        return acc[_box((0,) * len(image_shape), image_shape)].numpy()
+
+    def _argmax(self, acc: torch.Tensor, image_shape: tuple[int, ...]) -> np.ndarray:
+        """Labels by a running max over the classes, chunk by chunk (first maximum wins, as argmax; about
+        10x faster than ``argmax(dim=0)`` over a class-first layout, and the temporaries stay small)."""
+        dtype = torch.uint8 if self.out_channels <= 256 else torch.int32
+        labels = torch.zeros(image_shape, dtype=dtype)
+        for i, j in _chunks(image_shape[0], math.prod(image_shape[1:])):
+            part = acc[_box((i, *(0 for _ in image_shape[1:])), (j - i, *image_shape[1:]))]
+            best, out = part[0].clone(), labels[i:j]
+            for c in range(1, part.shape[0]):
+                out.masked_fill_(part[c] > best, c)
+                torch.maximum(best, part[c], out=best)
+        return labels.numpy() if dtype == torch.uint8 else labels.numpy().astype(np.uint16)
+
+
+def _box(start: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
+    """Index of the box ``[start, start + size)`` in a ``(C, *spatial)`` array, all channels."""
+    return (slice(None), *(slice(a, a + n) for a, n in zip(start, size, strict=True)))
+
+
+def _chunks(n: int, row_size: int, target: int = 1 << 22) -> Iterator[tuple[int, int]]:
+    """Ranges over the first axis holding about ``target`` elements each (bounds the temporaries)."""
+    step = max(1, target // max(1, row_size))
+    for i in range(0, n, step):
+        yield i, min(n, i + step)

@@ -1,0 +1,155 @@
+"""Dimension-agnostic layer factories (in the spirit of MONAI's ``Conv[...]``/``Norm[...]`` factories).
+
+Every block of every architecture is built from these, so 2D and 3D networks share one code path:
+``spatial_dims`` picks ``Conv2d`` or ``Conv3d``, ``BatchNorm2d`` or ``BatchNorm3d``, and so on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from unetseg.errors import ConfigError
+
+NORMS = ("batch", "instance", "group", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu")
+UPSAMPLES = ("transpose", "bilinear", "nearest")
+LEAKY_SLOPE = 0.01
+
+
+def check_choice(option: str, value: object, allowed: Sequence[str]) -> str:
+    """Return ``value`` when it is one of ``allowed``, else raise a :class:`ConfigError` listing them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{option}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+    return value
+
+
+def check_dims(spatial_dims: object) -> int:
+    """Return ``spatial_dims`` when it is 2 or 3, else raise a :class:`ConfigError`."""
+    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+        raise ConfigError(f"spatial_dims={spatial_dims!r} is not allowed; choose 2 or 3")
+    return int(spatial_dims)  # type: ignore[call-overload]
+
+
+def conv(dims: int) -> type[nn.Module]:
+    """The convolution class for ``dims`` spatial dimensions (``nn.Conv2d`` / ``nn.Conv3d``)."""
+    return (nn.Conv2d, nn.Conv3d)[check_dims(dims) - 2]
+
+
+def conv_transpose(dims: int) -> type[nn.Module]:
+    """The transposed convolution class for ``dims`` spatial dimensions."""
+    return (nn.ConvTranspose2d, nn.ConvTranspose3d)[check_dims(dims) - 2]
+
+
+def pool(dims: int) -> nn.Module:
+    """2x max pooling (kernel 2, stride 2), the U-Net down-step."""
+    return (nn.MaxPool2d, nn.MaxPool3d)[check_dims(dims) - 2](kernel_size=2, stride=2)
+
+
+def dropout(dims: int, p: float) -> nn.Module:
+    """Channel-wise (spatial) dropout with probability ``p``; ``nn.Identity`` when ``p == 0``."""
+    if p == 0:
+        return nn.Identity()
+    return (nn.Dropout2d, nn.Dropout3d)[check_dims(dims) - 2](p)
+
+
+def group_count(channels: int, max_groups: int = 8) -> int:
+    """The largest group count ``<= max_groups`` that divides ``channels`` (for GroupNorm)."""
+    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+
+
+def norm(name: str, dims: int, channels: int) -> nn.Module:
+    """A normalisation layer: ``batch``, ``instance`` (affine), ``group`` (up to 8 groups) or ``none``."""
+    name = check_choice("norm", name, NORMS)
+    i = check_dims(dims) - 2
+    if name == "batch":
+        return (nn.BatchNorm2d, nn.BatchNorm3d)[i](channels)
+    if name == "instance":
+        return (nn.InstanceNorm2d, nn.InstanceNorm3d)[i](channels, affine=True)
+    if name == "group":
+        return nn.GroupNorm(group_count(channels), channels)
+    return nn.Identity()
+
+
+def act(name: str) -> nn.Module:
+    """An activation: ``relu``, ``leaky_relu`` (slope 0.01) or ``gelu``."""
+    name = check_choice("activation", name, ACTIVATIONS)
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+    return nn.GELU()
+
+
+def interp_mode(dims: int, mode: str = "bilinear") -> str:
+    """The ``F.interpolate`` mode: ``bilinear`` becomes ``trilinear`` in 3D; ``nearest`` stays."""
+    return mode if mode == "nearest" else ("bilinear", "trilinear")[check_dims(dims) - 2]
+
+
+def upsample(mode: str, dims: int, in_ch: int, out_ch: int) -> nn.Module:
+    """A 2x up-step from ``in_ch`` to ``out_ch`` channels.
+
+    ``transpose``: ``ConvTranspose`` kernel 2 stride 2 (the 2015 paper's "up-convolution").
+    ``bilinear`` (trilinear in 3D) / ``nearest``: fixed interpolation followed by a 3x3 convolution, which
+    avoids the checkerboard artefacts of transposed convolutions (Odena et al., Distill 2016). A 1x1
+    convolution after interpolation would be redundant (it commutes with the interpolation).
+    """
+    mode = check_choice("upsample", mode, UPSAMPLES)
+    if mode == "transpose":
+        return conv_transpose(dims)(in_ch, out_ch, kernel_size=2, stride=2)
+    align = None if mode == "nearest" else False
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode=interp_mode(dims, mode), align_corners=align),
+        conv(dims)(in_ch, out_ch, kernel_size=3, padding=1),
+    )
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """The layer choices shared by every block of one network.
+
+    Args:
+        dims: spatial dimensions, 2 or 3.
+        norm: one of :data:`NORMS`.
+        act: one of :data:`ACTIVATIONS`.
+        dropout: channel dropout probability at the end of each block (0 = off).
+        same: ``True`` pads 3x3 convolutions by 1 ("same"); ``False`` leaves them unpadded ("valid").
+    """
+
+    dims: int = 2
+    norm: str = "batch"
+    act: str = "relu"
+    dropout: float = 0.0
+    same: bool = True
+
+    def __post_init__(self) -> None:
+        check_dims(self.dims)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("activation", self.act, ACTIVATIONS)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ConfigError(f"dropout={self.dropout!r} is not allowed; give a number in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout={self.dropout!r} is not allowed; give a number in [0, 1)")
+
+    def conv(
+        self, in_ch: int, out_ch: int, kernel: int = 3, *, stride: int = 1, bias: bool = True
+    ) -> nn.Module:
+        """A convolution; 3x3 ones are padded by 1 for "same" padding and unpadded for "valid"."""
+        pad = kernel // 2 if self.same and stride == 1 else 0
+        return conv(self.dims)(in_ch, out_ch, kernel_size=kernel, stride=stride, padding=pad, bias=bias)
+
+    def norm_layer(self, channels: int) -> nn.Module:
+        return norm(self.norm, self.dims, channels)
+
+    def act_layer(self) -> nn.Module:
+        return act(self.act)
+
+    def dropout_layer(self) -> nn.Module:
+        return dropout(self.dims, float(self.dropout))
+
+    @property
+    def conv_bias(self) -> bool:
+        """A bias right before a normalisation layer is redundant (the norm removes the mean)."""
+        return self.norm == "none"

@@ -1,0 +1,85 @@
+"""DistributedDataParallel plumbing for ``torchrun --nproc_per_node N -m unetseg train ...``.
+
+torchrun sets RANK / LOCAL_RANK / WORLD_SIZE and the rendezvous variables; multi-node runs work the same
+way through its rendezvous. NCCL is used on CUDA, gloo on the CPU. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun; return (info, this process's device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), device
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, local_rank=local, world_size=world), device
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over ranks (a no-op when not distributed). Gloo reduces on the CPU."""
+    if not info.enabled:
+        return t
+    dev = t.device
+    buf = t.detach().to("cpu" if dist.get_backend() == "gloo" else dev).clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(dev)
+
+
+def broadcast_flag(flag: bool, info: DistInfo) -> bool:
+    """Rank 0's decision (stop now, time is up) for every rank, so all leave the loop together."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average floating-point buffers (batch-norm running statistics) over ranks.
+
+    DDP keeps parameters in step but each rank updates its own running statistics; averaging them before
+    validation and checkpointing leaves every replica identical and the statistics use all ranks' data.
+    """
+    if not info.enabled:
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            buf.copy_(all_reduce_sum(buf, info) / info.world_size)

@@ -1,0 +1,132 @@
+"""What a run writes while it trains: ``log.txt``, ``metrics.csv``, ``curves.png`` and the live bar."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+CSV_FIELDS = [
+    "epoch",
+    "step",
+    "train_loss",
+    "val_dice",
+    "val_dice_per_class",
+    "lr",
+    "patches_per_s",
+    "minutes",
+]
+
+
+class RunLogger:
+    """Appends to the run's log and metrics files and redraws the curves each epoch.
+
+    ``enabled=False`` (ranks other than 0) turns every method into a no-op, so only one set of files exists.
+    """
+
+    def __init__(self, run: Path, enabled: bool = True, quiet: bool = False) -> None:
+        self.run = Path(run)
+        self.enabled = enabled
+        self.console = Console(stderr=True, quiet=quiet or not enabled)
+        self.history: list[dict[str, Any]] = []
+        if enabled:
+            self.run.mkdir(parents=True, exist_ok=True)
+
+    def log(self, message: str, echo: bool = True) -> None:
+        if not self.enabled:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.run / "log.txt", "a") as f:
+            f.write(f"{stamp} {message}\n")
+        if echo:
+            self.console.print(message, highlight=False)
+
+    def load_history(self) -> None:
+        """Re-read metrics.csv on --resume so the curves go on from where they were."""
+        path = self.run / "metrics.csv"
+        if not path.is_file():
+            return
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                self.history.append({k: _num(v) for k, v in row.items()})
+
+    def truncate_history(self, last_epoch: int) -> None:
+        """Drop rows after the epoch a resumed run restarts from (a killed run may have written more)."""
+        self.history = [r for r in self.history if int(r["epoch"]) <= last_epoch]
+        self._write_csv()
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.history.append(row)
+        self._write_csv()
+        self.plot()
+
+    def _write_csv(self) -> None:
+        if not self.enabled:
+            return
+        tmp = self.run / ".metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in self.history:
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+        os.replace(tmp, self.run / "metrics.csv")
+
+    def plot(self) -> None:
+        plot_curves(self.history, self.run / "curves.png")
+
+    def progress(self, total: int) -> Progress:
+        return Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            TextColumn(
+                "loss {task.fields[loss]}  val Dice {task.fields[dice]}  {task.fields[speed]} patches/s"
+            ),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.enabled,
+            transient=False,
+        )
+
+
+def _num(v: str) -> Any:
+    if v == "":
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v else f
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation Dice per epoch, side by side (atomic write)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    loss = [r.get("train_loss") for r in history]
+    val = [(r["epoch"], r["val_dice"]) for r in history if r.get("val_dice") not in (None, "")]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(epochs, loss, marker="o", ms=3)
+    a1.set(title="training loss", xlabel="epoch", ylabel="loss")
+    if val:
+        a2.plot([e for e, _ in val], [d for _, d in val], marker="o", ms=3, color="tab:green")
+    a2.set(title="validation mean foreground Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(".curves.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,185 @@
+"""Class map, normalisation, split, dataset layouts (contract and nnU-Net), load_case and prepare_data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from unetseg.config import Config, DataConfig
+from unetseg.data.dataset import (
+    ClassMap,
+    Normalizer,
+    case_cache,
+    find_cases,
+    load_case,
+    normalize,
+    split_cases,
+)
+from unetseg.data.io import write_image, write_mask
+from unetseg.data.prepare import default_patch_size, prepare_data
+from unetseg.errors import ConfigError, DataError
+
+
+@pytest.mark.parametrize(
+    "values, mask, expected",
+    [
+        ([0, 255], [0, 255, 255, 0], [0, 1, 1, 0]),
+        ([0, 1, 2], [2, 0, 1, 2], [2, 0, 1, 2]),
+        ([0, 128, 255], [128, 255, 0, 0], [1, 2, 0, 0]),
+        ([255, 0], [0, 255, 255, 0], [1, 0, 0, 1]),  # user's order: 255 becomes the background
+    ],
+)
+def test_class_map_encode_decode(values, mask, expected):
+    cm = ClassMap(values)
+    for dtype in (np.uint8, np.uint16, np.int32, np.float32):
+        idx = cm.encode(np.asarray(mask, dtype=dtype))
+        np.testing.assert_array_equal(idx, expected)
+        assert idx.dtype == np.int64
+    decoded = cm.decode(np.asarray(expected))
+    np.testing.assert_array_equal(decoded, mask)
+    assert decoded.dtype == np.uint8
+
+
+def test_class_map_from_masks_and_errors(tmp_path):
+    masks = [np.array([[0, 255]], np.uint8), np.array([[0, 0]], np.uint8)]
+    assert ClassMap.from_masks(masks).values == [0.0, 255.0]
+    p = write_mask(tmp_path / "m.png", np.array([[0, 128], [255, 0]], np.uint8))
+    assert ClassMap.from_masks([p]).values == [0.0, 128.0, 255.0]
+    with pytest.raises(DataError, match="instance image"):
+        ClassMap.from_masks([np.arange(100, dtype=np.uint16).reshape(10, 10)])
+    with pytest.raises(DataError, match=r"^lab\.png: value\(s\) \[3\] not in the class map \[0, 1\]"):
+        ClassMap([0, 1]).encode(np.array([0, 3], np.uint8), source="lab.png")
+    with pytest.raises(ConfigError):
+        ClassMap([0, 0])
+
+
+def test_normalizers():
+    rng = np.random.default_rng(0)
+    img = rng.normal(50, 7, size=(2, 32, 32)).astype(np.float32)
+    img[1] *= 3
+    z = normalize(img, DataConfig())
+    np.testing.assert_allclose(z.mean(axis=(1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=(1, 2)), 1, atol=1e-3)
+    spiky = img.copy()
+    spiky[0, 0, 0] = 1e6  # an outlier the percentile clip removes
+    p = Normalizer("percentile", (1, 99))(spiky)
+    assert abs(p[0].max()) < 5
+    ct = np.array([[[-2000, -1000, 0, 1000, 3000]]], np.float32)
+    w = Normalizer("window", window=(-1000, 1000))(ct)
+    np.testing.assert_allclose(w[0, 0], [-1, -1, 0, 1, 1])
+    const = Normalizer()(np.full((1, 4, 4), 7, np.float32))
+    assert np.isfinite(const).all() and np.all(const == 0)
+    with pytest.raises(ConfigError, match="window"):
+        Normalizer.from_config(DataConfig(normalization="window"))
+    with pytest.raises(ConfigError, match="unknown"):
+        Normalizer("minmax")
+
+
+def test_split_is_seeded_and_complete(cells2d):
+    cases = find_cases(cells2d)
+    train, val = split_cases(cases, 0.34, seed=5)
+    assert len(val) == 2 and len(train) == 4
+    assert {c.name for c in train} | {c.name for c in val} == {c.name for c in cases}
+    assert [c.name for c in split_cases(cases, 0.34, seed=5)[1]] == [c.name for c in val]
+    assert split_cases(cases[:1], 0.2, 0) == (cases[:1], [])
+    with pytest.raises(ConfigError):
+        split_cases(cases, 1.0, 0)
+
+
+def _nnunet(root, n=3, channels=2):
+    (root / "imagesTr").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        for k in range(channels):
+            vol = rng.random((4, 6, 8)).astype(np.float32) + k
+            write_image(root / "imagesTr" / f"c{i}_{k:04d}.nii.gz", vol, {"spatial_dims": 3})
+        write_mask(root / "labelsTr" / f"c{i}.nii.gz", rng.integers(0, 3, (4, 6, 8)))
+    info = {"channel_names": {str(k): f"ch{k}" for k in range(channels)},
+            "labels": {"background": 0, "a": 1, "b": 2, "c": 3}, "numTraining": n, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(info))
+    return root
+
+
+def test_nnunet_layout(tmp_path):
+    root = _nnunet(tmp_path / "Dataset001_Toy")
+    cases = find_cases(root)
+    assert [c.name for c in cases] == ["c0", "c1", "c2"]
+    assert [p.name for p in cases[0].image_paths] == ["c0_0000.nii.gz", "c0_0001.nii.gz"]
+    image, labels, meta = load_case(cases[0], DataConfig(normalization="none"), ClassMap([0, 1, 2, 3]))
+    assert image.shape == (2, 4, 6, 8) and labels.shape == (4, 6, 8) and meta["spatial_dims"] == 3
+    assert image[1].min() >= 1.0  # channel 1 is the _0001 file
+    cfg = Config()
+    cfg.data.data = str(root)
+    prep = prepare_data(cfg)
+    assert prep.class_map.values == [0, 1, 2, 3] and prep.in_channels == 2  # labels from dataset.json
+    (root / "imagesTr" / "c1_0001.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"c1_0000\.nii\.gz: case c1 has 1 channel file\(s\), dataset.json"):
+        find_cases(root)
+
+
+def test_load_case_normalises_encodes_and_caches(cells2d):
+    case = find_cases(cells2d)[0]
+    cfg = DataConfig()
+    image, labels, meta = load_case(case, cfg, ClassMap([0, 255]), cache=True)
+    assert image.dtype == np.float32 and abs(float(image.mean())) < 1e-4
+    assert labels.dtype == np.int64 and set(np.unique(labels)) <= {0, 1}
+    assert meta["spacing"] == (1.0, 1.0) and len(case_cache.items) == 1
+    again, _, _ = load_case(case, cfg, ClassMap([0, 255]))
+    assert np.shares_memory(again, image)  # served from the cache
+    assert load_case(case, cfg, None)[1] is None
+    assert load_case(case, DataConfig(cache="lazy"), ClassMap([0, 255]), cache=True) is not None
+    assert len(case_cache.items) == 1  # lazy adds nothing
+
+
+def test_multipage_tiff_with_2d_mask_is_multichannel(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", rng.random((3, 16, 20)).astype(np.float32))
+    write_mask(tmp_path / "masks" / "a.png", (rng.random((16, 20)) > 0.5).astype(np.uint8))
+    case = find_cases(tmp_path)[0]
+    image, labels, meta = load_case(case, DataConfig(), ClassMap([0, 1]))
+    assert image.shape == (3, 16, 20) and meta["spatial_dims"] == 2
+
+
+def test_prepare_fills_class_values_patch_and_split(cells2d):
+    cfg = Config()
+    cfg.data.data = str(cells2d)
+    cfg.data.val_fraction = 0.34
+    prep = prepare_data(cfg)
+    assert cfg.data.class_values == [0.0, 255.0] and prep.class_map.num_classes == 2
+    assert cfg.data.patch_size == [64, 64] == list(prep.default_patch_size)
+    assert prep.in_channels == 1 and prep.spatial_dims == 2
+    assert len(prep.train_cases) == 4 and len(prep.val_cases) == 2
+    assert len(case_cache.items) == 6  # read once, kept for the dataset and validation
+    assert "4 training / 2 validation" in prep.summary()
+
+
+def test_prepare_3d_and_user_classes(cells3d):
+    cfg = Config()
+    cfg.data.data = str(cells3d)
+    cfg.data.class_values = [0, 2, 1]
+    prep = prepare_data(cfg)
+    assert prep.spatial_dims == 3 and prep.class_map.values == [0, 2, 1]
+    assert prep.default_patch_size == (16, 16, 16)
+    cfg.data.class_values = [0, 1]
+    with pytest.raises(DataError, match=r"value\(s\) \[2\] not in the class map \[0, 1\]"):
+        prepare_data(cfg)
+
+
+def test_prepare_rejects_mixed_channels(cells2d):
+    write_image(cells2d / "images" / "case_001.png", np.zeros((3, 64, 64), np.uint8))
+    cfg = Config()
+    cfg.data.data = str(cells2d)
+    with pytest.raises(DataError, match=r"case_001\.png: 3 channel\(s\) but case_000\.png has 1"):
+        prepare_data(cfg)
+
+
+def test_default_patch_size():
+    assert default_patch_size([(512, 512)] * 3) == (256, 256)
+    assert default_patch_size([(100, 300), (120, 330)]) == (96, 256)
+    assert default_patch_size([(155, 240, 240)]) == (96, 96, 96)
+    assert default_patch_size([(20, 512, 512)]) == (16, 192, 192)
+    assert default_patch_size([(5, 5)], multiple=16) == (16, 16)

@@ -1,0 +1,64 @@
+"""The command line: every command exists, user mistakes are one line and exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unetseg.cli import expand_multi
+
+
+def _run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "unetseg", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_models_lists_every_architecture_with_parameters() -> None:
+    proc = _run("models")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("unet", "unet_pp", "attention_unet", "r2unet", "r2_attention_unet", "res_unet"):
+        assert f"{name} " in proc.stdout
+    assert "," in proc.stdout  # counts are printed with thousands separators
+
+
+def test_help_lists_the_contract_commands() -> None:
+    proc = _run("--help")
+    for cmd in ("models", "train", "evaluate", "predict", "export", "demo"):
+        assert cmd in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["predict", "--checkpoint", "nowhere", "--input", ".", "--output", "o"], "nowhere"),
+        (["evaluate", "--checkpoint", "nowhere", "--data", "."], "nowhere"),
+        (["export", "--checkpoint", "nowhere", "--format", "onnx", "--output", "m.onnx"], "nowhere"),
+        (["train", "--out", "r"], "--data"),
+        (["train", "--data", "missing_folder", "--out", "r"], "missing_folder"),
+        (["train", "--data", "d", "--out", "r", "--patch-size", "1", "2", "3", "4"], "--patch-size"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_status_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "unetseg", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_multi_value_options_expand() -> None:
+    assert expand_multi(["--patch-size", "64", "128", "--lr", "1"]) == [
+        "--patch-size",
+        "64",
+        "--patch-size",
+        "128",
+        "--lr",
+        "1",
+    ]
+    assert expand_multi(["--tile", "8", "16", "32"]) == ["--tile", "8", "--tile", "16", "--tile", "32"]
