@@ -41,7 +41,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_model("unet", base_channels=args.base_channels, depth=args.depth, num_classes=args.classes)
-    image = np.random.default_rng(0).normal(size=(1, *args.size)).astype(np.float32)
+    image = np.random.default_rng(0).standard_normal((1, *args.size), dtype=np.float32)
     predictor = Predictor(model, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
                           device=args.device, precision=args.precision)
     plan = predictor.plan(args.size)

@@ -89,6 +89,7 @@ def test_parity_failure_raises_and_reports_the_difference(tmp_path, capsys):
         # ORT sums in another order than PyTorch, so a zero tolerance cannot be met
         export_model(ckpt, "onnx", tmp_path / "m.onnx", atol=1e-12, exporter="torchscript")
     assert "max abs difference" in capsys.readouterr().out
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_torchscript_loads_as_an_engine_with_its_config(tmp_path):
@@ -105,8 +106,13 @@ def test_torchscript_loads_as_an_engine_with_its_config(tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt,opset,err", [("tflite", 17, "format"), ("onnx", 13, "opset")])
-def test_bad_format_or_opset_is_a_config_error(fmt, opset, err, tmp_path):
+@pytest.mark.parametrize("fmt,opset,name,err", [
+    ("tflite", 17, "m.x", "format"),
+    ("onnx", 13, "m.onnx", "opset"),
+    ("onnx", 17, "m.pt", "must end in .onnx"),
+    ("torchscript", 17, "m.onnx", "must end in .pt"),
+])
+def test_bad_format_opset_or_extension_is_a_config_error(fmt, opset, name, err, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt", "unet")
     with pytest.raises(ConfigError, match=err):
-        export_model(ckpt, fmt, tmp_path / "m.x", opset=opset)
+        export_model(ckpt, fmt, tmp_path / name, opset=opset)

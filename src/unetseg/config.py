@@ -224,7 +224,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_option_value(text: str) -> Any:
-    """Parse ``--option KEY=VALUE`` values with YAML rules: ``3`` -> int, ``0.1`` -> float, ``true`` -> bool."""
+    """Parse ``--option KEY=VALUE`` values as YAML: ``3`` -> int, ``0.1`` -> float, ``true`` -> bool."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -73,7 +73,9 @@ def run_demo(
         device=device,
         quiet=quiet,
     )
-    predict_files(run, test_dir / "images", out / "predictions", overlay=True, device=device, quiet=quiet)
+    predict_files(
+        run, test_dir / "images", out / "predictions", overlay=True, device=device, progress=not quiet
+    )
     console.rule("[bold]done")
     console.print(
         f"held-out mean foreground Dice: [bold]{result['mean_foreground_dice']:.4f}[/bold]\n"

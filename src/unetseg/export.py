@@ -32,6 +32,7 @@ from unetseg.errors import ConfigError, UnetsegError
 from unetseg.inference.engines import (
     ONNX_CONFIG_KEY,
     TORCHSCRIPT_CONFIG_FILE,
+    TORCHSCRIPT_SUFFIXES,
     OnnxEngine,
     first_line,
     load_torchscript,
@@ -253,9 +254,12 @@ def export_model(
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "onnx" and opset < 17:
         raise ConfigError(f"--opset {opset}: unetseg exports ONNX opset 17 or newer")
+    output = Path(output)
+    suffixes = (".onnx",) if fmt == "onnx" else TORCHSCRIPT_SUFFIXES
+    if output.suffix.lower() not in suffixes:  # predict picks the engine by the extension
+        raise ConfigError(f"--output {output}: a {fmt} file must end in {' or '.join(suffixes)}")
     model, config = load_checkpoint(checkpoint, "cpu")
     model = model.float().eval()
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     config = _with_inference_defaults(config)
     if fmt == "onnx":
@@ -264,8 +268,10 @@ def export_model(
         diff, how = _export_torchscript(model, config, output), "TorchScript"
     print(f"max abs difference: {diff:.3g}")
     if not diff <= atol:
+        output.unlink(missing_ok=True)  # no artifact that predict could pick up by mistake
         raise UnetsegError(
-            f"{output}: exported model differs from PyTorch by {diff:.3g} (max abs), more than {atol:g}"
+            f"{output}: exported model differs from PyTorch by {diff:.3g} (max abs), more than {atol:g}; "
+            "file removed"
         )
     print(f"wrote {output} ({how}); use it with: unetseg predict --checkpoint {output} ...")
     return diff

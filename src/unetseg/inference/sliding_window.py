@@ -118,7 +118,8 @@ class Predictor:
 
     Args:
         engine: an :class:`~unetseg.inference.engines.Engine` or a ``torch.nn.Module``.
-        num_classes, spatial_dims, in_channels: override the geometry read from the model (toy models).
+        num_classes, spatial_dims, in_channels: override the geometry read from a module (toy models);
+            ignored when ``engine`` is already an Engine.
         tile: tile size per spatial axis (the input size for valid-padding nets); ``None``: whole image.
         overlap: fraction of a tile shared with its neighbour, in [0, 1); ``None``: 0.25 (2D), 0.5 (3D).
         blend: ``gaussian`` (importance map, default) or ``constant`` (plain average).

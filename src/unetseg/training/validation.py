@@ -43,7 +43,7 @@ class Validator:
     def run(self, model: torch.nn.Module) -> np.ndarray:
         infer = self.cfg.infer
         predictor = Predictor(
-            TorchEngine(model, self.device, self.precision),
+            TorchEngine(model, self.device, self.precision, channels_last=self.cfg.train.channels_last),
             num_classes=self.num_classes,
             spatial_dims=self.cfg.model.spatial_dims,
             tile=infer.tile or self.cfg.data.patch_size,
