@@ -1,4 +1,4 @@
-"""unetseg's recipe against a plain MONAI reference on one real dataset, same split, same minutes, same metrics.
+"""unetseg's recipe against a plain MONAI reference on one real dataset: same split, minutes and metrics.
 
 For ``NAME`` in isbi2012, dsb2018, drive, brats3d (dataset folders under ``../shared/datasets``):
 
@@ -6,7 +6,9 @@ For ``NAME`` in isbi2012, dsb2018, drive, brats3d (dataset folders under ``../sh
    ``WORK/split/{train,val}/{images,masks}`` folders of symlinks, so both tools train on the same cases and
    are scored on the same held-out ones (``WORK`` defaults to a folder under the system temp dir);
 2. trains unetseg with ``configs/NAME.yaml`` for ``--minutes`` (``python -m unetseg train --val-data``),
-   evaluates it (``unetseg evaluate``: JSON + HTML report) and writes its masks (``unetseg predict``);
+   evaluates its last checkpoint (``unetseg evaluate``: JSON + HTML report) and writes its masks
+   (``unetseg predict``). ``RUN/last``, not ``RUN/best``: best is chosen on these same validation images,
+   which would flatter unetseg; the reference, too, is scored with its final weights;
 3. trains and predicts with ``benchmarks/reference_monai.py`` (MONAI BasicUNet + DiceCELoss) for the
    same minutes;
 4. scores both sets of masks with the same code (``unetseg.metrics``): Dice and IoU per class (mean over
@@ -23,6 +25,7 @@ Run it alone on a quiet machine, under the venv that has MONAI (``make bench`` c
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -90,7 +93,8 @@ def run(cmd: list[str], log: Path) -> str:
         proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True, check=False)
     text = log.read_text()
     if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}), see {log}:\n" + "\n".join(text.splitlines()[-15:]))
+        tail = "\n".join(text.splitlines()[-15:])
+        raise SystemExit(f"command failed ({proc.returncode}), see {log}:\n{tail}")
     return text
 
 
@@ -104,14 +108,15 @@ def run_unetseg(name: str, train: Path, val: Path, work: Path, minutes: float, e
     run([*py, "train", "--config", f"configs/{name}.yaml", "--data", str(train), "--val-data", str(val),
          "--out", str(out / "run"), "--max-minutes", str(minutes), *extra], work / "unetseg_train.log")
     t1 = time.monotonic()
-    run([*py, "evaluate", "--checkpoint", str(out / "run"), "--data", str(val), "--out",
+    last = str(out / "run" / "last")
+    run([*py, "evaluate", "--checkpoint", last, "--data", str(val), "--out",
          str(out / "evaluate.json"), "--report", str(out / "report.html")], work / "unetseg_evaluate.log")
     t2 = time.monotonic()
-    run([*py, "predict", "--checkpoint", str(out / "run"), "--input", str(val / "images"), "--output",
+    run([*py, "predict", "--checkpoint", last, "--input", str(val / "images"), "--output",
          str(out / "pred")], work / "unetseg_predict.log")
-    rows = (out / "run" / "metrics.csv").read_text().splitlines()
-    last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=False))
-    return {"steps": int(last["step"]), "train_minutes": float(last["minutes"]),
+    with open(out / "run" / "metrics.csv") as f:
+        final = list(csv.DictReader(f))[-1]
+    return {"steps": int(final["step"]), "train_minutes": float(final["minutes"]),
             "wall_train_s": round(t1 - t0, 1), "predict_seconds": round(time.monotonic() - t2, 1),
             "evaluate_seconds": round(t2 - t1, 1), "pred": str(out / "pred")}
 
@@ -126,7 +131,7 @@ def run_reference(train: Path, val: Path, work: Path, minutes: float, values: li
                 str(val / "images"), "--out", str(pred), "--minutes", str(minutes), "--class-values",
                 *[f"{v:g}" for v in values], *extra], work / "reference.log")
     summary = json.loads(text.split("REFERENCE ", 1)[1].splitlines()[0])
-    return {**summary, "wall_train_s": round(time.monotonic() - t0, 1), "pred": str(pred)}
+    return {**summary, "wall_s": round(time.monotonic() - t0, 1), "pred": str(pred)}
 
 
 def score(pred_dir: Path, cases: list, values: list[float], name: str, data: Path) -> dict[str, float]:
@@ -147,7 +152,8 @@ def score(pred_dir: Path, cases: list, values: list[float], name: str, data: Pat
             add(f"iou/{labels[int(values[c])]}", j)
         if name == "isbi2012":
             m = values.index(0.0)  # the membrane class
-            add("rand_error", rand_error(instances_from_membranes(pred, m), instances_from_membranes(truth, m)))
+            pred_cells, true_cells = instances_from_membranes(pred, m), instances_from_membranes(truth, m)
+            add("rand_error", rand_error(pred_cells, true_cells))
             add("pixel_error", pixel_error(pred == m, truth == m))
         if name == "drive":
             fov = read_mask(data / "extra" / "fov" / f"{case.name}.png")[0] > 0
@@ -253,7 +259,7 @@ def main() -> None:
                     help="tools to (re)run; earlier results of the other one in WORK are reused")
     ap.add_argument("--unetseg-args", default="", help="extra `unetseg train` options (trials, smoke tests)")
     ap.add_argument("--reference-args", default="", help="extra reference_monai.py options")
-    ap.add_argument("--no-write", action="store_true", help="print the section instead of editing BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md")
     args = ap.parse_args()
 
     folder = DATASETS[args.name][0]

@@ -2,11 +2,11 @@
 
 What a MONAI user would write in an afternoon, on purpose without tuning: ``BasicUNet`` (features
 32, 32, 64, 128, 256, 32; instance norm, LeakyReLU) + ``DiceCELoss(softmax, to_onehot_y)``, per-image
-z-score normalisation, uniformly random 256x256 patches (96^3 in 3D; zero-padded where the image is smaller)
-with random flips and 90-degree rotations, Adam at a constant 1e-3, batch 4, trained for a fixed number of
-minutes, then ``monai.inferers.sliding_window_inference`` (roi = patch, overlap 0.25, gaussian blending)
-on every validation image. It shares only file decoding with unetseg (``unetseg.data.io``); the masks it
-writes hold class indices in the order of ``--class-values``.
+z-score normalisation, uniformly random 256x256 patches (zero-padded where the image is smaller) with
+random flips and 90-degree rotations, Adam at a constant 1e-3, batch 4 (3D: 64^3 patches, batch 2, to fit
+a CPU), trained for a fixed number of minutes, then ``monai.inferers.sliding_window_inference`` (roi =
+patch, overlap 0.25, gaussian blending) on every validation image. It shares only file decoding with
+unetseg (``unetseg.data.io``); the masks it writes hold class indices in the order of ``--class-values``.
 
 Needs MONAI, which the project's own ``.venv`` does not have (``make bench`` makes ``.venv-bench``)::
 
@@ -98,7 +98,8 @@ def train(pairs, *, spatial_dims: int, num_classes: int, patch: int, batch_size:
         optimizer.step()
         steps += 1
         if steps % 25 == 0:
-            print(f"step {steps}: loss {float(loss):.4f}, {(time.monotonic() - start) / 60:.2f} min", flush=True)
+            minutes_done = (time.monotonic() - start) / 60
+            print(f"step {steps}: loss {float(loss):.4f}, {minutes_done:.2f} min", flush=True)
     return model, steps
 
 
@@ -126,8 +127,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder for the predicted masks")
     ap.add_argument("--minutes", type=float, required=True)
     ap.add_argument("--class-values", type=float, nargs="+", required=True, help="mask values, class order")
-    ap.add_argument("--patch", type=int, default=None, help="patch side (default 256 in 2D, 96 in 3D)")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=None, help="patch side (default 256 in 2D, 64 in 3D)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 4 in 2D, 2 in 3D")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -135,14 +136,15 @@ def main() -> None:
     device = torch.device(args.device)
     pairs = load_training(args.train, list(args.class_values))
     spatial_dims = pairs[0][1].ndim
-    patch = args.patch or (256 if spatial_dims == 2 else 96)
+    patch = args.patch or (256 if spatial_dims == 2 else 64)
+    batch_size = args.batch_size or (4 if spatial_dims == 2 else 2)
     t0 = time.monotonic()
     model, steps = train(pairs, spatial_dims=spatial_dims, num_classes=len(args.class_values), patch=patch,
-                         batch_size=args.batch_size, minutes=args.minutes, seed=args.seed, device=device)
+                         batch_size=batch_size, minutes=args.minutes, seed=args.seed, device=device)
     train_min = (time.monotonic() - t0) / 60
     t1 = time.monotonic()
     n = predict_folder(model, args.predict, args.out, patch=patch, spatial_dims=spatial_dims, device=device)
-    summary = {"steps": steps, "train_minutes": round(train_min, 3), "patch": patch,
+    summary = {"steps": steps, "train_minutes": round(train_min, 3), "patch": patch, "batch_size": batch_size,
                "predict_seconds": round(time.monotonic() - t1, 1), "images": n,
                "parameters": sum(p.numel() for p in model.parameters())}
     print("REFERENCE " + json.dumps(summary), flush=True)

@@ -39,9 +39,12 @@ def models() -> None:
     table = Table(title="unetseg architectures (2D, in=1, classes=2, base 32, depth 4)")
     for col in ("name", "parameters", "3D parameters", "description"):
         table.add_column(col, justify="right" if "param" in col else "left")
+    import torch
+
     for name in available_models():
-        p2 = count_parameters(build_model(name, spatial_dims=2))
-        p3 = count_parameters(build_model(name, spatial_dims=3))
+        with torch.device("meta"):  # counting needs shapes only, not initialised weights
+            p2 = count_parameters(build_model(name, spatial_dims=2))
+            p3 = count_parameters(build_model(name, spatial_dims=3))
         table.add_row(name, f"{p2:,}", f"{p3:,}", describe_model(name))
     Console().print(table)
 
@@ -137,7 +140,12 @@ def train(
             "data.num_workers": workers,
         }
         if classes:
-            given["data.class_values"] = [float(v) for v in classes.split(",")]
+            try:
+                given["data.class_values"] = [
+                    int(f) if (f := float(v)).is_integer() else f for v in classes.split(",")
+                ]
+            except ValueError:
+                raise UnetsegError(f"--classes {classes!r}: expected numbers separated by commas") from None
         if compile:
             given["train.compile"] = True
         if skip_bad:
@@ -285,5 +293,8 @@ def expand_multi(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m unetseg``."""
+    from unetseg._runtime import tune_allocator
+
+    tune_allocator()  # before any large tensor: keeps activations on the heap (see unetseg/_runtime.py)
     args = sys.argv[1:] if argv is None else argv
     app(args=expand_multi(list(args)), prog_name="unetseg")

@@ -61,15 +61,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def use_channels_last(setting: str | bool, device: torch.device, spatial_dims: int) -> bool:
-    """``auto``: on where it was measured to help (CPU with fast bf16, and CUDA), 2D and 3D alike."""
+def use_channels_last(
+    setting: str | bool, device: torch.device, spatial_dims: int, *, inference: bool = False
+) -> bool:
+    """Whether to run the network channels-last; ``auto`` turns it on where it was measured to help
+    (BENCHMARKS.md): CUDA; CPUs with fast bf16; and on other CPUs (fp32) for inference, 2D and 3D
+    (1.2-1.3x), and for 3D training (1.3x), but not for 2D training (0.75-1.05x: no gain)."""
     if isinstance(setting, bool):
         return setting
     if setting in ("on", "true", "yes"):
         return True
     if setting in ("off", "false", "no"):
         return False
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+        return True
+    return device.type == "cpu" and (inference or spatial_dims == 3)
 
 
 def memory_format(spatial_dims: int) -> torch.memory_format:

@@ -113,7 +113,8 @@ def test_overlap_tile_with_the_valid_unet_is_seamless():
     whole = Predictor(model, tile=None, precision="fp32")
     a, b = tiled.predict_proba(x), whole.predict_proba(x)
     assert a.shape == (2, 45, 61)
-    np.testing.assert_allclose(a, b, atol=2e-6)
+    # channels-last convolutions (the CPU inference default) pick per-shape kernels: rounding ~1e-6
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 29), (64, 61), (1, 1, 1), (7, 19, 10)])

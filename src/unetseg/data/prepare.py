@@ -199,7 +199,8 @@ def prepare_data(cfg: Config) -> PreparedData:
         raise ConfigError(f"patch size {list(d.patch_size)} does not fit the {len(ref.shape)}D images "
                           f"of {d.data}")
     if d.class_values is None:
-        d.class_values = list(class_map.values)
+        # Whole numbers stay ints in config.json (0/255, not 0.0/255.0).
+        d.class_values = [int(v) if float(v).is_integer() else v for v in class_map.values]
     if d.patch_size is None:
         d.patch_size = list(default)
     if skip is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unetseg._runtime import configure_device
 from unetseg.config import Config
 from unetseg.errors import CheckpointError, ConfigError, UnetsegError
 from unetseg.training.checkpoint import unwrap
@@ -141,8 +142,9 @@ class TorchEngine(Engine):
         self.device = _module_device(model) if device is None else resolve_device(device)
         self.dtype = autocast_dtype(precision, self.device)
         self.channels_last = self.spatial_dims in (2, 3) and use_channels_last(
-            channels_last, self.device, self.spatial_dims
+            channels_last, self.device, self.spatial_dims, inference=True
         )
+        configure_device(self.device)
         model = model.to(self.device).eval()
         if fuse and not isinstance(model, torch.jit.ScriptModule):
             model = fuse_conv_bn(model)

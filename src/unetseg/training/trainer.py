@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetseg._runtime import configure_device
 from unetseg.config import Config
 from unetseg.errors import ConfigError, TrainingError
 from unetseg.losses import DeepSupervisionLoss, build_loss
@@ -75,6 +76,7 @@ class Trainer:
         random.seed(cfg.train.seed)
 
         self.data = prepare(cfg, self.log)
+        configure_device(device)
         self.model = build_model(cfg.model.name, **cfg.model.build_kwargs()).to(device)
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.channels_last = use_channels_last(cfg.train.channels_last, device, cfg.model.spatial_dims)
@@ -94,7 +96,7 @@ class Trainer:
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.loader = build_loader(self.data, cfg, device, info)
-        self.validator = Validator(self.data, cfg, device, info, self.amp_dtype)
+        self.validator = Validator(self.data, cfg, device, info, self.amp_dtype, self.channels_last)
         self.total_steps = cfg.train.epochs * cfg.train.iters_per_epoch
 
         self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0

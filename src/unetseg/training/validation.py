@@ -26,6 +26,7 @@ class Validator:
         device: torch.device,
         info: DistInfo,
         amp_dtype: torch.dtype | None,
+        channels_last: bool = False,
     ) -> None:
         self.cfg, self.device, self.info = cfg, device, info
         self.num_classes = data.class_map.num_classes
@@ -33,6 +34,8 @@ class Validator:
         self.class_map = data.class_map
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+        # the training model's own layout: validation must not convert the live model
+        self.channels_last = channels_last
 
     def _case(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i not in self._cache:
@@ -43,7 +46,7 @@ class Validator:
     def run(self, model: torch.nn.Module) -> np.ndarray:
         infer = self.cfg.infer
         predictor = Predictor(
-            TorchEngine(model, self.device, self.precision, channels_last=self.cfg.train.channels_last),
+            TorchEngine(model, self.device, self.precision, channels_last=self.channels_last),
             num_classes=self.num_classes,
             spatial_dims=self.cfg.model.spatial_dims,
             tile=infer.tile or self.cfg.data.patch_size,
