@@ -9,7 +9,7 @@ from unetseg.demo import run_demo
 
 
 def test_short_demo_writes_everything(tmp_path: Path) -> None:
-    result = run_demo(tmp_path, minutes=0.3, n_train=8, n_test=2, size=(128, 128), quiet=True)
+    result = run_demo(tmp_path, minutes=0.5, n_train=8, n_test=2, size=(128, 128), quiet=True)
     run = tmp_path / "run"
     for f in (
         "best/model.safetensors",
@@ -26,5 +26,5 @@ def test_short_demo_writes_everything(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "evaluation.json").read_text())
     assert saved["num_images"] == 2
     assert abs(saved["mean_foreground_dice"] - result["mean_foreground_dice"]) < 1e-9
-    # A third of a minute on shared cores is far from converged, but must already beat chance clearly.
+    # Half a minute on shared cores is far from converged, but must already beat chance clearly.
     assert 0.5 < result["mean_foreground_dice"] <= 1.0

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from unetseg.data.dataset import ClassMap, find_cases, load_case
-from unetseg.data.io import save_overlay
+from unetseg.data.io import SkipLog, save_overlay
+from unetseg.errors import DataError
 from unetseg.inference import Predictor
 from unetseg.inference.engines import load_engine
 from unetseg.metrics import compute_metrics
@@ -73,13 +74,20 @@ def evaluate(
         device=dev,
         precision=precision,
     )
-    cases = find_cases(data, require_masks=True, skip_bad=skip_bad)
+    skipped = SkipLog()
+    cases = find_cases(data, require_masks=True, skip_bad=skip_bad, skip=skipped)
     overlay_dir = Path(overlays) if overlays else (Path(report).parent / "report_images" if report else None)
     if overlay_dir:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for case in cases:
-        image, labels, meta = load_case(case, cfg.data, class_map)
+        try:
+            image, labels, meta = load_case(case, cfg.data, class_map)
+        except DataError as e:  # e.g. mask values outside the checkpoint's class map
+            if not skip_bad:
+                raise
+            skipped.skip(e)
+            continue
         pred = predictor.predict(image)
         m = compute_metrics(pred, labels, num_classes, spacing=meta.get("spacing"))
         row: dict[str, Any] = {"case": case.name, **{k: [float(x) for x in m[k]] for k in METRICS if k in m}}
@@ -106,7 +114,9 @@ def evaluate(
         "mean": mean,
         "mean_foreground_dice": float(np.mean([mean["dice"][c] for c in fg])) if rows else float("nan"),
     }
+    result["skipped"] = skipped.messages
     _print_table(console, result, num_classes)
+    skipped.summary()
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))

@@ -203,7 +203,7 @@ class Trainer:
             return self.minutes_before + (time.monotonic() - start) / 60
 
         patches_per_step = cfg.train.batch_size * self.info.world_size
-        out_of_time = False
+        out_of_time, speed = False, 0.0
         with log.progress(self.total_steps) as bar:
             task = bar.add_task(
                 "train",
