@@ -228,10 +228,10 @@ class Trainer:
                         loss=f"{np.mean(losses):.4f}",
                         speed=f"{speed:.1f}",
                     )
-                    if cfg.train.max_minutes and minutes() >= cfg.train.max_minutes:
-                        out_of_time = True
-                    if broadcast_flag(out_of_time, self.info):
-                        out_of_time = True
+                    # rank 0's clock decides for every rank, so all leave the loop at the same step
+                    late = bool(cfg.train.max_minutes) and minutes() >= cfg.train.max_minutes
+                    out_of_time = broadcast_flag(late, self.info)
+                    if out_of_time:
                         break
                 self.epoch += 1
                 average_buffers(self.model, self.info)
