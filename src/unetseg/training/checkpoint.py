@@ -115,11 +115,6 @@ def read_config(folder: str | Path) -> Config:
     return Config.from_dict(raw, source=str(folder / CONFIG_FILE))
 
 
-def read_metrics(folder: str | Path) -> dict[str, Any]:
-    folder = find_checkpoint(folder)
-    return json.loads((folder / CONFIG_FILE).read_text()).get("metrics", {})
-
-
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
     """Build the model a checkpoint describes and load its weights (safetensors: no unpickling)."""
     from unetseg.models import build_model

@@ -81,7 +81,7 @@ class RunLogger:
     def plot(self) -> None:
         plot_curves(self.history, self.run / "curves.png")
 
-    def progress(self, total: int) -> Progress:
+    def progress(self) -> Progress:
         return Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),

@@ -204,7 +204,7 @@ class Trainer:
 
         patches_per_step = cfg.train.batch_size * self.info.world_size
         out_of_time, speed = False, 0.0
-        with log.progress(self.total_steps) as bar:
+        with log.progress() as bar:
             task = bar.add_task(
                 "train",
                 total=self.total_steps,
