@@ -44,10 +44,10 @@ def test_tuned_allocator_reuses_large_buffers_instead_of_faulting_them_in_again(
     applied, tuned = run_child("tuned")
     _, system = run_child("system")
     assert applied == "True"
-    # system malloc maps each 64 MiB buffer afresh: ~16k faults per pass; tuned: the heap pages are reused
-    # (at most one pass's worth while the heap settles)
+    # system malloc maps each 64 MiB buffer afresh: ~16k faults per pass, 19 passes; tuned: the heap pages are
+    # reused after the heap settles (one pass's worth here, two on the CI machine), never once per pass
     assert system > 19 * 10_000
-    assert tuned < 2 * 16_384
+    assert tuned * 4 < system
 
 
 def test_allocator_setting_can_be_switched_off():
