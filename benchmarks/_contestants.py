@@ -1,8 +1,9 @@
 """The networks ``benchmarks/run.py`` compares: unetseg's models and their MONAI / smp counterparts.
 
 unetseg's width-32 U-Net has the widths 32, 64, 128, 256, 512 (depth 4); MONAI ``BasicUNet`` is built with
-those same widths (``features=(32, 64, 128, 256, 512, 32)``) for the like-for-like row, and also with its
-default features (32, 32, 64, 128, 256, 32), which no unetseg ``base_channels`` reproduces. MONAI ``UNet``
+those same widths (``features=(32, 64, 128, 256, 512, 32)``) for the like-for-like row at unetseg's default,
+and at its own default features (32, 32, 64, 128, 256, 32) it is paired with a unetseg ``unet`` given those
+widths (``channels=[32, 32, 64, 128, 256]``), the pair the issue names. MONAI ``UNet``
 and ``AttentionUnet`` get ``channels=(32, 64, 128, 256, 512)``, ``strides=(2, 2, 2, 2)``; everything else
 is the library's default (instance norm, PReLU / LeakyReLU). smp ``UnetPlusPlus`` has a ResNet-34 encoder
 (its default) with random weights: a different design than unetseg's nested VGG-style UNet++, so its
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 WIDTHS = (32, 64, 128, 256, 512)
+BASIC_WIDTHS = (32, 32, 64, 128, 256)  # MONAI BasicUNet's default features, less its last decoder width
 
-# (impl, name, label) in table order; the first two rows are the training goal's pair.
+# (impl, name, label) in table order; each of the first two pairs is a goal's pair at the same widths.
 TRAIN_ROWS: list[tuple[str, str, str]] = [
     ("unetseg", "unet", "unetseg `unet` (base 32, depth 4)"),
     ("monai", "BasicUNet-same", "MONAI `BasicUNet`, features (32, 64, 128, 256, 512, 32)"),
+    ("unetseg", "unet-basic", "unetseg `unet`, channels (32, 32, 64, 128, 256)"),
     ("monai", "BasicUNet", "MONAI `BasicUNet`, default features (32, 32, 64, 128, 256, 32)"),
     ("monai", "UNet", "MONAI `UNet`, channels (32..512), strides 2"),
     ("unetseg", "attention_unet", "unetseg `attention_unet` (base 32, depth 4)"),
@@ -38,6 +41,8 @@ def build(impl: str, name: str) -> Any:
     if impl == "unetseg":
         from unetseg.models import build_model
 
+        if name == "unet-basic":
+            return build_model("unet", num_classes=2, depth=4, channels=list(BASIC_WIDTHS))
         return build_model(
             name, spatial_dims=2, in_channels=1, num_classes=2, base_channels=WIDTHS[0], depth=4
         )

@@ -134,7 +134,12 @@ def run_reference(train: Path, val: Path, work: Path, minutes: float, values: li
     return {**summary, "wall_s": round(time.monotonic() - t0, 1), "pred": str(pred)}
 
 
-def score(pred_dir: Path, cases: list, values: list[float], name: str, data: Path) -> dict[str, float]:
+def class_name(group: list[float], labels: dict[int, str]) -> str:
+    """``membrane``; a class that merges several mask values: ``necrosis+oedema+...``."""
+    return "+".join(labels[int(v)] for v in group)
+
+
+def score(pred_dir: Path, cases: list, values: list, name: str, data: Path) -> dict[str, float]:
     """Mean over the validation cases of every metric; keys like ``dice/membrane``, ``rand_error``."""
     cmap, labels = ClassMap(values), DATASETS[name][1]
     k = len(values)
@@ -148,8 +153,8 @@ def score(pred_dir: Path, cases: list, values: list[float], name: str, data: Pat
         truth = cmap.encode(read_mask(case.mask_path)[0], source=case.mask_path)
         pred = read_mask(preds[case.name])[0].astype(np.int64)
         for c, (d, j) in enumerate(zip(dice(pred, truth, k), iou(pred, truth, k), strict=True)):
-            add(f"dice/{labels[int(values[c])]}", d)
-            add(f"iou/{labels[int(values[c])]}", j)
+            add(f"dice/{class_name(cmap.groups[c], labels)}", d)
+            add(f"iou/{class_name(cmap.groups[c], labels)}", j)
         if name == "isbi2012":
             m = values.index(0.0)  # the membrane class
             pred_cells, true_cells = instances_from_membranes(pred, m), instances_from_membranes(truth, m)
@@ -161,9 +166,9 @@ def score(pred_dir: Path, cases: list, values: list[float], name: str, data: Pat
             add("fov_dice/vessel", dice(pred[fov], truth[fov], k)[v])
             add("fov_iou/vessel", iou(pred[fov], truth[fov], k)[v])
         if name == "brats3d":
-            tumour = np.asarray(values)
-            add("whole_tumour_dice", dice((tumour[pred] > 0).astype(np.int64),
-                                          (tumour[truth] > 0).astype(np.int64), 2)[1])
+            # a class's first mask value: > 0 for every tumour class, merged or not
+            add("whole_tumour_dice", dice((cmap.decode(pred) > 0).astype(np.int64),
+                                          (cmap.decode(truth) > 0).astype(np.int64), 2)[1])
     return {key: float(np.mean(v)) for key, v in per.items()}
 
 
@@ -272,7 +277,7 @@ def main() -> None:
     train, val, val_cases = write_split(data, cfg, work)
     values = cfg.data.class_values or ClassMap.from_masks(
         [c.mask_path for c in find_cases(train)]).values
-    values = [float(v) for v in values]
+    values = ClassMap(values).values  # floats; a merged class stays a list
 
     results: dict[str, dict] = {}
     for tool in TOOLS:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unetseg.cli import expand_multi
+from unetseg.cli import _parse_classes, expand_multi
 
 
 def _run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
@@ -40,6 +40,7 @@ def test_help_lists_the_contract_commands() -> None:
         (["train", "--out", "r"], "--data"),
         (["train", "--data", "missing_folder", "--out", "r"], "missing_folder"),
         (["train", "--data", "d", "--out", "r", "--patch-size", "1", "2", "3", "4"], "--patch-size"),
+        (["train", "--data", "d", "--out", "r", "--classes", "0,a+b"], "--classes '0,a+b'"),
     ],
 )
 def test_user_mistakes_give_one_line_and_status_2(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -62,3 +63,9 @@ def test_multi_value_options_expand() -> None:
         "1",
     ]
     assert expand_multi(["--tile", "8", "16", "32"]) == ["--tile", "8", "--tile", "16", "--tile", "32"]
+
+
+def test_classes_option_takes_values_and_merged_groups() -> None:
+    assert _parse_classes("0,128,255") == [0, 128, 255]
+    assert _parse_classes("0,1+2+4,3") == [0, [1, 2, 4], 3]
+    assert _parse_classes("0,0.5") == [0, 0.5]

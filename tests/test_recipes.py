@@ -121,6 +121,16 @@ def test_score_brats_whole_tumour_merges_labels(tmp_path: Path) -> None:
     write_mask(tmp_path / "pred" / "b.nii.gz", pred)
     s = rd.score(tmp_path / "pred", [case], [0.0, 1.0, 2.0, 3.0, 4.0], "brats3d", tmp_path)
     assert s["whole_tumour_dice"] == 1.0 and s["dice/oedema"] == 0.0
+    # the recipe's map: every label > 0 is one class, so the binary prediction scores on it directly
+    s = rd.score(tmp_path / "pred", [case], [0.0, [1.0, 2.0, 3.0, 4.0]], "brats3d", tmp_path)
+    assert s["whole_tumour_dice"] == 1.0 and s["dice/necrosis+oedema+non-enhancing+enhancing"] == 1.0
+    write_mask(tmp_path / "pred" / "b.nii.gz", np.zeros_like(pred))
+    s = rd.score(tmp_path / "pred", [case], [0.0, [1.0, 2.0, 3.0, 4.0]], "brats3d", tmp_path)
+    assert s["whole_tumour_dice"] == 0.0
+
+
+def test_brats_recipe_trains_the_whole_tumour() -> None:
+    assert _recipe("brats3d").data.class_values == [0, [1, 2, 3, 4]]
 
 
 @pytest.mark.slow

@@ -57,6 +57,20 @@ def _shape(values: list[int] | None, what: str) -> list[int] | None:
     return list(values)
 
 
+def _parse_classes(text: str) -> list[Any]:
+    def number(v: str) -> float | int:
+        f = float(v)
+        return int(f) if f.is_integer() else f
+
+    try:
+        groups = [[number(v) for v in item.split("+")] for item in text.split(",")]
+    except ValueError:
+        raise UnetsegError(
+            f"--classes {text!r}: expected numbers separated by commas (1+2 merges values into one class)"
+        ) from None
+    return [g[0] if len(g) == 1 else g for g in groups]
+
+
 def _parse_options(options: list[str] | None) -> dict[str, Any]:
     from unetseg.config import parse_option_value
 
@@ -98,7 +112,9 @@ def train(
     schedule: Annotated[str | None, Opt(help="poly | cosine | constant")] = None,
     device: Annotated[str | None, Opt(help="auto | cpu | cuda")] = None,
     precision: Annotated[str | None, Opt(help="auto | fp32 | bf16 | fp16")] = None,
-    classes: Annotated[str | None, Opt(help="mask values in class order, e.g. 0,128,255")] = None,
+    classes: Annotated[
+        str | None, Opt(help="mask values in class order, e.g. 0,128,255; 0,1+2+3 merges 1-3 into class 1")
+    ] = None,
     normalization: Annotated[str | None, Opt(help="zscore | percentile | window | none")] = None,
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early stopping: validations without improvement")] = None,
@@ -140,12 +156,7 @@ def train(
             "data.num_workers": workers,
         }
         if classes:
-            try:
-                given["data.class_values"] = [
-                    int(f) if (f := float(v)).is_integer() else f for v in classes.split(",")
-                ]
-            except ValueError:
-                raise UnetsegError(f"--classes {classes!r}: expected numbers separated by commas") from None
+            given["data.class_values"] = _parse_classes(classes)
         if compile:
             given["train.compile"] = True
         if skip_bad:

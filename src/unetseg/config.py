@@ -46,7 +46,8 @@ class DataConfig:
     """Where the data is and how it becomes tensors.
 
     ``class_values`` maps mask values to classes by position (``[0, 255]``: 0 -> class 0, 255 -> class 1);
-    ``None`` means: the sorted set of values found in the training masks.
+    a list in it merges several values into one class (``[0, [1, 2, 3, 4]]``); ``None`` means: the sorted
+    set of values found in the training masks.
     ``normalization``: ``zscore`` (per image), ``percentile`` (clip to ``percentiles`` then z-score, per
     image), ``window`` (fixed ``window=[lo, hi]`` mapped to [-1, 1], for CT) or ``none``.
     """
@@ -55,7 +56,7 @@ class DataConfig:
     val_data: str | None = None
     val_fraction: float = 0.2
     split_seed: int = 0
-    class_values: list[float] | None = None
+    class_values: list[float | list[float]] | None = None
     normalization: str = "zscore"
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     window: list[float] | None = None

@@ -18,7 +18,7 @@ from unetseg.data.dataset import (
     normalize,
     split_cases,
 )
-from unetseg.data.io import write_image, write_mask
+from unetseg.data.io import read_mask, write_image, write_mask
 from unetseg.data.prepare import default_patch_size, prepare_data
 from unetseg.errors import ConfigError, DataError
 
@@ -41,6 +41,23 @@ def test_class_map_encode_decode(values, mask, expected):
     decoded = cm.decode(np.asarray(expected))
     np.testing.assert_array_equal(decoded, mask)
     assert decoded.dtype == np.uint8
+
+
+def test_class_map_merges_values_into_one_class():
+    cm = ClassMap([0, [1, 2, 4], 3])  # BraTS-style: several labels become one class
+    assert cm.num_classes == 3 and cm.values == [0.0, [1.0, 2.0, 4.0], 3.0]
+    assert repr(cm) == "ClassMap([0, 1+2+4, 3])"
+    mask = [0, 1, 2, 3, 4, 4]
+    for dtype in (np.uint8, np.uint16, np.float32):
+        np.testing.assert_array_equal(cm.encode(np.asarray(mask, dtype=dtype)), [0, 1, 1, 2, 1, 1])
+    # a merged class decodes to its first value
+    np.testing.assert_array_equal(cm.decode(np.array([0, 1, 2])), [0, 1, 3])
+    with pytest.raises(DataError, match=r"value\(s\) \[5\] not in the class map \[0, 1\+2\+4, 3\]"):
+        cm.encode(np.array([5], np.uint8))
+    assert cm != ClassMap([0, 1, 2, 4, 3])
+    for bad in ([0, [1, 0]], [0, []], [0, ["x"]]):
+        with pytest.raises(ConfigError, match="class map"):
+            ClassMap(bad)
 
 
 def test_class_map_from_masks_and_errors(tmp_path):
@@ -167,6 +184,14 @@ def test_prepare_3d_and_user_classes(cells3d):
     cfg.data.class_values = [0, 1]
     with pytest.raises(DataError, match=r"value\(s\) \[2\] not in the class map \[0, 1\]"):
         prepare_data(cfg)
+    cfg.data.class_values = [0, [1, 2]]  # every label > 0 as one foreground class
+    prep = prepare_data(cfg)
+    assert prep.class_map.num_classes == 2
+    case = prep.train_cases[0]
+    _, labels, _ = load_case(case, cfg.data, prep.class_map)
+    raw, _ = read_mask(case.mask_path)
+    assert set(np.unique(raw)) == {0, 1, 2}
+    np.testing.assert_array_equal(labels, raw > 0)
 
 
 def test_prepare_rejects_mixed_channels(cells2d):

@@ -30,6 +30,19 @@ def test_defaults_follow_the_contract():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_explicit_widths_per_level(name):
+    # MONAI BasicUNet's widths: the first two levels equal, so not base_channels doubled
+    model = build_model(name, depth=2, channels=[4, 4, 8], num_classes=3).eval()
+    assert model.widths == [4, 4, 8] and model.base_channels == 4
+    first_convs = [next(m for m in block.modules() if isinstance(m, nn.Conv2d)) for block in model.encoder]
+    assert [c.out_channels for c in first_convs] == [4, 4, 8]
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 21, 19)).shape == (1, 3, 21, 19)
+    doubled = build_model(name, depth=2, base_channels=4, num_classes=3)
+    assert doubled.widths == [4, 8, 16] and count_parameters(model) < count_parameters(doubled)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_describe_model_is_one_line_with_the_paper(name):
     text = describe_model(name)
     assert "\n" not in text and re.search(r"20(15|16|18)", text)
@@ -51,6 +64,8 @@ def test_count_parameters():
         ({"name": "unet", "depth": 0}, "depth=0 is not allowed"),
         ({"name": "unet", "base_channels": 0}, "base_channels=0 is not allowed"),
         ({"name": "unet", "in_channels": 0}, "in_channels=0 is not allowed"),
+        ({"name": "unet", "channels": [8, 16]}, r"channels=\[8, 16\] is not allowed; give depth \+ 1 = 5"),
+        ({"name": "unet_pp", "depth": 1, "channels": [8, 0]}, "channels=.* is not allowed; give depth"),
         ({"name": "unet", "spatial_dims": 4}, "spatial_dims=4 is not allowed; choose 2 or 3"),
         (
             {"name": "unet", "norm": "layer"},

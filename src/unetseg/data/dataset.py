@@ -36,48 +36,66 @@ def unique_values(mask: np.ndarray) -> np.ndarray:
 class ClassMap:
     """The map between stored mask values and class indices: ``values[k]`` is the value of class ``k``.
 
-    ``ClassMap([0, 255])`` maps 0 -> 0, 255 -> 1; ``ClassMap([255, 0])`` makes 255 the background. It is
-    stored in the checkpoint config (``data.class_values``) so prediction can write original values back.
+    ``ClassMap([0, 255])`` maps 0 -> 0, 255 -> 1; ``ClassMap([255, 0])`` makes 255 the background. A class
+    may merge several values: ``ClassMap([0, [1, 2, 3, 4]])`` trains the BraTS whole tumour (every label
+    > 0) as class 1, and writes such a class back as its first value. The map is stored in the checkpoint
+    config (``data.class_values``) so prediction can write original values back.
     """
 
-    def __init__(self, values: list[float]) -> None:
-        vals = [float(v) for v in values]
-        if not vals:
+    def __init__(self, values: list[Any]) -> None:
+        if not values:
             raise ConfigError("class map: needs at least one class value")
-        if len(set(vals)) != len(vals):
-            raise ConfigError(f"class map: repeated values in {vals}")
-        self.values = vals
-        self._order = np.argsort(vals, kind="stable")
-        self._sorted = np.asarray(vals, dtype=np.float64)[self._order]
+        try:
+            groups = [[float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)] for v in values]
+        except (TypeError, ValueError):
+            raise ConfigError(f"class map: {values!r} is not a list of numbers (or of lists of numbers, "
+                              "one list per merged class)") from None
+        flat = [x for g in groups for x in g]
+        if not all(groups) or len(set(flat)) != len(flat):
+            raise ConfigError(f"class map: empty or repeated values in {self._fmt(values)}")
+        self.values = [g if isinstance(v, (list, tuple)) else g[0]
+                       for v, g in zip(values, groups, strict=True)]
+        self.groups = groups
+        self.mask_values = flat  # every value a mask may hold
+        cls = np.asarray([k for k, g in enumerate(groups) for _ in g])
+        order = np.argsort(flat, kind="stable")
+        self._sorted, self._class_of_sorted = np.asarray(flat, dtype=np.float64)[order], cls[order]
 
     @property
     def num_classes(self) -> int:
-        return len(self.values)
+        return len(self.groups)
+
+    def key(self) -> tuple:
+        return tuple(tuple(g) for g in self.groups)
 
     def __repr__(self) -> str:
         return f"ClassMap({self._fmt(self.values)})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ClassMap) and other.values == self.values
+        return isinstance(other, ClassMap) and other.groups == self.groups
 
     @staticmethod
     def _fmt(values: Any) -> str:
-        return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+        def one(v: Any) -> str:
+            return "+".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else f"{v:g}"
+
+        return "[" + ", ".join(one(v) for v in values) + "]"
 
     def encode(self, mask: np.ndarray, source: str | Path | None = None, dtype: Any = np.int64) -> np.ndarray:
         """Class indices of a mask. Raises DataError naming ``source`` for values outside the map."""
         m = np.asarray(mask)
         if m.dtype in (np.uint8, np.uint16, np.bool_):
             lut = np.full(256 if m.dtype != np.uint16 else 65536, -1, dtype=np.int16)
-            for k, v in enumerate(self.values):
-                if v == int(v) and 0 <= v < lut.size:
-                    lut[int(v)] = k
+            for k, group in enumerate(self.groups):
+                for v in group:
+                    if v == int(v) and 0 <= v < lut.size:
+                        lut[int(v)] = k
             idx = lut[m]
             bad = idx < 0
         else:
             pos = np.clip(np.searchsorted(self._sorted, m), 0, len(self._sorted) - 1)
             bad = self._sorted[pos] != m
-            idx = self._order[pos]
+            idx = self._class_of_sorted[pos]
         if bad.any():
             found = unique_values(m[bad])
             shown = self._fmt(found[:5]) + (" ..." if found.size > 5 else "")
@@ -86,8 +104,9 @@ class ClassMap:
         return idx.astype(dtype, copy=False)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
-        """Original mask values of class indices (uint8/uint16 when the values are whole numbers)."""
-        vals = np.asarray(self.values)
+        """Original mask values of class indices (uint8/uint16 when the values are whole numbers); a merged
+        class becomes its first value."""
+        vals = np.asarray([g[0] for g in self.groups])
         whole = np.array_equal(vals, np.round(vals))
         dtype = (np.uint8 if vals.min() >= 0 and vals.max() <= 255 else np.uint16 if vals.min() >= 0
                  and vals.max() <= 65535 else np.int64) if whole else np.float32
@@ -212,7 +231,7 @@ class CaseCache:
         files = [*case.image_paths, *([case.mask_path] if case.mask_path and class_map else [])]
         stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else (str(f),)
                       for f in files)
-        return stats, norm.key(), tuple(class_map.values) if class_map else None
+        return stats, norm.key(), class_map.key() if class_map else None
 
     def put(self, key: tuple, value: tuple, budget: float) -> bool:
         size = value[0].nbytes + (value[1].nbytes if value[1] is not None else 0)

@@ -117,7 +117,7 @@ def _consistent(scans: list[_Scan], ref: _Scan, skip: SkipLog | None) -> list[_S
 
 def _check_values(scans: list[_Scan], class_map: ClassMap, skip: SkipLog | None) -> list[_Scan]:
     good = []
-    allowed = set(class_map.values)
+    allowed = set(class_map.mask_values)
     for s in scans:
         bad = [float(v) for v in s.values if float(v) not in allowed]
         if not bad:

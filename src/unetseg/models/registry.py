@@ -22,6 +22,7 @@ COMMON_OPTIONS = {
     "norm": " | ".join(NORMS),
     "activation": " | ".join(ACTIVATIONS),
     "upsample": " | ".join(UPSAMPLES),
+    "channels": "depth + 1 integers, one width per level (default: base_channels doubled per level)",
     "dropout": "a number in [0, 1)",
     "init": " | ".join(INITS),
 }
@@ -108,7 +109,8 @@ def build_model(
         num_classes: logit channels (1 = binary, one sigmoid channel).
         base_channels: channels of the first level (doubled at each down-step).
         depth: number of 2x down-steps.
-        **options: ``norm``, ``activation``, ``upsample``, ``dropout``, ``init`` for every model;
+        **options: ``norm``, ``activation``, ``upsample``, ``dropout``, ``init``, ``channels`` (explicit
+            widths per level) for every model;
             ``padding`` (unet), ``deep_supervision``/``ds_eval`` (unet_pp), ``recurrence`` (r2 models).
 
     Raises:

@@ -6,6 +6,8 @@ and/or attention gates on the skips (see ``attention_unet.py``, ``r2unet.py``, `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -23,9 +25,18 @@ from unetseg.models.sizes import (  # noqa: F401  (re-exported for overlap-tile 
 )
 
 
-def widths(base_channels: int, depth: int) -> list[int]:
-    """Channels per level: ``base * 2**level`` for levels 0..depth (the last is the bottleneck)."""
-    return [base_channels * 2**i for i in range(depth + 1)]
+def widths(base_channels: int, depth: int, channels: Sequence[int] | None = None) -> list[int]:
+    """Channels per level 0..depth (the last is the bottleneck): ``channels`` when given (e.g. MONAI
+    ``BasicUNet``'s 32, 32, 64, 128, 256), else ``base * 2**level``."""
+    if channels is None:
+        return [check_int("base_channels", base_channels) * 2**i for i in range(depth + 1)]
+    ok = isinstance(channels, Sequence) and not isinstance(channels, str) and len(channels) == depth + 1
+    if not ok or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+        raise ConfigError(
+            f"channels={channels!r} is not allowed; give depth + 1 = {depth + 1} integers >= 1 "
+            f"(one per level, the bottleneck last), or leave it out to double base_channels per level"
+        )
+    return list(channels)
 
 
 class UNet(SegmentationModel):
@@ -42,6 +53,7 @@ class UNet(SegmentationModel):
         num_classes: logit channels (1 = binary with a sigmoid).
         base_channels: channels of the first level, doubled at each down-step.
         depth: number of down-steps.
+        channels: explicit widths of levels 0..depth instead of doubling ``base_channels``.
         norm: ``batch`` | ``instance`` | ``group`` | ``none``.
         activation: ``relu`` | ``leaky_relu`` | ``gelu``.
         dropout: channel dropout at the end of each conv block.
@@ -62,6 +74,7 @@ class UNet(SegmentationModel):
         *,
         norm: str = "batch",
         activation: str = "relu",
+        channels: Sequence[int] | None = None,
         dropout: float = 0.0,
         upsample: str = "transpose",
         padding: str = "same",
@@ -70,12 +83,11 @@ class UNet(SegmentationModel):
         attention: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, num_classes, depth, padding)
-        check_int("base_channels", base_channels)
         if padding == "valid" and (block is not DoubleConv or attention):
             raise ConfigError("padding='valid' is only for unet; this architecture needs 'same'")
-        self.base_channels = base_channels
         cfg = LayerConfig(spatial_dims, norm, activation, dropout, same=padding == "same")
-        w = widths(base_channels, depth)
+        w = self.widths = widths(base_channels, depth, channels)
+        self.base_channels = w[0]
         self.encoder = nn.ModuleList(
             [block(cfg, in_channels, w[0], first=True)]
             + [block(cfg, w[i - 1], w[i]) for i in range(1, depth + 1)]

@@ -8,11 +8,13 @@ the encoder; ``X[0][1..depth]`` each feed a 1x1 head when deep supervision is on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from unetseg.errors import ConfigError
-from unetseg.models.base import Logits, SegmentationModel, check_int
+from unetseg.models.base import Logits, SegmentationModel
 from unetseg.models.blocks import DoubleConv, UpBlock
 from unetseg.models.init import init_weights
 from unetseg.models.layers import LayerConfig, check_choice, conv, pool
@@ -25,8 +27,8 @@ class UNetPlusPlus(SegmentationModel):
     """UNet++ with nested dense skips, built from the U-Net :class:`DoubleConv` and :class:`UpBlock`.
 
     Args:
-        spatial_dims, in_channels, num_classes, base_channels, depth, norm, activation, dropout, upsample,
-            init: as for :class:`~unetseg.models.unet.UNet` (always "same" padding).
+        spatial_dims, in_channels, num_classes, base_channels, depth, channels, norm, activation, dropout,
+            upsample, init: as for :class:`~unetseg.models.unet.UNet` (always "same" padding).
         deep_supervision: one head per column ``X[0][1..depth]``. In training mode ``forward`` returns the
             list of all heads' logits (coarse to fine, each full size); in eval mode their mean
             (``ds_eval="mean"``) or the last, deepest one (``ds_eval="last"``).
@@ -43,6 +45,7 @@ class UNetPlusPlus(SegmentationModel):
         *,
         norm: str = "batch",
         activation: str = "relu",
+        channels: Sequence[int] | None = None,
         dropout: float = 0.0,
         upsample: str = "transpose",
         init: str = "kaiming",
@@ -50,14 +53,13 @@ class UNetPlusPlus(SegmentationModel):
         ds_eval: str = "mean",
     ) -> None:
         super().__init__(spatial_dims, in_channels, num_classes, depth)
-        check_int("base_channels", base_channels)
         if not isinstance(deep_supervision, bool):
             raise ConfigError(f"deep_supervision={deep_supervision!r} is not allowed; give true or false")
-        self.base_channels = base_channels
+        w = self.widths = widths(base_channels, depth, channels)
+        self.base_channels = w[0]
         self.deep_supervision = deep_supervision
         self.ds_eval = check_choice("ds_eval", ds_eval, DS_EVAL)
         cfg = LayerConfig(spatial_dims, norm, activation, dropout)
-        w = widths(base_channels, depth)
         self.encoder = nn.ModuleList(
             [DoubleConv(cfg, in_channels, w[0], first=True)]
             + [DoubleConv(cfg, w[i - 1], w[i]) for i in range(1, depth + 1)]

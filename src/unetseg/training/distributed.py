@@ -53,13 +53,19 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return buf.to(dev)
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's decision (stop now, time is up) for every rank, so all leave the loop together."""
+def broadcast_value(value: float, info: DistInfo) -> float:
+    """Rank 0's ``value`` on every rank (a no-op when not distributed).
+
+    The trainer shares rank 0's clock this way, so that with a time budget every rank sets the same
+    learning rate and leaves the loop at the same step (a rank stopping alone would hang the others).
+    """
     if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+        return value
+    # NCCL only moves CUDA tensors
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=dev)
     dist.broadcast(t, src=0)
-    return bool(t.item())
+    return float(t.item())
 
 
 def cleanup(info: DistInfo) -> None:

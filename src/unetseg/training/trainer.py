@@ -21,7 +21,7 @@ from unetseg.losses import DeepSupervisionLoss, build_loss
 from unetseg.models import build_model
 from unetseg.training import checkpoint as ckpt
 from unetseg.training.data import build_loader, prepare
-from unetseg.training.distributed import DistInfo, average_buffers, broadcast_flag, cleanup, init_distributed
+from unetseg.training.distributed import DistInfo, average_buffers, broadcast_value, cleanup, init_distributed
 from unetseg.training.logging import RunLogger
 from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.validation import Validator
@@ -202,6 +202,10 @@ class Trainer:
         def minutes() -> float:
             return self.minutes_before + (time.monotonic() - start) / 60
 
+        def agreed_minutes() -> float:
+            # under a budget, rank 0's clock rules every rank: same learning rate, same last step
+            return broadcast_value(minutes(), self.info) if cfg.train.max_minutes else minutes()
+
         patches_per_step = cfg.train.batch_size * self.info.world_size
         out_of_time, speed = False, 0.0
         with log.progress() as bar:
@@ -217,9 +221,9 @@ class Trainer:
             while self.epoch < cfg.train.epochs and not out_of_time:
                 self.net.train()
                 self.loader.sampler.set_epoch(self.epoch)
-                t0, losses = time.monotonic(), []
+                t0, losses, now = time.monotonic(), [], agreed_minutes()
                 for batch in self.loader:
-                    losses.append(self._train_step(batch, minutes()))
+                    losses.append(self._train_step(batch, now))
                     speed = patches_per_step * len(losses) / (time.monotonic() - t0)
                     bar.update(
                         task,
@@ -228,9 +232,8 @@ class Trainer:
                         loss=f"{np.mean(losses):.4f}",
                         speed=f"{speed:.1f}",
                     )
-                    # rank 0's clock decides for every rank, so all leave the loop at the same step
-                    late = bool(cfg.train.max_minutes) and minutes() >= cfg.train.max_minutes
-                    out_of_time = broadcast_flag(late, self.info)
+                    now = agreed_minutes()
+                    out_of_time = bool(cfg.train.max_minutes) and now >= cfg.train.max_minutes
                     if out_of_time:
                         break
                 self.epoch += 1
