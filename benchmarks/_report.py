@@ -12,6 +12,11 @@ ALLOC_ROW = (
     "BasicUNet-same+alloc",
     "MONAI `BasicUNet` (same widths) with unetseg's allocator setting",
 )
+SYSTEM_ROW = (
+    "unetseg",
+    "unet-system",
+    "unetseg `unet` (base 32) with glibc's malloc defaults (`UNETSEG_MALLOC=system`)",
+)
 
 
 def verdict(ok: bool) -> str:
@@ -37,7 +42,7 @@ def train_table(res: dict[str, Any], cfg: dict[str, Any], ceiling: dict[str, Any
         "| peak RSS MiB (+run) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for _, name, label in [*TRAIN_ROWS, ALLOC_ROW]:
+    for _, name, label in [*TRAIN_ROWS, ALLOC_ROW, SYSTEM_ROW]:
         r = res.get(name)
         if r is None:
             continue
@@ -50,7 +55,7 @@ def train_table(res: dict[str, Any], cfg: dict[str, Any], ceiling: dict[str, Any
             achieved = f"{g:.0f}" + (f" ({100 * g / peak:.0f}%)" if peak else "")
         extra = (
             f" [{r['precision']}, channels_last {r['channels_last']}]"
-            if name in ("unet", "unet-basic", "attention_unet", "unet_pp")
+            if name in ("unet", "unet-basic", "attention_unet", "unet_pp", "unet-system")
             else ""
         )
         lines.append(
@@ -66,11 +71,11 @@ def train_table(res: dict[str, Any], cfg: dict[str, Any], ceiling: dict[str, Any
             "Achieved = FLOPs of forward + backward (counted by `torch.utils.flop_counter`) / step time."
         )
         lines.append("")
-    lines += _train_goals(res)
+    lines += _train_goals(res, peak)
     return "\n".join(lines) + "\n"
 
 
-def _train_goals(res: dict[str, Any]) -> list[str]:
+def _train_goals(res: dict[str, Any], peak: float | None = None) -> list[str]:
     out = []
     for ours, peer, widths in (
         ("unet", "BasicUNet-same", "32, 64, 128, 256, 512 (unetseg's default)"),
@@ -81,11 +86,19 @@ def _train_goals(res: dict[str, Any]) -> list[str]:
             out.append(f"- Goals at widths {widths}: not evaluated (a run failed).")
             continue
         ratio = u["patches_per_s"] / m["patches_per_s"]
-        out += [
+        out.append(
             f"- Goal: training throughput >= 3x MONAI `BasicUNet` at the same widths, {widths}: {ratio:.2f}x "
-            f"({u['patches_per_s']:.2f} vs {m['patches_per_s']:.2f} patches/s): {verdict(ratio >= 3)}.",
-            _memory_goal(u, m),
-        ]
+            f"({u['patches_per_s']:.2f} vs {m['patches_per_s']:.2f} patches/s): {verdict(ratio >= 3)}."
+        )
+        if peak and m.get("step_flops") and u.get("step_flops"):
+            # 3x the peer's patches/s at unetseg's FLOPs per patch, in GFLOP/s
+            need = 3 * m["patches_per_s"] / u["patches_per_s"] * u["step_flops"] / u["step_s"] / 1e9
+            out.append(
+                f"  3x would take {need:.0f} GFLOP/s of fp32 arithmetic, {100 * need / peak:.0f}% of this "
+                f"CPU's measured matmul ceiling ({peak:.0f} GFLOP/s); the peer reaches "
+                f"{m['step_flops'] / m['step_s'] / 1e9:.0f}."
+            )
+        out.append(_memory_goal(u, m))
     u, m, a = res.get("unet", {}), res.get("BasicUNet-same", {}), res.get(ALLOC_ROW[1], {})
     if all("patches_per_s" in r for r in (u, m, a)):
         out.append(
@@ -94,7 +107,28 @@ def _train_goals(res: dict[str, Any]) -> list[str]:
             "default), and unetseg is "
             f"{u['patches_per_s'] / a['patches_per_s']:.2f}x against that."
         )
+    s = res.get(SYSTEM_ROW[1], {})
+    if all("patches_per_s" in r for r in (u, m, s)):
+        out.append(_without_allocator(s, u, m, s["patches_per_s"] / m["patches_per_s"], "patches/s"))
     return out
+
+
+def _without_allocator(
+    s: dict[str, Any], u: dict[str, Any], m: dict[str, Any], ratio: float, unit: str
+) -> str:
+    """What ``UNETSEG_MALLOC=system`` trades: unetseg's speed for the memory the allocator setting keeps."""
+    ds, du, dm = (r["peak_rss_mib"] - r["rss_before_mib"] for r in (s, u, m))
+    return (
+        f"- With glibc's malloc defaults (`UNETSEG_MALLOC=system`) unetseg is {ratio:.2f}x the peer and the "
+        f"run adds {ds:.0f} MiB (vs the peer's {dm:.0f}: memory goal {verdict(ds <= dm)}); the allocator "
+        f"setting buys {_speedup(s, u, unit):.2f}x for {du - ds:+.0f} MiB."
+    )
+
+
+def _speedup(slow: dict[str, Any], fast: dict[str, Any], unit: str) -> float:
+    if unit == "patches/s":
+        return fast["patches_per_s"] / slow["patches_per_s"]
+    return slow["median_s"] / fast["median_s"]
 
 
 def _memory_goal(u: dict[str, Any], m: dict[str, Any]) -> str:
@@ -131,6 +165,7 @@ def sliding_table(res: dict[str, Any], cfg: dict[str, Any]) -> str:
     names = {
         "unetseg": "unetseg `Predictor` (as `unetseg predict`)",
         "monai": f"MONAI `sliding_window_inference` (sw_batch_size {cfg['batch']}, mode gaussian)",
+        "unetseg-system": "unetseg `Predictor`, glibc's malloc defaults (`UNETSEG_MALLOC=system`)",
     }
     for impl, label in names.items():
         r = res.get(impl, {"error": "not run"})
@@ -159,6 +194,9 @@ def sliding_table(res: dict[str, Any], cfg: dict[str, Any]) -> str:
         "the tiles disagree differ.",
         _memory_goal(u, m),
     ]
+    s = res.get("unetseg-system", {})
+    if "median_s" in s:
+        lines.append(_without_allocator(s, u, m, m["median_s"] / s["median_s"], "s"))
     return "\n".join(lines) + "\n"
 
 

@@ -221,10 +221,12 @@ def section(name: str, args: argparse.Namespace, results: dict, val: list, n_tra
         f"Budget: {args.minutes:g} training minutes per tool; run {time.strftime('%Y-%m-%d %H:%M')}.  ",
         f"Machine: {machine()}.  ",
         f"Split: {n_train} training / {len(val)} validation cases (`split_cases`, recipe val_fraction and "
-        f"seed); validation: {', '.join(c.name[:12] for c in val)}.  ",
+        f"seed); validation: {', '.join(c.name if len(c.name) <= 24 else c.name[:12] for c in val)}.  ",
         _recipe_line(work) + "  ",
         "Reference: MONAI BasicUNet (32,32,64,128,256,32) + DiceCELoss, random patches + flips/rot90, Adam "
-        "1e-3, batch 4, sliding_window_inference (overlap 0.25, gaussian).",
+        "1e-3, batch 4, sliding_window_inference (overlap 0.25, gaussian)."
+        if "reference" in results
+        else "Reference: not run (`benchmarks/reference_monai.py` is the issue's 2D reference).",
         "",
         "| metric (mean over validation images) | " + " | ".join(title[t] for t in cols) + " |",
         "| --- | " + " | ".join("---:" for _ in cols) + " |",

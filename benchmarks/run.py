@@ -99,6 +99,10 @@ def run_training(run: Runner, cfg: dict[str, Any], skip: set[str]) -> dict[str, 
         {**cfg, "impl": "monai", "name": "BasicUNet-same", "tuned": True},
         "MONAI BasicUNet (same widths) + allocator setting",
     )
+    # and unetseg without it (UNETSEG_MALLOC=system): the speed the setting buys, the memory it costs
+    out["unet-system"] = run(
+        "train", {**cfg, "impl": "unetseg", "name": "unet", "tuned": False}, "unetseg unet, glibc malloc"
+    )
     return out
 
 
@@ -121,18 +125,23 @@ def run_sliding(run: Runner, cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
     # a square whose tile grid is the same in both (starts at multiples of tile*(1-overlap))
     step = int(cfg["tile"] * (1 - cfg["overlap"]))
     check = min(n, cfg["tile"] + 4 * step)
-    for impl in ("unetseg", "monai"):
+    # unetseg-system: unetseg without its allocator setting (UNETSEG_MALLOC=system)
+    for key, impl, tuned in (
+        ("unetseg", "unetseg", True),
+        ("monai", "monai", False),
+        ("unetseg-system", "unetseg", False),
+    ):
         spec = {
             **cfg,
             "impl": impl,
             "image": str(tmp / "image.npy"),
-            "out": str(tmp / f"{impl}.npy"),
-            "check_out": str(tmp / f"{impl}_check.npy"),
+            "out": str(tmp / f"{key}.npy"),
+            "check_out": str(tmp / f"{key}_check.npy"),
             "check_size": check,
-            "tuned": impl == "unetseg",
+            "tuned": tuned,
             "weights": str(tmp / "w.safetensors") if "error" not in out["weights"] else None,
         }
-        out[impl] = run("sliding", spec, f"{impl} {n}x{n}")
+        out[key] = run("sliding", spec, f"{key} {n}x{n}")
     if all("error" not in out[k] for k in ("unetseg", "monai")):
         out["agreement"] = compare(np.load(tmp / "unetseg.npy"), np.load(tmp / "monai.npy"))
         out["check"] = compare(np.load(tmp / "unetseg_check.npy"), np.load(tmp / "monai_check.npy"))

@@ -23,6 +23,13 @@ def test_checkpoint_folder_or_run_folder_gives_a_torch_engine(tmp_path):
     assert logits.shape == (3, 3, 16, 20) and logits.dtype == torch.float32
 
 
+def test_explicit_level_widths_travel_in_the_checkpoint(tmp_path):
+    make_checkpoint(tmp_path / "ckpt", "unet_pp", channels=[4, 4, 8])
+    engine, cfg = load_engine(tmp_path / "ckpt", "cpu", "fp32")
+    assert cfg.model.options["channels"] == [4, 4, 8] and engine.model.widths == [4, 4, 8]
+    assert engine(torch.zeros(1, 1, 16, 16)).shape == (1, 2, 16, 16)
+
+
 def test_valid_unet_engine_reports_its_output_size(tmp_path):
     make_checkpoint(tmp_path / "ckpt", "unet", padding="valid")
     engine, _ = load_engine(tmp_path / "ckpt", "cpu")
