@@ -48,6 +48,15 @@ def test_describe_model_is_one_line_with_the_paper(name):
     assert "\n" not in text and re.search(r"20(15|16|18)", text)
 
 
+def test_models_build_on_the_meta_device_for_counting():
+    # `unetseg models` counts on "meta" (no memory, no initialisation); the counts must be the real ones
+    with torch.device("meta"):
+        meta = build_model("r2_attention_unet", spatial_dims=3, base_channels=4, depth=2)
+    real = build_model("r2_attention_unet", spatial_dims=3, base_channels=4, depth=2)
+    assert all(p.is_meta for p in meta.parameters())
+    assert count_parameters(meta) == count_parameters(real)
+
+
 def test_count_parameters():
     model = build_model("unet", base_channels=2, depth=1)
     total = sum(p.numel() for p in model.parameters())

@@ -38,6 +38,8 @@ def init_weights(module: nn.Module, scheme: str = "kaiming", activation: str = "
     scheme = check_choice("init", scheme, INITS)
     leaky = activation == "leaky_relu"
     for m in module.modules():
+        if any(p.is_meta for p in m.parameters(recurse=False)):
+            continue  # shapes only (e.g. counting parameters): there is nothing to fill, and it is slow
         if isinstance(m, _ConvNd):
             if scheme == "kaiming":
                 nonlinearity = "leaky_relu" if leaky else "relu"
