@@ -66,6 +66,7 @@ class ClassMap:
         return len(self.groups)
 
     def key(self) -> tuple:
+        """A hashable identity of the map (for caches)."""
         return tuple(tuple(g) for g in self.groups)
 
     def __repr__(self) -> str:

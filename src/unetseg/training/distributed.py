@@ -43,14 +43,20 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank=rank, local_rank=local, world_size=world), device
 
 
+def _comm_device() -> torch.device:
+    """Where collectives need their tensors: NCCL moves only CUDA tensors, gloo reduces on the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over ranks (a no-op when not distributed). Gloo reduces on the CPU."""
+    """Sum a tensor over ranks (a no-op when not distributed); the result is on ``t``'s device."""
     if not info.enabled:
         return t
-    dev = t.device
-    buf = t.detach().to("cpu" if dist.get_backend() == "gloo" else dev).clone()
+    buf = t.detach().to(_comm_device(), copy=True)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    return buf.to(dev)
+    return buf.to(t.device)
 
 
 def broadcast_value(value: float, info: DistInfo) -> float:
@@ -61,9 +67,7 @@ def broadcast_value(value: float, info: DistInfo) -> float:
     """
     if not info.enabled:
         return value
-    # NCCL only moves CUDA tensors
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=dev)
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
     dist.broadcast(t, src=0)
     return float(t.item())
 
