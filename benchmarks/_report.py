@@ -109,26 +109,23 @@ def _train_goals(res: dict[str, Any], peak: float | None = None) -> list[str]:
         )
     s = res.get(SYSTEM_ROW[1], {})
     if all("patches_per_s" in r for r in (u, m, s)):
-        out.append(_without_allocator(s, u, m, s["patches_per_s"] / m["patches_per_s"], "patches/s"))
+        out.append(_without_allocator(s, u, m))
     return out
 
 
-def _without_allocator(
-    s: dict[str, Any], u: dict[str, Any], m: dict[str, Any], ratio: float, unit: str
-) -> str:
-    """What ``UNETSEG_MALLOC=system`` trades: unetseg's speed for the memory the allocator setting keeps."""
+def _without_allocator(s: dict[str, Any], u: dict[str, Any], m: dict[str, Any]) -> str:
+    """What ``UNETSEG_MALLOC=system`` (``s``) trades, against unetseg's default (``u``) and the peer."""
     ds, du, dm = (r["peak_rss_mib"] - r["rss_before_mib"] for r in (s, u, m))
     return (
-        f"- With glibc's malloc defaults (`UNETSEG_MALLOC=system`) unetseg is {ratio:.2f}x the peer and the "
-        f"run adds {ds:.0f} MiB (vs the peer's {dm:.0f}: memory goal {verdict(ds <= dm)}); the allocator "
-        f"setting buys {_speedup(s, u, unit):.2f}x for {du - ds:+.0f} MiB."
+        f"- With glibc's malloc defaults (`UNETSEG_MALLOC=system`) unetseg is {_speed(s) / _speed(m):.2f}x "
+        f"the peer and the run adds {ds:.0f} MiB (vs the peer's {dm:.0f}: memory goal {verdict(ds <= dm)}); "
+        f"the allocator setting buys {_speed(u) / _speed(s):.2f}x for {du - ds:+.0f} MiB."
     )
 
 
-def _speedup(slow: dict[str, Any], fast: dict[str, Any], unit: str) -> float:
-    if unit == "patches/s":
-        return fast["patches_per_s"] / slow["patches_per_s"]
-    return slow["median_s"] / fast["median_s"]
+def _speed(r: dict[str, Any]) -> float:
+    """Higher is faster: patches/s of a training row, 1 / seconds of a prediction row."""
+    return r["patches_per_s"] if "patches_per_s" in r else 1 / r["median_s"]
 
 
 def _memory_goal(u: dict[str, Any], m: dict[str, Any]) -> str:
@@ -196,7 +193,7 @@ def sliding_table(res: dict[str, Any], cfg: dict[str, Any]) -> str:
     ]
     s = res.get("unetseg-system", {})
     if "median_s" in s:
-        lines.append(_without_allocator(s, u, m, m["median_s"] / s["median_s"], "s"))
+        lines.append(_without_allocator(s, u, m))
     return "\n".join(lines) + "\n"
 
 
