@@ -96,7 +96,7 @@ def test_torchscript_loads_as_an_engine_with_its_config(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt", "attention_unet", num_classes=1)
     out = tmp_path / "m.pt"
     export_model(ckpt, "torchscript", out)
-    engine, cfg = load_engine(out, "cpu")
+    engine, cfg = load_engine(out, "cpu", "fp32")  # "auto" is bf16 on CPUs with AVX-512-bf16
     assert isinstance(engine, TorchEngine) and cfg.model.name == "attention_unet" and engine.num_classes == 1
     model, _ = load_checkpoint(ckpt)
     x = np.random.default_rng(1).normal(size=(1, 19, 26)).astype(np.float32)
