@@ -49,7 +49,7 @@ def emit(result: dict[str, Any]) -> None:
 def child_setup(spec: dict[str, Any]) -> None:
     """First thing in a child: the allocator setting (unetseg's CLI start-up) when asked, then threads."""
     if spec.get("tuned"):
-        from unetseg._runtime import tune_allocator
+        from unetseg.runtime import tune_allocator
 
         if not tune_allocator():
             print("warning: the allocator setting could not be applied", file=sys.stderr)
@@ -143,7 +143,7 @@ def machine_facts(threads: int) -> dict[str, str]:
     """What the numbers depend on: CPU, its vector extensions, threads, library versions."""
     import torch
 
-    from unetseg.utils import cpu_has_fast_bf16
+    from unetseg.runtime import cpu_has_fast_bf16
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {

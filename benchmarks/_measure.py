@@ -18,7 +18,7 @@ def _unetseg_training_path(spec: dict[str, Any]) -> tuple:
     """What unetseg's trainer picks on this CPU for 2D: (autocast dtype or None, channels_last)."""
     import torch
 
-    from unetseg.utils import autocast_dtype, use_channels_last
+    from unetseg.runtime import autocast_dtype, use_channels_last
 
     cpu = torch.device("cpu")
     dtype = autocast_dtype(spec.get("precision", "auto"), cpu)
@@ -302,7 +302,7 @@ def matmul(spec: dict[str, Any]) -> None:
     child_setup(spec)
     import torch
 
-    from unetseg.utils import cpu_has_fast_bf16
+    from unetseg.runtime import cpu_has_fast_bf16
 
     out = {}
     for dtype, n in (("float32", spec["n"]), ("bfloat16", spec["n"] if cpu_has_fast_bf16() else 256)):

@@ -264,7 +264,7 @@ def _defaults() -> dict[str, tuple[tuple[bool | None, bool | None], str]]:
     import torch
 
     from unetseg.config import TrainConfig
-    from unetseg.utils import autocast_dtype, use_channels_last
+    from unetseg.runtime import autocast_dtype, use_channels_last
 
     cpu = torch.device("cpu")
     cl = (use_channels_last("auto", cpu, 2, inference=True), use_channels_last("auto", cpu, 2))

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from unetseg.config import Config, apply_overrides, load_yaml
-from unetseg.data.dataset import ClassMap, find_cases, split_cases
+from unetseg.data import ClassMap, find_cases, split_cases
 from unetseg.data.io import list_images, read_mask, stem_of
 from unetseg.metrics import dice, instances_from_membranes, iou, pixel_error, rand_error
 

@@ -168,7 +168,7 @@ def compare(ours: Any, theirs: Any) -> dict[str, float]:
 def run_fastpaths(
     run: Runner, cfg: dict[str, Any], bf16_cfg: dict[str, Any], skip: set[str]
 ) -> dict[str, Any]:
-    from unetseg.utils import cpu_has_fast_bf16
+    from unetseg.runtime import cpu_has_fast_bf16
 
     fast_bf16 = cpu_has_fast_bf16()
     compile_ = [] if "compile" in skip else ["compile"]
@@ -222,7 +222,7 @@ def section(facts: dict[str, str], parts: list[str], command: str, minutes: floa
             "warm-up, then the median of the repeats; peak RSS is that child's `ru_maxrss` (interpreter, "
             'libraries and model included; "+run" is what the measured work added). unetseg runs at its '
             "defaults, with the "
-            "allocator setting its command line applies at start-up (`unetseg._runtime.tune_allocator`); "
+            "allocator setting its command line applies at start-up (`unetseg.runtime.tune_allocator`); "
             "MONAI and smp at theirs (fp32 eager). Every training row uses the same loss (cross-entropy), "
             "optimiser (AdamW) and random batch.",
             "",

@@ -14,7 +14,7 @@ from unetseg.export import export_model
 from unetseg.inference import OnnxEngine, Predictor, load_engine
 from unetseg.inference.engines import TorchEngine
 from unetseg.models import available_models
-from unetseg.training.checkpoint import load_checkpoint
+from unetseg.checkpoint import load_checkpoint
 
 pytest.importorskip("onnxruntime")
 
@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 def _predict_both_ways(ckpt, exported, shape):
     """Labels and probabilities of a tiled prediction through the checkpoint and through the export."""
     torch_engine, cfg = load_engine(ckpt, "cpu", "fp32")
-    other, other_cfg = load_engine(exported, "cpu", "fp32")
+    other, other_cfg = load_engine(exported, "cpu", "fp32", trust_torchscript=True)
     assert other_cfg.to_dict()["model"] == cfg.to_dict()["model"]
     x = np.random.default_rng(0).normal(size=(cfg.model.in_channels, *shape)).astype(np.float32)
     tile = (16,) * len(shape)
@@ -96,7 +96,7 @@ def test_torchscript_loads_as_an_engine_with_its_config(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt", "attention_unet", num_classes=1)
     out = tmp_path / "m.pt"
     export_model(ckpt, "torchscript", out)
-    engine, cfg = load_engine(out, "cpu", "fp32")  # "auto" is bf16 on CPUs with AVX-512-bf16
+    engine, cfg = load_engine(out, "cpu", "fp32", trust_torchscript=True)  # auto: bf16 on AVX-512-bf16
     assert isinstance(engine, TorchEngine) and cfg.model.name == "attention_unet" and engine.num_classes == 1
     model, _ = load_checkpoint(ckpt)
     x = np.random.default_rng(1).normal(size=(1, 19, 26)).astype(np.float32)

@@ -88,7 +88,7 @@ def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:
 
 def _case(root: Path, name: str, mask: np.ndarray, suffix: str = ".png"):
     """A Case whose mask is ``mask`` (scoring reads only the mask)."""
-    from unetseg.data.layout import Case
+    from unetseg.data.cases import Case
 
     path = write_mask(root / "masks" / f"{name}{suffix}", mask)
     return Case(name=name, image_paths=[path], mask_path=path)

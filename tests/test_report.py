@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetseg.data.io import save_overlay
-from unetseg.report import write_report
+from unetseg.data.overlay import save_overlay
+from unetseg.evaluation.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [

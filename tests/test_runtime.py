@@ -1,4 +1,4 @@
-"""The start-up allocator setting and the per-hardware fast-path choices (unetseg._runtime, unetseg.utils)."""
+"""The start-up allocator setting and the per-hardware fast-path choices (unetseg.runtime, unetseg.runtime)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-from unetseg import utils
+from unetseg import runtime as utils
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # Allocates and frees a 64 MiB buffer 20 times and prints the minor page faults of the last 19.
 CHILD = """
 import resource, sys
-from unetseg._runtime import tune_allocator
+from unetseg.runtime import tune_allocator
 applied = tune_allocator() if sys.argv[1] == "tuned" else False
 import torch
 torch.empty(16 << 20).fill_(1.0)

@@ -1,36 +1,76 @@
 """The ``unetseg`` command: a thin Typer layer that parses options into a Config and calls the Python API.
 
-User mistakes (:class:`UnetsegError`) print one line and exit with status 2; tracebacks are for bugs.
+User mistakes (:class:`UnetsegError`, and the command line's own usage errors) print one ``error:`` line and
+exit with status 2; an interrupted training prints where its checkpoint is and exits 130 (Ctrl-C) or 143
+(SIGTERM). Tracebacks are for bugs. Choices in the help come from the registries and the config schema.
 """
 
 from __future__ import annotations
 
+import functools
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
+from unetseg.config.schema import choices
 from unetseg.errors import UnetsegError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Biomedical image segmentation with the U-Net family.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Biomedical image segmentation with the U-Net family.",
 )
-
 Opt = typer.Option
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
+def _one_of(section: str, name: str) -> str:
+    return " | ".join(str(c) for c in choices(section, name))
+
+
+def _models() -> str:
+    from unetseg.models import available_models
+
+    return " | ".join(available_models())
+
+
+def _losses() -> str:
+    from unetseg.losses import available_losses
+
+    return " | ".join(available_losses())
+
+
+def user_errors(fn: F) -> F:
+    """The one place where user errors become one line and an exit status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from unetseg.training.run import TrainingInterrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except TrainingInterrupted as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(e.exit_code) from None
+        except UnetsegError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @app.command()
+@user_errors
 def models() -> None:
     """List the architectures with their parameter counts (default configuration, 2D, 1 -> 2 classes)."""
+    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -39,22 +79,12 @@ def models() -> None:
     table = Table(title="unetseg architectures (2D, in=1, classes=2, base 32, depth 4)")
     for col in ("name", "parameters", "3D parameters", "description"):
         table.add_column(col, justify="right" if "param" in col else "left")
-    import torch
-
     for name in available_models():
         with torch.device("meta"):  # counting needs shapes only, not initialised weights
             p2 = count_parameters(build_model(name, spatial_dims=2))
             p3 = count_parameters(build_model(name, spatial_dims=3))
         table.add_row(name, f"{p2:,}", f"{p3:,}", describe_model(name))
     Console().print(table)
-
-
-def _shape(values: list[int] | None, what: str) -> list[int] | None:
-    if not values:
-        return None
-    if len(values) not in (2, 3) or any(v < 1 for v in values):
-        raise UnetsegError(f"{what} takes 2 (H W) or 3 (D H W) positive sizes, got {values}")
-    return list(values)
 
 
 def _parse_classes(text: str) -> list[Any]:
@@ -83,201 +113,255 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
     return out
 
 
-@app.command(context_settings={"allow_extra_args": True})
+def _size(values: list[int] | None, option: str) -> list[int] | None:
+    if not values:
+        return None
+    if len(values) not in (2, 3) or any(v < 1 for v in values):
+        raise UnetsegError(f"{option} takes 2 (H W) or 3 (D H W) positive sizes, got {values}")
+    return list(values)
+
+
+def _resume_hint(argv: list[str]) -> str:
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return "unetseg " + shlex.join(kept + ["--resume"])
+
+
+@app.command()
+@user_errors
 def train(
-    ctx: typer.Context,
     data: Annotated[Path | None, Opt(help="dataset folder (images/ + masks/, or nnU-Net raw)")] = None,
     out: Annotated[
         Path | None, Opt(help="run folder (best/, last/, metrics.csv, curves.png, log.txt)")
     ] = None,
-    model: Annotated[str | None, Opt(help="architecture, see `unetseg models`")] = None,
+    model: Annotated[str | None, Opt(help=f"architecture: {_models()}")] = None,
     config: Annotated[Path | None, Opt(help="YAML recipe; command-line options override it")] = None,
     val_data: Annotated[Path | None, Opt(help="separate validation folder")] = None,
     val_fraction: Annotated[
         float | None, Opt(help="share of cases held out when --val-data is absent")
     ] = None,
-    base_channels: Annotated[int | None, Opt()] = None,
-    depth: Annotated[int | None, Opt()] = None,
+    base_channels: Annotated[int | None, Opt(help="width of the first level, doubled per level")] = None,
+    depth: Annotated[int | None, Opt(help="number of down-steps")] = None,
     option: Annotated[list[str] | None, Opt(help="any other model option, KEY=VALUE (repeatable)")] = None,
-    epochs: Annotated[int | None, Opt()] = None,
+    epochs: Annotated[int | None, Opt(help="an upper bound when --max-minutes is given")] = None,
     iters_per_epoch: Annotated[int | None, Opt(help="training batches per epoch")] = None,
     max_minutes: Annotated[float | None, Opt(help="stop cleanly after this many minutes")] = None,
-    patch_size: Annotated[
-        list[int] | None, Opt(help="H W or D H W (give the option once per number)")
-    ] = None,
+    patch_size: Annotated[list[int] | None, Opt(help="H W or D H W")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
-    loss: Annotated[str | None, Opt(help="dice | ce | dice_ce | focal | tversky | lovasz")] = None,
-    lr: Annotated[float | None, Opt()] = None,
-    optimizer: Annotated[str | None, Opt(help="adamw | sgd")] = None,
-    schedule: Annotated[str | None, Opt(help="poly | cosine | constant")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda")] = None,
-    precision: Annotated[str | None, Opt(help="auto | fp32 | bf16 | fp16")] = None,
+    loss: Annotated[str | None, Opt(help=_losses())] = None,
+    lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
+    optimizer: Annotated[str | None, Opt(help=_one_of("train", "optimizer"))] = None,
+    schedule: Annotated[str | None, Opt(help=_one_of("train", "schedule"))] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N")] = None,
+    precision: Annotated[str | None, Opt(help=_one_of("train", "precision"))] = None,
     classes: Annotated[
-        str | None, Opt(help="mask values in class order, e.g. 0,128,255; 0,1+2+3 merges 1-3 into class 1")
+        str | None, Opt(help="mask values in class order, e.g. 0,128,255; 0,1+2+3 merges")
     ] = None,
-    normalization: Annotated[str | None, Opt(help="zscore | percentile | window | none")] = None,
+    task: Annotated[str | None, Opt(help=_one_of("data", "task"))] = None,
+    normalization: Annotated[str | None, Opt(help=_one_of("data", "normalization"))] = None,
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early stopping: validations without improvement")] = None,
     workers: Annotated[int | None, Opt(help="DataLoader worker processes")] = None,
+    max_image_gib: Annotated[float | None, Opt(help="largest image to decode, as float32 GiB")] = None,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model")] = False,
     skip_bad: Annotated[bool, Opt("--skip-bad", help="report and skip bad image/mask pairs")] = False,
-    resume: Annotated[bool, Opt("--resume", help="continue from RUN/last")] = False,
+    resume: Annotated[bool, Opt("--resume", help="continue the run in --out from RUN/last")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier run in --out")] = False,
 ) -> None:
     """Train a segmentation model on a dataset folder."""
-    from unetseg.config import Config, apply_overrides, load_yaml
+    from unetseg.config import build_config, load_yaml
     from unetseg.training import train as run_training
 
-    try:
-        cfg = Config()
-        if config is not None:
-            apply_overrides(cfg, load_yaml(config), source=str(config))
-        given: dict[str, Any] = {
-            "data.data": str(data) if data else None,
-            "train.out": str(out) if out else None,
-            "model.name": model,
-            "data.val_data": str(val_data) if val_data else None,
-            "data.val_fraction": val_fraction,
-            "model.base_channels": base_channels,
-            "model.depth": depth,
-            "train.epochs": epochs,
-            "train.iters_per_epoch": iters_per_epoch,
-            "train.max_minutes": max_minutes,
-            "data.patch_size": _shape(patch_size, "--patch-size"),
-            "train.batch_size": batch_size,
-            "train.loss": loss,
-            "train.lr": lr,
-            "train.optimizer": optimizer,
-            "train.schedule": schedule,
-            "train.device": device,
-            "train.precision": precision,
-            "data.normalization": normalization,
-            "train.seed": seed,
-            "train.patience": patience,
-            "data.num_workers": workers,
-        }
-        if classes:
-            given["data.class_values"] = _parse_classes(classes)
-        if compile:
-            given["train.compile"] = True
-        if skip_bad:
-            given["data.skip_bad"] = True
-        apply_overrides(cfg, {k: v for k, v in given.items() if v is not None}, source="command line")
-        apply_overrides(cfg, {"model.options": _parse_options(option)}, source="--option")
-        if cfg.data.data is None:
-            raise UnetsegError("train needs --data DIR (or data: in the YAML config)")
-        if cfg.train.out is None:
-            raise UnetsegError("train needs --out RUN (or out: in the YAML config)")
-        run_training(cfg, resume=resume)
-    except UnetsegError as e:
-        _fail(e)
+    given: dict[str, Any] = {
+        "data.data": str(data) if data else None,
+        "train.out": str(out) if out else None,
+        "model.name": model,
+        "data.val_data": str(val_data) if val_data else None,
+        "data.val_fraction": val_fraction,
+        "model.base_channels": base_channels,
+        "model.depth": depth,
+        "train.epochs": epochs,
+        "train.iters_per_epoch": iters_per_epoch,
+        "train.max_minutes": max_minutes,
+        "data.patch_size": _size(patch_size, "--patch-size"),
+        "train.batch_size": batch_size,
+        "train.loss": loss,
+        "train.lr": lr,
+        "train.optimizer": optimizer,
+        "train.schedule": schedule,
+        "train.device": device,
+        "train.precision": precision,
+        "data.normalization": normalization,
+        "data.task": task,
+        "train.seed": seed,
+        "train.patience": patience,
+        "data.num_workers": workers,
+        "data.max_image_gib": max_image_gib,
+        "data.class_values": _parse_classes(classes) if classes else None,
+        "train.compile": True if compile else None,
+        "data.skip_bad": True if skip_bad else None,
+    }
+    sources = [(load_yaml(config), str(config))] if config is not None else []
+    sources += [
+        ({k: v for k, v in given.items() if v is not None}, "command line"),
+        ({"model.options": _parse_options(option)}, "--option"),
+    ]
+    cfg = build_config(sources)
+    if cfg.data.data is None:
+        raise UnetsegError("train needs --data DIR (or data: in the YAML config)")
+    if cfg.train.out is None:
+        raise UnetsegError("train needs --out RUN (or out: in the YAML config)")
+    run_training(
+        cfg, resume=resume, overwrite=overwrite, config_file=config, resume_hint=_resume_hint(sys.argv[1:])
+    )
+
+
+def _infer_overrides(
+    tile: list[int] | None, overlap: float | None, batch_size: int | None, blend: str | None
+) -> dict[str, Any]:
+    """Validate predict/evaluate's inference options with the schema (one rule for every source)."""
+    from unetseg.config import build_config
+
+    values = {
+        "infer.tile": _size(tile, "--tile"),
+        "infer.overlap": overlap,
+        "infer.batch_size": batch_size,
+        "infer.blend": blend,
+    }
+    build_config([({k: v for k, v in values.items() if v is not None}, "command line")])
+    return {"tile": values["infer.tile"], "overlap": overlap, "batch_size": batch_size, "blend": blend}
 
 
 @app.command()
+@user_errors
 def evaluate(
     checkpoint: Annotated[Path, Opt(help="checkpoint folder, run folder (-> best/) or .onnx file")],
     data: Annotated[Path, Opt(help="dataset folder with images/ and masks/")],
-    out: Annotated[Path | None, Opt(help="write metrics as JSON")] = None,
+    out: Annotated[Path | None, Opt(help="write metrics as strict JSON")] = None,
     overlays: Annotated[Path | None, Opt(help="write side-by-side PNGs here")] = None,
     report: Annotated[Path | None, Opt(help="write a self-contained HTML report")] = None,
-    tile: Annotated[list[int] | None, Opt()] = None,
-    overlap: Annotated[float | None, Opt()] = None,
-    tta: Annotated[bool, Opt("--tta")] = False,
-    batch_size: Annotated[int | None, Opt()] = None,
-    device: Annotated[str, Opt()] = "auto",
-    skip_bad: Annotated[bool, Opt("--skip-bad")] = False,
+    tile: Annotated[list[int] | None, Opt(help="tile size H W or D H W; default: the checkpoint's")] = None,
+    overlap: Annotated[float | None, Opt(help="tile overlap in [0, 1)")] = None,
+    blend: Annotated[str | None, Opt(help=_one_of("infer", "blend"))] = None,
+    tta: Annotated[bool, Opt("--tta", help="average over flips")] = False,
+    batch_size: Annotated[int | None, Opt(help="tiles per forward pass")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, Opt(help=_one_of("train", "precision"))] = "auto",
+    skip_bad: Annotated[bool, Opt("--skip-bad", help="report bad pairs and go on")] = False,
+    overwrite: Annotated[
+        bool, Opt("--overwrite", help="replace existing outputs unetseg did not write")
+    ] = False,
+    trust_torchscript: Annotated[
+        bool,
+        Opt(
+            "--trust-torchscript",
+            help="load a TorchScript file: it is a program and can run any code; only for files you made",
+        ),
+    ] = False,
 ) -> None:
     """Segment a labelled dataset and report per-image and mean metrics per class."""
-    from unetseg.training.evaluate import evaluate as run_evaluate
+    from unetseg.evaluation import evaluate as run_evaluate
 
-    try:
-        run_evaluate(
-            checkpoint,
-            data,
-            out_json=out,
-            overlays=overlays,
-            report=report,
-            tile=_shape(tile, "--tile"),
-            overlap=overlap,
-            tta=tta,
-            batch_size=batch_size,
-            device=device,
-            skip_bad=skip_bad,
-        )
-    except UnetsegError as e:
-        _fail(e)
+    run_evaluate(
+        checkpoint,
+        data,
+        out_json=out,
+        overlays=overlays,
+        report=report,
+        tta=tta,
+        device=device,
+        precision=precision,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        trust_torchscript=trust_torchscript,
+        **_infer_overrides(tile, overlap, batch_size, blend),
+    )
 
 
 @app.command()
+@user_errors
 def predict(
     checkpoint: Annotated[Path, Opt(help="checkpoint folder, run folder (-> best/) or .onnx file")],
     input: Annotated[Path, Opt(help="an image file or a folder of images")],
     output: Annotated[Path, Opt(help="folder for the masks")],
     tile: Annotated[list[int] | None, Opt(help="tile size H W or D H W; default: training patch")] = None,
     overlap: Annotated[float | None, Opt(help="tile overlap in [0, 1); default 0.25 (2D), 0.5 (3D)")] = None,
-    blend: Annotated[str, Opt(help="gaussian | constant")] = "gaussian",
+    blend: Annotated[str | None, Opt(help=_one_of("infer", "blend"))] = None,
     tta: Annotated[bool, Opt("--tta", help="average over flips")] = False,
     probabilities: Annotated[bool, Opt("--probabilities", help="also write per-class float TIFFs")] = False,
     overlay: Annotated[bool, Opt("--overlay", help="also write a coloured overlay PNG")] = False,
     mask_values: Annotated[str, Opt(help="index (0..C-1) | original (the training mask values)")] = "index",
     batch_size: Annotated[int | None, Opt(help="tiles per forward pass")] = None,
     device: Annotated[str, Opt(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, Opt(help="auto | fp32 | bf16 | fp16")] = "auto",
+    precision: Annotated[str, Opt(help=_one_of("train", "precision"))] = "auto",
     skip_bad: Annotated[bool, Opt("--skip-bad", help="report unreadable inputs and go on")] = False,
+    overwrite: Annotated[
+        bool, Opt("--overwrite", help="replace existing outputs unetseg did not write")
+    ] = False,
+    max_image_gib: Annotated[float | None, Opt(help="largest image to decode, as float32 GiB")] = None,
+    trust_torchscript: Annotated[
+        bool,
+        Opt(
+            "--trust-torchscript",
+            help="load a TorchScript file: it is a program and can run any code; only for files you made",
+        ),
+    ] = False,
 ) -> None:
     """Segment an image or a folder of images of any size with sliding-window inference."""
+    from unetseg.config import build_config
     from unetseg.inference import predict_files
 
-    try:
-        predict_files(
-            checkpoint,
-            input,
-            output,
-            tile=_shape(tile, "--tile"),
-            overlap=overlap,
-            blend=blend,
-            tta=tta,
-            probabilities=probabilities,
-            overlay=overlay,
-            mask_values=mask_values,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            skip_bad=skip_bad,
-        )
-    except UnetsegError as e:
-        _fail(e)
+    if max_image_gib is not None:
+        build_config([({"data.max_image_gib": max_image_gib}, "command line")])
+    result = predict_files(
+        checkpoint,
+        input,
+        output,
+        tta=tta,
+        probabilities=probabilities,
+        overlay=overlay,
+        mask_values=mask_values,
+        device=device,
+        precision=precision,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        trust_torchscript=trust_torchscript,
+        max_image_gib=max_image_gib,
+        **_infer_overrides(tile, overlap, batch_size, blend),
+    )
+    done = result.images - len(result.skipped)
+    typer.echo(f"wrote {done} mask(s){' with probabilities' if probabilities else ''} to {result.output}")
 
 
 @app.command()
+@user_errors
 def export(
     checkpoint: Annotated[Path, Opt(help="checkpoint folder or run folder (-> best/)")],
     format: Annotated[str, Opt(help="onnx | torchscript")],
     output: Annotated[Path, Opt(help="file to write")],
     opset: Annotated[int, Opt(help="ONNX opset (17 or newer)")] = 17,
+    overwrite: Annotated[
+        bool, Opt("--overwrite", help="replace an existing file unetseg did not write")
+    ] = False,
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript and check it against PyTorch (max abs diff <= 1e-4)."""
     from unetseg.export import export_model
 
-    try:
-        export_model(checkpoint, format, output, opset=opset)
-    except UnetsegError as e:
-        _fail(e)
+    export_model(checkpoint, format, output, opset=opset, overwrite=overwrite)
 
 
 @app.command()
+@user_errors
 def demo(
     out: Annotated[Path, Opt(help="folder for the synthetic data and the run")] = Path("demo_out"),
     minutes: Annotated[float, Opt(help="training budget")] = 2.0,
     device: Annotated[str, Opt()] = "auto",
     seed: Annotated[int, Opt()] = 0,
+    overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier demo in --out")] = False,
 ) -> None:
     """Synthesize a dataset, train a small U-Net, evaluate, predict and plot: the whole workflow."""
     from unetseg.demo import run_demo
 
-    try:
-        run_demo(out, minutes=minutes, device=device, seed=seed)
-    except UnetsegError as e:
-        _fail(e)
+    run_demo(out, minutes=minutes, device=device, seed=seed, overwrite=overwrite)
 
 
 _MULTI_INT = ("--patch-size", "--tile")
@@ -303,9 +387,23 @@ def expand_multi(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script and ``python -m unetseg``."""
-    from unetseg._runtime import tune_allocator
+    """Entry point of the console script and ``python -m unetseg``: the process-wide settings of a
+    command-line run (allocator, quiet readers), then the command; usage errors are one line too."""
+    from unetseg.runtime import configure_process
 
-    tune_allocator()  # before any large tensor: keeps activations on the heap (see unetseg/_runtime.py)
+    configure_process(allocator=True, quiet_readers=True)  # before any large tensor exists
     args = sys.argv[1:] if argv is None else argv
-    app(args=expand_multi(list(args)), prog_name="unetseg")
+    try:
+        code = app(args=expand_multi(list(args)), prog_name="unetseg", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        code = 0
+    except click.exceptions.UsageError as e:
+        typer.echo(f"error: {' '.join(e.format_message().split())} (see `unetseg --help`)", err=True)
+        code = 2
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -7,11 +7,12 @@ predict them, and write overlays and training curves.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from unetseg.config import Config
+from unetseg.errors import OutputError
+from unetseg.evaluation.result import EvaluationResult
 
 
 def demo_config(data: Path, run: Path, minutes: float, device: str, seed: int) -> Config:
@@ -46,15 +47,22 @@ def run_demo(
     n_test: int = 6,
     size: tuple[int, int] = (256, 256),
     quiet: bool = False,
-) -> dict[str, Any]:
-    """Run the demo into ``out``; return the evaluation result (with ``mean_foreground_dice``)."""
+    overwrite: bool = False,
+) -> EvaluationResult:
+    """Run the demo into ``out``; return the evaluation result (with ``mean_foreground_dice``).
+
+    An ``out`` that already holds files is refused unless ``overwrite`` (then the demo replaces its own
+    earlier results there)."""
     from unetseg.data.synthetic import make_dataset
+    from unetseg.evaluation import evaluate
     from unetseg.inference import predict_files
     from unetseg.training import train
-    from unetseg.training.evaluate import evaluate
 
     console = Console(stderr=True, quiet=quiet)
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"{out}: holds an earlier demo (or other files); pass --overwrite to replace the "
+                          "demo's results there, or choose another --out")
     console.rule("[bold]unetseg demo")
     train_dir = make_dataset(out / "data" / "train", n=n_train, size=size, kind="cells", seed=seed)
     test_dir = make_dataset(out / "data" / "test", n=n_test, size=size, kind="cells", seed=seed + 10_000)
@@ -63,7 +71,7 @@ def run_demo(
     )
     run = out / "run"
     cfg = demo_config(train_dir, run, minutes, device, seed)
-    train(cfg, quiet=quiet)
+    train(cfg, quiet=quiet, overwrite=overwrite)
     result = evaluate(
         run,
         test_dir,
@@ -72,13 +80,13 @@ def run_demo(
         report=out / "report.html",
         device=device,
         quiet=quiet,
+        overwrite=overwrite,
     )
-    predict_files(
-        run, test_dir / "images", out / "predictions", overlay=True, device=device, progress=not quiet
-    )
+    predict_files(run, test_dir / "images", out / "predictions", overlay=True, device=device,
+                  progress=not quiet, overwrite=overwrite)
     console.rule("[bold]done")
     console.print(
-        f"held-out mean foreground Dice: [bold]{result['mean_foreground_dice']:.4f}[/bold]\n"
+        f"held-out mean foreground Dice: [bold]{result.mean_foreground_dice:.4f}[/bold]\n"
         f"  checkpoint      {run / 'best'}\n"
         f"  training curves {run / 'curves.png'}  (log: {run / 'log.txt'}, {run / 'metrics.csv'})\n"
         f"  evaluation      {out / 'evaluation.json'}\n"

@@ -19,5 +19,16 @@ class CheckpointError(UnetsegError):
     """A checkpoint folder or exported model cannot be loaded."""
 
 
+class OutputError(UnetsegError):
+    """An output cannot be written, or would replace a file the command reads or a user's own file. The
+    message names the path and the option to change."""
+
+
 class TrainingError(UnetsegError):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (library errors can span pages), or its type."""
+    text = " ".join(str(err).split()) if "\n" not in str(err).strip() else str(err).strip().splitlines()[0]
+    return text[:limit] if text else type(err).__name__

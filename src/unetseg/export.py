@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetseg.config import Config
-from unetseg.errors import ConfigError, UnetsegError
-from unetseg.inference.engines import (
+from unetseg.checkpoint import (
     ONNX_CONFIG_KEY,
     TORCHSCRIPT_CONFIG_FILE,
     TORCHSCRIPT_SUFFIXES,
-    OnnxEngine,
-    first_line,
-    load_torchscript,
+    find_checkpoint,
+    load_checkpoint,
 )
+from unetseg.config import Config, config_from_dict
+from unetseg.errors import ConfigError, UnetsegError, first_line
+from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
+from unetseg.inference.engines import OnnxEngine, load_torchscript
 
 FORMATS = ("onnx", "torchscript")
 ATOL = 1e-4
@@ -219,7 +220,7 @@ def _export_torchscript(model: nn.Module, config: Config, path: Path) -> float:
         torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_CONFIG_FILE: config.to_json()})
     except Exception as e:  # noqa: BLE001 - report any exporter failure as one line
         raise UnetsegError(f"{path}: TorchScript export failed ({first_line(e)})") from None
-    loaded, _ = load_torchscript(path, torch.device("cpu"))
+    loaded, _ = load_torchscript(path, torch.device("cpu"), trust=True)  # the file we just wrote
     loaded.eval()
     with torch.no_grad():
         return parity(model, lambda x: _eager(loaded, x), sizes[1:])
@@ -233,6 +234,7 @@ def export_model(
     *,
     atol: float = ATOL,
     exporter: str = "auto",
+    overwrite: bool = False,
 ) -> float:
     """Export ``checkpoint`` as ``fmt`` (``onnx`` | ``torchscript``) to ``output`` and check it.
 
@@ -243,12 +245,14 @@ def export_model(
         opset: ONNX opset version.
         atol: largest allowed max abs difference between the export and PyTorch (fp32, CPU).
         exporter: ONNX only: ``auto`` | ``dynamo`` | ``torchscript`` (see :func:`exporter_order`).
+        overwrite: replace an existing ``output`` that unetseg did not write.
+
+    The model is written under a temporary name beside ``output`` and renamed into place only after the
+    parity check passed, so a failed export never leaves a file that ``predict`` could pick up.
 
     Returns:
         The max abs difference, which is also printed. Raises :class:`UnetsegError` above ``atol``.
     """
-    from unetseg.training.checkpoint import load_checkpoint
-
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -258,29 +262,43 @@ def export_model(
     suffixes = (".onnx",) if fmt == "onnx" else TORCHSCRIPT_SUFFIXES
     if output.suffix.lower() not in suffixes:  # predict picks the engine by the extension
         raise ConfigError(f"--output {output}: a {fmt} file must end in {' or '.join(suffixes)}")
+    guard = OutputGuard()
+    guard.read(checkpoint, "--checkpoint")
+    guard.read(find_checkpoint(checkpoint), "--checkpoint")
+    guard.write(output, "--output")
+    guard.check(overwrite=overwrite)
     model, config = load_checkpoint(checkpoint, "cpu")
     model = model.float().eval()
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(output.parent, "--output")
     config = _with_inference_defaults(config)
-    if fmt == "onnx":
-        diff, how = _export_onnx(model, config, output, opset, atol, exporter)
-    else:
-        diff, how = _export_torchscript(model, config, output), "TorchScript"
-    print(f"max abs difference: {diff:.3g}")
-    if not diff <= atol:
-        output.unlink(missing_ok=True)  # no artifact that predict could pick up by mistake
-        raise UnetsegError(
-            f"{output}: exported model differs from PyTorch by {diff:.3g} (max abs), more than {atol:g}; "
-            "file removed"
-        )
+    tmp = temp_path(output)
+    try:
+        if fmt == "onnx":
+            diff, how = _export_onnx(model, config, tmp, opset, atol, exporter)
+        else:
+            diff, how = _export_torchscript(model, config, tmp), "TorchScript"
+        print(f"max abs difference: {diff:.3g}")
+        if not diff <= atol:
+            raise UnetsegError(f"{output}: exported model differs from PyTorch by {diff:.3g} (max abs), more "
+                               f"than {atol:g}; nothing written")
+        _fsync(tmp)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record_written([output])
     print(f"wrote {output} ({how}); use it with: unetseg predict --checkpoint {output} ...")
     return diff
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _with_inference_defaults(config: Config) -> Config:
     """A copy whose ``infer.tile`` is set (the training patch size when not given) so the export is
     self-describing for deployment."""
-    cfg = Config.from_dict(json.loads(config.to_json()))
+    cfg = config_from_dict(config.to_dict())
     if cfg.infer.tile is None and cfg.data.patch_size:
         cfg.infer.tile = list(cfg.data.patch_size)
     return cfg

@@ -6,16 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from unetseg.data.dataset import case_cache
 from unetseg.data.synthetic import make_dataset
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    """Each test starts with an empty in-memory case cache."""
-    case_cache.clear()
-    yield
-    case_cache.clear()
 
 
 @pytest.fixture

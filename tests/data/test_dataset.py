@@ -9,10 +9,10 @@ import pytest
 import tifffile
 
 from unetseg.config import Config, DataConfig
-from unetseg.data.dataset import (
+from unetseg.data import (
+    CaseStore,
     ClassMap,
     Normalizer,
-    case_cache,
     find_cases,
     load_case,
     normalize,
@@ -60,13 +60,22 @@ def test_class_map_merges_values_into_one_class():
             ClassMap(bad)
 
 
-def test_class_map_from_masks_and_errors(tmp_path):
-    masks = [np.array([[0, 255]], np.uint8), np.array([[0, 0]], np.uint8)]
-    assert ClassMap.from_masks(masks).values == [0.0, 255.0]
-    p = write_mask(tmp_path / "m.png", np.array([[0, 128], [255, 0]], np.uint8))
-    assert ClassMap.from_masks([p]).values == [0.0, 128.0, 255.0]
+def test_inferred_class_values_and_their_mistake_checks():
+    from pathlib import Path
+
+    from unetseg.data.labels import infer_class_values
+
+    a, b = Path("a.png"), Path("b.tif")
+    assert infer_class_values([(a, "uint8", np.array([0, 255])), (b, "uint8", np.array([0]))], "D") == [0, 255]
+    # one class per image is fine when the values are class codes, not full-scale encodings
+    assert infer_class_values([(a, "uint8", np.array([0, 1])), (b, "uint8", np.array([0, 2]))], "D") == [0, 1, 2]
+    with pytest.raises(DataError, match=r"D: binary masks mark the foreground with different values: "
+                                        r"\{0, 255\} in a.png \(uint8\); \{0, 65535\} in b.tif"):
+        infer_class_values([(a, "uint8", np.array([0, 255])), (b, "uint16", np.array([0, 65535]))], "D")
+    with pytest.raises(DataError, match="--classes 0,1\\+255"):
+        infer_class_values([(a, "uint8", np.array([0, 255])), (b, "uint8", np.array([0, 1]))], "D")
     with pytest.raises(DataError, match="instance image"):
-        ClassMap.from_masks([np.arange(100, dtype=np.uint16).reshape(10, 10)])
+        infer_class_values([(a, "uint16", np.arange(100))], "D")
     with pytest.raises(DataError, match=r"^lab\.png: value\(s\) \[3\] not in the class map \[0, 1\]"):
         ClassMap([0, 1]).encode(np.array([0, 3], np.uint8), source="lab.png")
     with pytest.raises(ConfigError):
@@ -137,18 +146,21 @@ def test_nnunet_layout(tmp_path):
         find_cases(root)
 
 
-def test_load_case_normalises_encodes_and_caches(cells2d):
+def test_load_case_normalises_and_encodes_and_the_store_keeps_it(cells2d):
     case = find_cases(cells2d)[0]
     cfg = DataConfig()
-    image, labels, meta = load_case(case, cfg, ClassMap([0, 255]), cache=True)
+    image, labels, meta = load_case(case, cfg, ClassMap([0, 255]))
     assert image.dtype == np.float32 and abs(float(image.mean())) < 1e-4
-    assert labels.dtype == np.int64 and set(np.unique(labels)) <= {0, 1}
-    assert meta["spacing"] == (1.0, 1.0) and len(case_cache.items) == 1
-    again, _, _ = load_case(case, cfg, ClassMap([0, 255]))
-    assert np.shares_memory(again, image)  # served from the cache
+    assert labels.dtype == np.int64 and set(np.unique(labels)) == {0, 1}
+    assert meta["spacing"] == (1.0, 1.0)
     assert load_case(case, cfg, None)[1] is None
-    assert load_case(case, DataConfig(cache="lazy"), ClassMap([0, 255]), cache=True) is not None
-    assert len(case_cache.items) == 1  # lazy adds nothing
+    store = CaseStore(cfg, ClassMap([0, 255]))
+    first = store.get(case)[0]
+    assert case in store and store.get(case)[0] is first  # decoded once, then served from memory
+    np.testing.assert_array_equal(first, image)
+    assert store.get(case)[1].dtype == np.uint8  # the compact form it keeps
+    lazy = CaseStore(DataConfig(cache="lazy"), ClassMap([0, 255]))
+    assert lazy.get(case)[0] is not lazy.get(case)[0] and case not in lazy  # read per use, nothing kept
 
 
 def test_multipage_tiff_with_2d_mask_is_multichannel(tmp_path):
@@ -166,11 +178,13 @@ def test_prepare_fills_class_values_patch_and_split(cells2d):
     cfg.data.data = str(cells2d)
     cfg.data.val_fraction = 0.34
     prep = prepare_data(cfg)
-    assert cfg.data.class_values == [0.0, 255.0] and prep.class_map.num_classes == 2
+    assert cfg.data.class_values is None and cfg.data.patch_size is None  # prepare does not change cfg
+    prep.apply_to(cfg)
+    assert cfg.data.class_values == [0, 255] and prep.class_map.num_classes == 2
     assert cfg.data.patch_size == [64, 64] == list(prep.default_patch_size)
     assert prep.in_channels == 1 and prep.spatial_dims == 2
     assert len(prep.train_cases) == 4 and len(prep.val_cases) == 2
-    assert len(case_cache.items) == 6  # read once, kept for the dataset and validation
+    assert len(prep.store.items) == 6  # read once, kept for the sampler and validation
     assert "4 training / 2 validation" in prep.summary()
 
 

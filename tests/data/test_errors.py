@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from unetseg.config import Config
-from unetseg.data.dataset import ClassMap, find_cases, load_case
+from unetseg.data import ClassMap, find_cases, load_case
 from unetseg.data.io import read_image, read_mask, write_image, write_mask
 from unetseg.data.prepare import prepare_data
 from unetseg.errors import DataError

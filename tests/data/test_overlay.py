@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from unetseg.data.io import save_overlay
+from unetseg.data.overlay import save_overlay
 from unetseg.data.overlay import FN_COLOUR, FP_COLOUR, PALETTE
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unetseg.config import AugmentConfig, DataConfig
-from unetseg.data.dataset import ClassMap, find_cases, load_case
+from unetseg.data import ClassMap, find_cases, load_case
 from unetseg.data.sampling import PatchDataset
 
 from .helpers import DATASETS, real_dataset

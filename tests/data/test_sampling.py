@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from unetseg.config import AugmentConfig, DataConfig
-from unetseg.data.dataset import ClassMap, find_cases
+from unetseg.data import ClassMap, find_cases
 from unetseg.data.sampling import PatchDataset, choose_origin
 
 from .helpers import gradient_image
@@ -83,8 +83,11 @@ def test_cache_modes(cells2d):
     cm = ClassMap([0, 255])
     lazy = PatchDataset(cases, (32, 32), class_map=cm, cache="lazy", seed=0)
     assert lazy.in_memory == 0
-    tiny = PatchDataset(cases, (32, 32), data_cfg=DataConfig(cache_gib=1e-9), class_map=cm, seed=0)
-    assert tiny.in_memory == 1  # auto: what fits, the rest per sample
+    per_case = 64 * 64 * 4 + 64 * 64  # a float32 image and its uint8 labels
+    tiny = PatchDataset(cases, (32, 32), data_cfg=DataConfig(cache_gib=2.5 * per_case / 2**30), class_map=cm,
+                        seed=0)
+    assert tiny.in_memory == 2  # auto: the cases that fit the budget, the rest per sample
+    assert tiny.store.nbytes == 2 * per_case <= tiny.store.budget
     memory = PatchDataset(cases, (32, 32), class_map=cm, cache="memory", seed=0)
     assert memory.in_memory == len(cases)
     for i in range(3):

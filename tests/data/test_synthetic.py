@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from unetseg.config import Config
-from unetseg.data.dataset import find_cases
+from unetseg.data import find_cases
 from unetseg.data.io import read_image, read_mask
 from unetseg.data.prepare import prepare_data
 from unetseg.data.synthetic import make_dataset, make_image

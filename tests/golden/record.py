@@ -82,7 +82,7 @@ def _predict(run: Path, images: Path, out: Path) -> None:
 
 
 def _evaluate(run: Path, data: Path, out: Path) -> dict:
-    from unetseg.training.evaluate import evaluate
+    from unetseg.evaluation import evaluate
 
     return evaluate(run, data, out_json=out, device="cpu", precision="fp32", quiet=True)
 

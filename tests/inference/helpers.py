@@ -10,7 +10,7 @@ from torch import nn
 
 from unetseg.config import Config
 from unetseg.models import build_model
-from unetseg.training.checkpoint import save_checkpoint
+from unetseg.checkpoint import save_checkpoint
 
 
 def calibrate(model: nn.Module, size: tuple[int, ...], steps: int = 3, seed: int = 0) -> nn.Module:

@@ -54,8 +54,10 @@ def test_missing_and_bad_model_files_are_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="bad.onnx: not a loadable ONNX model"):
         load_engine(tmp_path / "bad.onnx", "cpu")
     (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="bad.pt: a TorchScript file is a program"):
+        load_engine(tmp_path / "bad.pt", "cpu")  # refused before it is even opened
     with pytest.raises(CheckpointError, match="bad.pt: not a TorchScript model"):
-        load_engine(tmp_path / "bad.pt", "cpu")
+        load_engine(tmp_path / "bad.pt", "cpu", trust_torchscript=True)
 
 
 def test_foreign_onnx_without_config_is_refused(tmp_path):
@@ -70,7 +72,7 @@ def test_foreign_onnx_without_config_is_refused(tmp_path):
 
 
 def test_checkpoint_engine_folds_batchnorm_without_changing_the_output(tmp_path):
-    from unetseg.training.checkpoint import load_checkpoint
+    from unetseg.checkpoint import load_checkpoint
 
     make_checkpoint(tmp_path / "ckpt", "r2unet")
     engine, _ = load_engine(tmp_path / "ckpt", "cpu", "fp32")

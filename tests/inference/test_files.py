@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from unetseg.cli import app, expand_multi
 from unetseg.data.io import list_images, read_image, read_mask
-from unetseg.errors import DataError
+from unetseg.errors import DataError, OutputError
 from unetseg.inference import load_engine, predict, predict_files
 
 from .helpers import make_checkpoint
@@ -52,7 +52,7 @@ def test_predict_folder_writes_masks_probabilities_and_overlays(ckpt, images, tm
         # the same as the Python API with the checkpoint's config
         image, _ = read_image(f)
         np.testing.assert_array_equal(predict(model, image, config=cfg, tile=(32, 32), overlap=0.5), mask)
-    assert f"wrote 3 mask(s) with probabilities to {out}" in capsys.readouterr().out
+    assert result.images == 3 and len(result.written) == 9 and result.skipped == []
 
 
 def test_original_mask_values(ckpt, images, tmp_path):
@@ -107,8 +107,9 @@ def test_two_inputs_with_one_output_name_are_refused(ckpt, images, tmp_path):
     f = sorted(images.iterdir())[0]
     image, _ = read_image(f)
     tifffile.imwrite(images / f"{f.stem}.tif", image[0].astype(np.uint8))
-    with pytest.raises(DataError, match="overwrite"):
+    with pytest.raises(OutputError, match=rf"{f.stem}.png and .*{f.stem}.tif would both write"):
         predict_files(ckpt, images, tmp_path / "out", device="cpu", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_cli_predict(ckpt, images, tmp_path):

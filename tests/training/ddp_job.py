@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from unetseg.config import Config
 from unetseg.training.distributed import cleanup, init_distributed
+from unetseg.training.run import open_run
 from unetseg.training.trainer import Trainer
 
 data, run, dump = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -33,7 +34,8 @@ cfg.train.iters_per_epoch = 3
 cfg.train.batch_size = 2
 cfg.train.precision = "fp32"
 info, device = init_distributed(torch.device("cpu"))
-trainer = Trainer(cfg, device, info, resume=False, quiet=True)
+folder = open_run(run, resume=False, overwrite=False, inputs=[], main=info.is_main)
+trainer = Trainer(cfg, device, info, folder, resume=False, quiet=True)
 if budget and info.rank == 1:
     trainer.minutes_before = 0.03
 trainer.fit()

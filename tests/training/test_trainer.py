@@ -141,7 +141,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(cells_2d: Pa
     good = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
     cfg = tiny_config(cells_2d, tmp_path / "run", epochs=50, lr=1e30, optimizer="sgd", grad_clip=None)
     with pytest.raises(TrainingError, match=r"at step \d+"):
-        train(cfg, quiet=True)
+        train(cfg, quiet=True, overwrite=True)  # fails before its first checkpoint: the old run comes back
+    assert not (tmp_path / ".run.previous").exists()
     kept = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in kept.values())
     assert all(torch.equal(good[k], kept[k]) for k in good)

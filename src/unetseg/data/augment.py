@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from unetseg.config import AugmentConfig
+from unetseg.config.schema import PAD_MODES
 from unetseg.errors import ConfigError
-
-PAD_MODES = {"reflect": "mirror", "constant": "constant"}  # ours -> scipy.ndimage (numpy reflect == mirror)
 
 
 def crop(array: np.ndarray, origin: tuple[int, ...], size: tuple[int, ...], pad_mode: str = "reflect",
@@ -127,11 +126,11 @@ class Augmenter:
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if pad_mode not in PAD_MODES:
-            raise ConfigError(f"data.pad_mode: unknown {pad_mode!r}; choose reflect or constant")
+            raise ConfigError(f"data.pad_mode: unknown {pad_mode!r}; choose {' or '.join(PAD_MODES)}")
+        # ranges and probabilities were validated by the schema
         self.cfg = cfg if cfg is not None else AugmentConfig(**{k: 0.0 for k in _PROBS})
         self.spatial_dims = spatial_dims
         self.pad_mode = pad_mode
-        _validate(self.cfg)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -249,19 +248,3 @@ class Augmenter:
 
 _PROBS = ("flip_prob", "rot90_prob", "affine_prob", "elastic_prob", "brightness_prob", "contrast_prob",
           "gamma_prob", "noise_prob", "blur_prob")
-_RANGES = ("scale_range", "brightness_range", "contrast_range", "gamma_range", "noise_std", "blur_sigma")
-
-
-def _validate(cfg: AugmentConfig) -> None:
-    for name in _PROBS:
-        v = getattr(cfg, name)
-        if not 0.0 <= float(v) <= 1.0:
-            raise ConfigError(f"augment.{name}: a probability in [0, 1], got {v}")
-    for name in _RANGES:
-        v = getattr(cfg, name)
-        if len(v) != 2 or float(v[0]) > float(v[1]):
-            raise ConfigError(f"augment.{name}: expected [lo, hi] with lo <= hi, got {v}")
-    if float(cfg.scale_range[0]) <= 0 or float(cfg.blur_sigma[0]) < 0 or float(cfg.noise_std[0]) < 0:
-        raise ConfigError("augment: scale must be > 0, blur sigma and noise std >= 0")
-    if int(cfg.elastic_grid) < 2 or float(cfg.elastic_sigma) < 0:
-        raise ConfigError(f"augment.elastic_grid: need >= 2 nodes, got {cfg.elastic_grid}")

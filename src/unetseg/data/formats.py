@@ -18,15 +18,17 @@ Axis conventions (documented for users in :mod:`unetseg.data.io`):
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# Guard against headers claiming absurd sizes (fuzzed or corrupt files): refuse before allocating.
-MAX_ELEMENTS = 1 << 31
+GIB = 2**30
+
+
+class TooLarge(ValueError):
+    """A header declares an image whose decoded float32 array is over the byte budget."""
 
 _SIGNATURES = {
     "png": (b"\x89PNG\r\n\x1a\n",),
@@ -48,9 +50,16 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def _check_size(shape: tuple[int, ...]) -> None:
-    if any(s <= 0 for s in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+def check_budget(shape: tuple[int, ...], max_bytes: float | None) -> None:
+    """Refuse, from the header alone and before any decoding, an image whose float32 array would exceed
+    ``max_bytes`` (decompression bombs: a 2 MB zlib TIFF may declare 46000x46000)."""
+    if any(int(s) <= 0 for s in shape):
         raise ValueError(f"implausible image size {tuple(shape)}")
+    need = float(np.prod(shape, dtype=np.float64)) * 4
+    if max_bytes is not None and need > max_bytes:
+        size = "x".join(str(int(s)) for s in shape)
+        raise TooLarge(f"declares {size} pixels, {need / GIB:.1f} GiB as float32, over the "
+                       f"{max_bytes / GIB:g} GiB limit (data.max_image_gib / --max-image-gib raises it)")
 
 
 # ---------------------------------------------------------------------------------------------- Pillow
@@ -78,7 +87,7 @@ def _pil_array(im: Any, *, mask: bool) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 
 
-def read_pillow(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+def read_pillow(path: Path, *, mask: bool, max_bytes: float | None = None) -> tuple[np.ndarray, dict]:
     """Read a PNG/JPEG (or anything Pillow opens) to ``(C, H, W)``."""
     from PIL import Image
 
@@ -86,7 +95,7 @@ def read_pillow(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
         # Pillow still refuses images over twice its pixel limit (DecompressionBombError).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as im:
-            _check_size((im.height, im.width))
+            check_budget((len(im.getbands()), im.height, im.width), max_bytes)
             im.load()
             arr = _pil_array(im, mask=mask)
             fmt = (im.format or "").lower()
@@ -100,7 +109,11 @@ def write_pillow(path: Path, array: np.ndarray) -> None:
     arr = array[0] if array.ndim == 3 and array.shape[0] == 1 else array
     if arr.ndim == 3:
         arr = np.moveaxis(arr, 0, -1)
-    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+    Image.fromarray(np.ascontiguousarray(arr)).save(path, format=_pil_format(path))
+
+
+def _pil_format(path: Path) -> str:
+    return "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
 
 
 # ---------------------------------------------------------------------------------------------- TIFF
@@ -108,24 +121,14 @@ _DEPTH_AXES = "ZQI"
 _CHANNEL_AXES = "CS"
 
 
-def read_tiff(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+def read_tiff(path: Path, *, mask: bool, max_bytes: float | None = None) -> tuple[np.ndarray, dict]:
     """Read a TIFF (2D, RGB, 3D stack, multi-channel) to ``(C, *spatial)`` following its axes metadata."""
     import tifffile
 
-    quiet = logging.getLogger("tifffile")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # a corrupt file becomes one DataError line, not a screen of warnings
-    try:
-        return _read_tiff(path, tifffile)
-    finally:
-        quiet.setLevel(level)
-
-
-def _read_tiff(path: Path, tifffile: Any) -> tuple[np.ndarray, dict]:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, shape = series.axes, tuple(series.shape)
-        _check_size(shape)
+        check_budget(shape, max_bytes)
         arr = series.asarray()
         spacing_yx = _tiff_resolution(tif.pages[0])
         z_spacing = float((tif.imagej_metadata or {}).get("spacing", 1.0))
@@ -181,13 +184,13 @@ def write_tiff(path: Path, array: np.ndarray, *, spacing: tuple | None = None,
 
 
 # ---------------------------------------------------------------------------------------------- NIfTI
-def read_nifti(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+def read_nifti(path: Path, *, mask: bool, max_bytes: float | None = None) -> tuple[np.ndarray, dict]:
     """Read a NIfTI volume (3D, or 4D with channels last) to ``(C, z, y, x)`` keeping spacing and affine."""
     import nibabel as nib
 
     img = nib.load(str(path))
     shape = tuple(int(s) for s in img.shape)
-    _check_size(shape)
+    check_budget(shape, max_bytes)
     if len(shape) < 2 or len(shape) > 4:
         raise ValueError(f"unsupported NIfTI shape {shape}")
     raw_dtype = np.dtype(img.get_data_dtype())

@@ -24,13 +24,22 @@ import numpy as np
 
 from unetseg.data import formats
 from unetseg.errors import DataError
+from unetseg.fileio import atomic_write
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".nii", ".nii.gz")
 MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".nii", ".nii.gz")
 NNUNET_IMAGE_DIRS: tuple[str, ...] = ("imagesTr", "imagesTs", "imagesVal")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-_FORMAT_NAMES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
-                 ".nii": "NIfTI", ".nii.gz": "NIfTI (gzip)"}
+DEFAULT_MAX_BYTES = 8.0 * formats.GIB  # data.max_image_gib's default
+_FORMAT_NAMES = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".nii": "NIfTI",
+    ".nii.gz": "NIfTI (gzip)",
+}
 
 
 def suffix_of(path: str | Path) -> str:
@@ -68,7 +77,7 @@ def channel_files(path: str | Path) -> list[Path]:
     ch = channel_index(p)
     if ch is None:
         return [p]
-    ext = p.name[len(_plain_stem(p)):]
+    ext = p.name[len(_plain_stem(p)) :]
     files, k = [], 0
     while (f := p.with_name(f"{ch[0]}_{k:04d}{ext}")).exists():
         files.append(f)
@@ -103,17 +112,24 @@ def list_images(folder_or_file: str | Path) -> list[Path]:
     return [f for f in files if (channel_index(f) or ("", 0))[1] == 0]
 
 
+def unsupported(path: Path, allowed: tuple[str, ...]) -> DataError:
+    """The one error for a file whose extension is not among ``allowed``."""
+    suffix = suffix_of(path)
+    extra = "; JPEG is lossy, save masks as PNG or TIFF" if suffix in (".jpg", ".jpeg") else ""
+    return DataError(
+        f"{path}: unsupported file type {suffix or '(no extension)'} (supported: {', '.join(allowed)}){extra}"
+    )
+
+
 def check_suffix(path: Path, allowed: tuple[str, ...] = IMAGE_SUFFIXES) -> str:
     """Return the suffix of ``path`` or raise DataError when it is not one of ``allowed``."""
     suffix = suffix_of(path)
     if suffix not in allowed:
-        what = suffix or "(no extension)"
-        extra = "; JPEG is lossy, save masks as PNG or TIFF" if suffix in (".jpg", ".jpeg") else ""
-        raise DataError(f"{path}: unsupported file type {what} (supported: {', '.join(allowed)}){extra}")
+        raise unsupported(path, allowed)
     return suffix
 
 
-def _decode(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
+def _decode(path: Path, *, mask: bool, max_bytes: float | None) -> tuple[np.ndarray, dict]:
     suffix = check_suffix(path, MASK_SUFFIXES if mask else IMAGE_SUFFIXES)
     name = _FORMAT_NAMES[suffix]
     if not path.exists():
@@ -131,63 +147,71 @@ def _decode(path: Path, *, mask: bool) -> tuple[np.ndarray, dict]:
     expected = ("gzip" if suffix == ".nii.gz" else "nifti") if nifti else None
     if (nifti and kind != expected) or (not nifti and kind not in ("png", "jpeg", "tiff")):
         raise DataError(f"{path}: not a {name} file (unrecognised content)")
+    reader = formats.read_nifti if nifti else formats.read_tiff if kind == "tiff" else formats.read_pillow
     try:
-        if nifti:
-            arr, meta = formats.read_nifti(path, mask=mask)
-        elif kind == "tiff":
-            arr, meta = formats.read_tiff(path, mask=mask)
-        else:
-            arr, meta = formats.read_pillow(path, mask=mask)
+        arr, meta = reader(path, mask=mask, max_bytes=max_bytes)
         arr = np.asarray(arr)
+        stored = arr.dtype
+        if stored.kind not in "biuf":
+            raise DataError(f"{path}: unsupported pixel type {stored}")
+        if not mask:  # inside the guard: the float32 copy is the big allocation
+            arr = arr.astype(np.float32, copy=False)
+    except DataError:
+        raise
+    except formats.TooLarge as e:
+        raise DataError(f"{path}: {e}") from None
     except MemoryError:
-        raise DataError(f"{path}: image too large to decode") from None
+        raise DataError(f"{path}: image too large to decode in memory") from None
     except Exception as e:  # decoders raise anything on corrupt bytes; all of it is one user error
         reason = " ".join(str(e).split())[:160] or type(e).__name__
         if type(e).__name__ == "DecompressionBombError":
             raise DataError(f"{path}: image too large to decode ({reason})") from None
         raise DataError(f"{path}: truncated or corrupt {name} file (cannot decode: {reason})") from None
-    if arr.dtype.kind not in "biuf":
-        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    if stored.kind == "f" and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise DataError(f"{path}: {bad} NaN/inf pixel value(s)")
-    meta.update(path=str(path), dtype=str(arr.dtype), shape=tuple(int(s) for s in arr.shape[1:]))
+    meta.update(path=str(path), dtype=str(stored), shape=tuple(int(s) for s in arr.shape[1:]))
     return arr, meta
 
 
-def read_image(path: str | Path, *, group_channels: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+def read_image(
+    path: str | Path, *, group_channels: bool = True, max_bytes: float | None = DEFAULT_MAX_BYTES
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an image as channel-first float32 ``(C, *spatial)`` and its metadata.
 
     Args:
         path: a PNG/JPEG/TIFF/NIfTI file. An nnU-Net ``_0000`` file reads all channels of its case
             unless ``group_channels`` is False.
+        max_bytes: refuse, from the header and before decoding, files whose float32 array would be larger.
     Returns:
         ``(image, meta)``; ``meta`` has ``spacing`` (spatial order), ``spatial_dims``, ``dtype`` (the
         stored pixel type), ``shape`` (spatial), ``path``, ``format`` and for NIfTI ``affine``.
     Raises:
-        DataError: missing, empty, truncated, corrupt or unsupported file; NaN/inf pixels; channel files
-        of different sizes.
+        DataError: missing, empty, truncated, corrupt, too large or unsupported file; NaN/inf pixels;
+        channel files of different sizes.
     """
     p = Path(path)
     paths = channel_files(p) if group_channels else [p]
     arrays, meta = [], {}
     for f in paths:
-        arr, m = _decode(f, mask=False)
+        arr, m = _decode(f, mask=False, max_bytes=max_bytes)
         if arrays and arr.shape[1:] != arrays[0].shape[1:]:
             raise DataError(f"{f}: size {arr.shape[1:]} differs from {paths[0].name} {arrays[0].shape[1:]}")
         meta = meta or m
-        arrays.append(arr.astype(np.float32, copy=False))
+        arrays.append(arr)
     image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
     meta["channels"] = int(image.shape[0])
     return image, meta
 
 
-def read_mask(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+def read_mask(
+    path: str | Path, *, max_bytes: float | None = DEFAULT_MAX_BYTES
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a label image as ``(*spatial)`` with its stored values (integers; whole-number floats become
     integers). Raises DataError for corrupt files, colour masks with differing channels, NaN/inf and
     fractional values."""
     p = Path(path)
-    arr, meta = _decode(p, mask=True)
+    arr, meta = _decode(p, mask=True, max_bytes=max_bytes)
     if arr.shape[0] > 1 and not all(np.array_equal(arr[0], arr[c]) for c in range(1, arr.shape[0])):
         raise DataError(f"{p}: mask has {arr.shape[0]} different channels; expected one label image")
     arr = arr[0]
@@ -216,21 +240,19 @@ def write_mask(path: str | Path, labels: np.ndarray, meta: dict[str, Any] | None
     """Write a label image: PNG for 2D, ``.nii``/``.nii.gz``/``.tif`` for 2D or 3D, chosen by extension.
 
     Values 0..255 are written as uint8 (uint16 above). NIfTI keeps ``meta["affine"]`` (or a diagonal of
-    ``meta["spacing"]``); TIFF keeps ``meta["spacing"]``. Creates the parent folder. Returns the path.
+    ``meta["spacing"]``); TIFF keeps ``meta["spacing"]``. Written atomically (never through a symlink);
+    creates the parent folder. Returns the path.
     """
     p = Path(path)
     suffix = check_suffix(p, MASK_SUFFIXES)
     arr = _mask_array(labels)
-    p.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
         if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
             raise DataError(f"{p}: PNG holds 2D masks with values 0..65535; use .tif or .nii.gz")
-        formats.write_pillow(p, arr)
-    elif suffix in (".tif", ".tiff"):
-        formats.write_tiff(p, arr, spacing=(meta or {}).get("spacing"))
-    else:
-        formats.write_nifti(p, arr, meta=meta)
-    return p
+        return atomic_write(p, lambda tmp: formats.write_pillow(tmp, arr))
+    if suffix in (".tif", ".tiff"):
+        return atomic_write(p, lambda tmp: formats.write_tiff(tmp, arr, spacing=(meta or {}).get("spacing")))
+    return atomic_write(p, lambda tmp: formats.write_nifti(tmp, arr, meta=meta))
 
 
 def write_image(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
@@ -240,25 +262,22 @@ def write_image(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None
     p = Path(path)
     suffix = check_suffix(p, IMAGE_SUFFIXES)
     arr = np.asarray(image)
-    p.parent.mkdir(parents=True, exist_ok=True)
     spatial_dims = (meta or {}).get("spatial_dims") or (3 if arr.ndim == 4 else 2)
     channels = arr.ndim == spatial_dims + 1
     if suffix in (".png", ".jpg", ".jpeg"):
-        formats.write_pillow(p, arr)
-    elif suffix in (".tif", ".tiff"):
-        formats.write_tiff(p, arr, spacing=(meta or {}).get("spacing"), channels=channels)
-    else:
-        formats.write_nifti(p, arr, meta=meta, channels=channels)
-    return p
+        return atomic_write(p, lambda tmp: formats.write_pillow(tmp, arr))
+    if suffix in (".tif", ".tiff"):
+        spacing = (meta or {}).get("spacing")
+        return atomic_write(p, lambda tmp: formats.write_tiff(tmp, arr, spacing=spacing, channels=channels))
+    return atomic_write(p, lambda tmp: formats.write_nifti(tmp, arr, meta=meta, channels=channels))
 
 
 def write_probabilities(path: str | Path, probs: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
-    """Write per-class probabilities ``(C, *spatial)`` as one float32 TIFF with axes ``CYX``/``CZYX``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    formats.write_tiff(p, np.asarray(probs, dtype=np.float32), spacing=(meta or {}).get("spacing"),
-                       channels=True)
-    return p
+    """Write per-class probabilities ``(C, *spatial)`` as one float32 TIFF with axes ``CYX``/``CZYX``
+    (atomically)."""
+    arr = np.asarray(probs, dtype=np.float32)
+    spacing = (meta or {}).get("spacing")
+    return atomic_write(Path(path), lambda tmp: formats.write_tiff(tmp, arr, spacing=spacing, channels=True))
 
 
 def match_channels(image: np.ndarray, channels: int, source: str | Path = "image") -> np.ndarray:
@@ -272,6 +291,13 @@ def match_channels(image: np.ndarray, channels: int, source: str | Path = "image
     if channels == 1 and c == 3:
         return image.mean(axis=0, keepdims=True, dtype=np.float32)
     raise DataError(f"{source}: image has {c} channel(s), the model expects {channels}")
+
+
+def raise_or_skip(error: Exception, skip: SkipLog | None) -> None:
+    """Raise ``error``, or report and count it when bad inputs are being skipped (``--skip-bad``)."""
+    if skip is None:
+        raise error
+    skip.skip(error)
 
 
 class SkipLog:
@@ -298,11 +324,3 @@ class SkipLog:
         line = f"skipped {self.count} bad {what}(s); see the lines above"
         print(line, file=self.stream or sys.stderr)
         return line
-
-
-def save_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None = None,
-                 **kw: Any) -> Path:
-    """Coloured overlay PNG (see :func:`unetseg.data.overlay.save_overlay`)."""
-    from unetseg.data.overlay import save_overlay as _save
-
-    return _save(path, image, labels, truth, **kw)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unetseg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, SkipLog, channel_index, suffix_of
+from unetseg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, SkipLog, channel_index, raise_or_skip, suffix_of
 from unetseg.errors import DataError
 
 
@@ -27,33 +27,50 @@ def is_nnunet_dataset(folder: str | Path) -> bool:
 
 
 def read_dataset_json(folder: str | Path) -> dict[str, Any] | None:
-    """The parsed ``dataset.json`` of an nnU-Net dataset, or None when there is none."""
+    """The parsed and checked ``dataset.json`` of an nnU-Net dataset, or None when there is none.
+
+    ``labels`` may be nnU-Net v2's ``{"background": 0, "tumour": 1}`` or the Decathlon's
+    ``{"0": "background", "1": "tumour"}``; ``channel_names`` (or ``modality``) a mapping of channel index to
+    name. Anything else is one DataError line naming the file and the key.
+    """
     p = Path(folder) / "dataset.json"
     if not p.is_file():
         return None
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(p.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{p}: not valid JSON ({' '.join(str(e).split())})") from None
+        raise DataError(f"{p}: not valid JSON ({' '.join(str(e).split())[:120]})") from None
     if not isinstance(d, dict):
-        raise DataError(f"{p}: expected a JSON object")
+        raise DataError(f"{p}: expected a JSON object at the top level, got {type(d).__name__}")
+    for key in ("labels", "channel_names", "modality"):
+        if key in d and not isinstance(d[key], dict):
+            raise DataError(f"{p}: {key} must be an object (name -> value), got {type(d[key]).__name__}")
+    if "file_ending" in d and not isinstance(d["file_ending"], str):
+        raise DataError(f'{p}: file_ending must be text such as ".nii.gz"')
     return d
 
 
-def class_values_from_json(info: dict[str, Any] | None,
-                           source: str | Path = "dataset.json") -> list[float] | None:
-    """The label values of ``dataset.json`` (``{"background": 0, "tumour": 1}``) in class order."""
+def class_values_from_json(
+    info: dict[str, Any] | None, source: str | Path = "dataset.json"
+) -> list[float] | None:
+    """The label values of ``dataset.json`` in class order (v2 ``name: value``, Decathlon ``value: name``)."""
     labels = (info or {}).get("labels")
     if not labels:
         return None
-    values = list(labels.values()) if isinstance(labels, dict) else list(labels.keys())
+    decathlon = all(isinstance(v, str) for v in labels.values())
+    values = list(labels.keys()) if decathlon else list(labels.values())
     out = []
     for v in values:
+        if isinstance(v, (list, tuple)):
+            raise DataError(
+                f"{source}: labels: region-based labels ({v!r}) are not supported; give --classes"
+            )
         try:
+            if isinstance(v, bool):
+                raise TypeError
             out.append(float(v))
         except (TypeError, ValueError):
-            raise DataError(f"{source}: label value {v!r} is not a number (region-based labels "
-                            "are not supported)") from None
+            raise DataError(f"{source}: labels: value {v!r} is not a number") from None
     return sorted(set(out))
 
 
@@ -67,11 +84,13 @@ def _group_channels(files: list[Path], skip: SkipLog | None) -> dict[str, list[P
     for case, chans in sorted(groups.items()):
         missing = [k for k in range(max(chans) + 1) if k not in chans]
         if missing:
-            err = DataError(f"{chans[min(chans)]}: case {case} lacks channel file(s) "
-                            + ", ".join(f"_{k:04d}" for k in missing))
-            if skip is None:
-                raise err
-            skip.skip(err)
+            raise_or_skip(
+                DataError(
+                    f"{chans[min(chans)]}: case {case} lacks channel file(s) "
+                    + ", ".join(f"_{k:04d}" for k in missing)
+                ),
+                skip,
+            )
             continue
         out[case] = [chans[k] for k in sorted(chans)]
     return out
@@ -92,7 +111,7 @@ def find_nnunet_cases(
     files = sorted(f for f in img_dir.iterdir() if f.is_file() and not f.name.startswith("."))
     for f in files:
         if suffix_of(f) not in IMAGE_SUFFIXES:
-            _fail(DataError(f"{f}: unsupported file type {suffix_of(f) or '(no extension)'}"), skip)
+            raise_or_skip(DataError(f"{f}: unsupported file type {suffix_of(f) or '(no extension)'}"), skip)
     files = [f for f in files if suffix_of(f) in IMAGE_SUFFIXES]
     names = {(channel_index(f) or (f.name[: -len(suffix_of(f))],))[0] for f in files}
     groups = _group_channels(files, skip)
@@ -109,21 +128,24 @@ def find_nnunet_cases(
     cases = []
     for case, paths in groups.items():
         if n_channels and len(paths) != n_channels and channel_index(paths[0]) is not None:
-            _fail(DataError(f"{paths[0]}: case {case} has {len(paths)} channel file(s), dataset.json "
-                            f"names {n_channels}"), skip)
+            raise_or_skip(
+                DataError(
+                    f"{paths[0]}: case {case} has {len(paths)} channel file(s), dataset.json "
+                    f"names {n_channels}"
+                ),
+                skip,
+            )
             continue
         label = labels.get(case)
         if label is None and require_masks:
-            _fail(DataError(f"{paths[0]}: no label found (expected {lab_dir.name}/{case}.<ext>)"), skip)
+            raise_or_skip(
+                DataError(f"{paths[0]}: no label found (expected {lab_dir.name}/{case}.<ext>)"), skip
+            )
             continue
         cases.append((case, paths, label))
     for name, f in labels.items():
         if name not in names and require_masks:
-            _fail(DataError(f"{f}: label without an image (no {img_dir.name}/{name}_0000.<ext>)"), skip)
+            raise_or_skip(
+                DataError(f"{f}: label without an image (no {img_dir.name}/{name}_0000.<ext>)"), skip
+            )
     return cases
-
-
-def _fail(err: DataError, skip: SkipLog | None) -> None:
-    if skip is None:
-        raise err
-    skip.skip(err)

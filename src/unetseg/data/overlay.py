@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unetseg.fileio import atomic_write
+
 # Class colours (class 1, 2, ...): the Tableau palette, distinct and colour-blind friendly enough.
 PALETTE = np.array([
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -80,7 +82,5 @@ def save_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray, truth:
     row = [p for panel in panels for p in (panel, gap)][:-1]
     from PIL import Image
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(row, axis=1)).save(p)
-    return p
+    picture = Image.fromarray(np.concatenate(row, axis=1))
+    return atomic_write(Path(path), lambda tmp: picture.save(tmp, format="PNG"))

@@ -1,32 +1,28 @@
 """``prepare_data``: read and check a whole dataset once, before training starts.
 
-It finds the pairs, reads every image and mask (so a bad file stops the run at once, with one line
-naming it, not hours later), works out the class map, the channels and dimensionality, splits off the
-validation cases, keeps the decoded cases in memory when they fit (``data.cache``), and picks a patch size.
+It finds the pairs, reads every image and mask (so a bad file stops the run at once, with one line naming
+it, not hours later), works out the class map, the channels and dimensionality, splits off the validation
+cases, keeps the decoded cases in the dataset's :class:`~unetseg.data.store.CaseStore` when they fit, and
+picks a patch size. It does not change the config: :meth:`PreparedData.apply_to` is the one place where
+what the data says (channels, dimensionality, classes, patch size) is written into it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from unetseg.config import Config
 from unetseg.data import nnunet
-from unetseg.data.dataset import (
-    MAX_INFERRED_CLASSES,
-    CaseCache,
-    ClassMap,
-    Normalizer,
-    cache_budget,
-    case_cache,
-    read_pair,
-    split_cases,
-    unique_values,
-)
-from unetseg.data.io import SkipLog
-from unetseg.data.layout import Case, find_cases
+from unetseg.data.cases import Case, find_cases, read_pair, split_cases
+from unetseg.data.io import SkipLog, raise_or_skip
+from unetseg.data.labels import ClassMap, fmt_values, infer_class_values, unique_values
+from unetseg.data.normalize import Normalizer
+from unetseg.data.store import GIB, CaseStore, cache_budget
 from unetseg.errors import ConfigError, DataError
 
 PATCH_BUDGET = {2: 256 * 256, 3: 96 * 96 * 96}  # voxels of the default patch
@@ -35,25 +31,42 @@ PATCH_CAP = {2: 256, 3: 192}  # per axis
 
 @dataclass
 class PreparedData:
-    """What :func:`prepare_data` found: the cases of each split and the facts the model is built from.
-    ``default_patch_size`` is the size :func:`default_patch_size` picks (``cfg.data.patch_size`` is set to it
-    when it was None)."""
+    """What :func:`prepare_data` found: the cases of each split, the facts the model is built from, and
+    the store of decoded cases. ``patch_size`` is the one to train with (given, or the default)."""
 
     train_cases: list[Case]
     val_cases: list[Case]
     class_map: ClassMap
     in_channels: int
     spatial_dims: int
+    patch_size: tuple[int, ...]
     default_patch_size: tuple[int, ...]
+    store: CaseStore
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     skipped: int = 0
 
     def summary(self) -> str:
         """One line for the log."""
-        return (f"{len(self.train_cases)} training / {len(self.val_cases)} validation case(s), "
-                f"{self.spatial_dims}D, {self.in_channels} channel(s), class values "
-                f"{ClassMap._fmt(self.class_map.values)}, patch {list(self.default_patch_size)}"
-                + (f", {self.skipped} bad pair(s) skipped" if self.skipped else ""))
+        return (
+            f"{len(self.train_cases)} training / {len(self.val_cases)} validation case(s), "
+            f"{self.spatial_dims}D, {self.in_channels} channel(s), class values "
+            f"{fmt_values(self.class_map.values)}, patch {list(self.patch_size)}"
+            + (f", {self.skipped} bad pair(s) skipped" if self.skipped else "")
+        )
+
+    def apply_to(self, cfg: Config) -> Config:
+        """Write what the data says into ``cfg`` (in place; returned for chaining)."""
+        if self.class_map.num_classes < 2:
+            raise ConfigError(
+                f"{cfg.data.data}: the training masks hold a single value "
+                f"{fmt_values(self.class_map.values)}; nothing to segment"
+            )
+        cfg.model.in_channels = self.in_channels
+        cfg.model.spatial_dims = self.spatial_dims
+        cfg.model.num_classes = self.class_map.num_classes
+        cfg.data.class_values = self.class_map.config_values()
+        cfg.data.patch_size = list(self.patch_size)
+        return cfg
 
 
 @dataclass
@@ -62,7 +75,8 @@ class _Scan:
     shape: tuple[int, ...]
     channels: int
     values: np.ndarray
-    arrays: tuple | None  # (normalised image, raw mask, meta) when kept for the cache
+    mask_dtype: str
+    arrays: tuple | None  # (normalised image, raw mask, meta) while kept for the store
 
 
 def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tuple[int, ...]:
@@ -77,23 +91,58 @@ def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tup
     return tuple(size)
 
 
-def _scan(cases: list[Case], norm: Normalizer, skip: SkipLog | None, budget: float, used: list[float]
-          ) -> list[_Scan]:
+MAX_PADDING = 64  # a patch may hold at most this many times the voxels of the largest image (padding)
+
+
+def _padded(extent: np.ndarray, depth: int) -> list[int]:
+    step = 2**depth
+    return [int(-(-int(e) // step) * step) for e in extent]
+
+
+def check_geometry(patch: tuple[int, ...], depth: int, shapes: list[tuple[int, ...]], source: str) -> None:
+    """Fail before training when the depth or the patch cannot work with these images (patches would be
+    mostly padding: more than :data:`MAX_PADDING` times the largest image's voxels), naming the largest value
+    that fits. Patches somewhat larger than small images are fine: the sampler pads them."""
+    extent = np.max(np.asarray(shapes), axis=0)
+    biggest, volume = "x".join(str(int(e)) for e in extent), float(np.prod(extent))
+    smallest_patch = [max(2**depth, p) for p in patch]
+    if np.prod(_padded(extent, depth), dtype=np.float64) > MAX_PADDING * volume:
+        fits = max([d for d in range(1, 13) if np.prod(_padded(extent, d), dtype=np.float64)
+                    <= MAX_PADDING * volume] or [1])
+        raise ConfigError(f"--depth {depth} needs patches of at least {2**depth} px per axis, but the images "
+                          f"of {source} are at most {biggest}; the largest depth that fits is {fits}")
+    if np.prod(smallest_patch, dtype=np.float64) > MAX_PADDING * volume:
+        raise ConfigError(f"--patch-size {' '.join(map(str, patch))} is larger than the images of {source} "
+                          f"allow (at most {biggest}); the largest patch that fits is "
+                          f"{' '.join(map(str, _padded(extent, depth)))}")
+
+
+def _scan(
+    cases: list[Case], norm: Normalizer, skip: SkipLog | None, room: float, max_bytes: float
+) -> tuple[list[_Scan], float]:
+    """Read every case once; keep the arrays of those that fit in ``room`` bytes. Returns the scans and
+    the room left."""
     out = []
     for case in cases:
         try:
-            image, mask, meta = read_pair(case)
+            image, mask, meta = read_pair(case, max_bytes=max_bytes)
         except DataError as e:
-            if skip is None:
-                raise
-            skip.skip(e)
+            raise_or_skip(e, skip)
             continue
-        keep = used[0] + image.nbytes + mask.nbytes <= budget
-        if keep:
-            used[0] += image.nbytes + mask.nbytes
-        out.append(_Scan(case, tuple(mask.shape), int(image.shape[0]), unique_values(mask),
-                         (norm(image), mask, meta) if keep else None))
-    return out
+        size = image.nbytes + mask.nbytes
+        keep = size <= room
+        room -= size if keep else 0
+        out.append(
+            _Scan(
+                case,
+                tuple(mask.shape),
+                int(image.shape[0]),
+                unique_values(mask),
+                str(meta.get("mask_dtype")),
+                (norm(image), mask, meta) if keep else None,
+            )
+        )
+    return out, room
 
 
 def _consistent(scans: list[_Scan], ref: _Scan, skip: SkipLog | None) -> list[_Scan]:
@@ -101,33 +150,30 @@ def _consistent(scans: list[_Scan], ref: _Scan, skip: SkipLog | None) -> list[_S
     for s in scans:
         err = None
         if len(s.shape) != len(ref.shape):
-            err = (f"{s.case.image_paths[0]}: {len(s.shape)}D but {ref.case.image_paths[0].name} is "
-                   f"{len(ref.shape)}D")
+            err = (
+                f"{s.case.image_paths[0]}: {len(s.shape)}D but {ref.case.image_paths[0].name} is "
+                f"{len(ref.shape)}D"
+            )
         elif s.channels != ref.channels:
-            err = (f"{s.case.image_paths[0]}: {s.channels} channel(s) but {ref.case.image_paths[0].name} has "
-                   f"{ref.channels}; all images need the same channels (grey or RGB)")
+            err = (
+                f"{s.case.image_paths[0]}: {s.channels} channel(s) but {ref.case.image_paths[0].name} has "
+                f"{ref.channels}; all images need the same channels (grey or RGB)"
+            )
         if err is None:
             good.append(s)
-        elif skip is None:
-            raise DataError(err)
         else:
-            skip.skip(err)
+            raise_or_skip(DataError(err), skip)
     return good
 
 
 def _check_values(scans: list[_Scan], class_map: ClassMap, skip: SkipLog | None) -> list[_Scan]:
     good = []
-    allowed = set(class_map.mask_values)
     for s in scans:
-        bad = [float(v) for v in s.values if float(v) not in allowed]
-        if not bad:
+        try:
+            class_map.check_values(s.values, s.case.mask_path)
             good.append(s)
-            continue
-        err = DataError(f"{s.case.mask_path}: value(s) {ClassMap._fmt(bad[:5])} not in the class map "
-                        f"{ClassMap._fmt(class_map.values)} (set --classes / data.class_values to change it)")
-        if skip is None:
-            raise err
-        skip.skip(err)
+        except DataError as e:
+            raise_or_skip(e, skip)
     return good
 
 
@@ -138,71 +184,77 @@ def _require(scans: list[_Scan], folder: str, skip: SkipLog | None) -> None:
         raise DataError(f"{folder}: no usable image/mask pairs")
 
 
-def prepare_data(cfg: Config) -> PreparedData:
-    """Find, read and check every pair of ``cfg.data.data`` (and ``cfg.data.val_data``); split; cache.
+def _class_map(cfg: Config, scans: list[_Scan]) -> ClassMap:
+    d = cfg.data
+    values: list[Any] | None = d.class_values
+    if values is None and nnunet.is_nnunet_dataset(d.data):
+        values = nnunet.class_values_from_json(
+            nnunet.read_dataset_json(d.data), Path(d.data) / "dataset.json"
+        )
+    if values is None:
+        values = infer_class_values([(s.case.mask_path, s.mask_dtype, s.values) for s in scans], d.data)
+    return ClassMap(values)
 
-    Fills ``cfg.data.class_values`` (when None: the sorted values of the ``--data`` masks, or the labels
-    of an nnU-Net ``dataset.json``) and ``cfg.data.patch_size`` (when None, see
-    :func:`default_patch_size` with multiples of ``2**cfg.model.depth``). With ``cfg.data.skip_bad``
-    every bad pair is reported on stderr and left out, and the count is printed at the end; otherwise the
-    first one raises :class:`DataError`.
+
+def _split(cfg: Config, scans: list[_Scan], val_scans: list[_Scan]) -> tuple[list[_Scan], list[_Scan]]:
+    d = cfg.data
+    if d.val_data:
+        return scans, val_scans
+    tr, va = split_cases([s.case for s in scans], d.val_fraction, d.split_seed)
+    by_name = {s.case.name: s for s in scans}
+    train, val = [by_name[c.name] for c in tr], [by_name[c.name] for c in va]
+    if not val and d.val_fraction > 0:
+        val = train  # a single case: validate on it rather than not at all
+    return train, val
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Find, read and check every pair of ``cfg.data.data`` (and ``cfg.data.val_data``); split; store.
+
+    The class values are ``cfg.data.class_values``, else the labels of an nnU-Net ``dataset.json``, else
+    the sorted values of the ``--data`` masks; the patch size ``cfg.data.patch_size`` or
+    :func:`default_patch_size` with multiples of ``2**cfg.model.depth``. With ``cfg.data.skip_bad`` every
+    bad pair is reported on stderr and left out, and the count is printed at the end; otherwise the first one
+    raises :class:`DataError`. ``cfg`` is not changed (see :meth:`PreparedData.apply_to`).
     """
     d = cfg.data
     if d.data is None:
         raise DataError("no dataset given (--data DIR)")
     norm = Normalizer.from_config(d)
-    budget = cache_budget(d)
+    max_bytes = d.max_image_gib * GIB
     skip = SkipLog() if d.skip_bad else None
-    used = [0.0]
-    scans = _scan(find_cases(d.data, skip_bad=d.skip_bad, skip=skip), norm, skip, budget, used)
-    val_scans = (_scan(find_cases(d.val_data, skip_bad=d.skip_bad, skip=skip), norm, skip, budget, used)
-                 if d.val_data else [])
+    scans, room = _scan(
+        find_cases(d.data, skip_bad=d.skip_bad, skip=skip), norm, skip, cache_budget(d), max_bytes
+    )
+    val_scans = (
+        _scan(find_cases(d.val_data, skip_bad=d.skip_bad, skip=skip), norm, skip, room, max_bytes)[0]
+        if d.val_data
+        else []
+    )
     _require(scans, d.data, skip)
     ref = scans[0]
     scans, val_scans = _consistent(scans, ref, skip), _consistent(val_scans, ref, skip)
-
-    values = d.class_values
-    if values is None and nnunet.is_nnunet_dataset(d.data):
-        info = nnunet.read_dataset_json(d.data)
-        values = nnunet.class_values_from_json(info, Path(d.data) / "dataset.json")
-    if values is None:
-        found = sorted({float(v) for s in scans for v in s.values})
-        if len(found) > MAX_INFERRED_CLASSES:
-            raise DataError(f"{d.data}: masks hold {len(found)} distinct values; that looks like an "
-                            "intensity or instance image (give --classes to choose the class values)")
-        values = found
-    class_map = ClassMap(values)
+    class_map = _class_map(cfg, scans)
     scans, val_scans = _check_values(scans, class_map, skip), _check_values(val_scans, class_map, skip)
     _require(scans, d.data, skip)
-
-    if d.val_data:
-        train, val = scans, val_scans
-    else:
-        names = [s.case.name for s in scans]
-        tr, va = split_cases([s.case for s in scans], d.val_fraction, d.split_seed)
-        by_name = dict(zip(names, scans, strict=True))
-        train, val = [by_name[c.name] for c in tr], [by_name[c.name] for c in va]
-        if not val and d.val_fraction > 0:
-            val = train  # a single case: validate on it rather than not at all
-
+    train, val = _split(cfg, scans, val_scans)
+    store = CaseStore(d, class_map)
     for s in [*train, *val]:
         if s.arrays is not None:
             image, mask, meta = s.arrays
-            labels = class_map.encode(mask, source=s.case.mask_path,
-                                      dtype=np.uint8 if class_map.num_classes <= 256 else np.int16)
-            key = CaseCache.key(s.case, norm, class_map)
-            case_cache.put(key, (image, labels, meta), budget)
+            store.put(
+                s.case, image, class_map.encode(mask, s.case.mask_path, class_map.compact_dtype()), meta
+            )
             s.arrays = None
-
-    default = default_patch_size([s.shape for s in train], 2 ** int(cfg.model.depth))
+    shapes = [s.shape for s in train]
+    default = default_patch_size(shapes, 2 ** int(cfg.model.depth))
     if d.patch_size is not None and len(d.patch_size) != len(ref.shape):
-        raise ConfigError(f"patch size {list(d.patch_size)} does not fit the {len(ref.shape)}D images "
-                          f"of {d.data}")
-    if d.class_values is None:
-        # Whole numbers stay ints in config.json (0/255, not 0.0/255.0).
-        d.class_values = [int(v) if float(v).is_integer() else v for v in class_map.values]
-    if d.patch_size is None:
-        d.patch_size = list(default)
+        raise ConfigError(
+            f"--patch-size {' '.join(map(str, d.patch_size))} has {len(d.patch_size)} sizes "
+            f"but the images of {d.data} are {len(ref.shape)}D"
+        )
+    patch = tuple(d.patch_size) if d.patch_size is not None else default
+    check_geometry(patch, int(cfg.model.depth), [s.shape for s in [*scans, *val_scans]], d.data)
     if skip is not None:
         skip.summary()
     return PreparedData(
@@ -211,7 +263,9 @@ def prepare_data(cfg: Config) -> PreparedData:
         class_map=class_map,
         in_channels=ref.channels,
         spatial_dims=len(ref.shape),
+        patch_size=patch,
         default_patch_size=default,
+        store=store,
         shapes={s.case.name: s.shape for s in [*scans, *val_scans]},
         skipped=skip.count if skip is not None else 0,
     )

@@ -15,7 +15,9 @@ from torch.utils.data import Dataset
 
 from unetseg.config import AugmentConfig, DataConfig
 from unetseg.data.augment import Augmenter
-from unetseg.data.dataset import Case, ClassMap, cache_budget, load_case
+from unetseg.data.cases import Case
+from unetseg.data.labels import ClassMap
+from unetseg.data.store import CaseStore
 from unetseg.errors import ConfigError
 
 MAX_FOREGROUND_POINTS = 10_000  # per class and case: enough to pick from, small to keep
@@ -54,20 +56,20 @@ class PatchDataset(Dataset):
     labels (*patch) int64)``.
 
     Args:
-        cases_or_arrays: :class:`Case` objects (read with :func:`load_case`) or ``(image, labels)`` pairs
+        cases_or_arrays: :class:`Case` objects (read through ``store``) or ``(image, labels)`` pairs
             already normalised and encoded (``(C, *spatial)`` float32, ``(*spatial)`` class indices).
         patch_size: ``(H, W)`` or ``(D, H, W)``.
         data_cfg: normalisation, ``foreground_fraction``, ``pad_mode``, cache budget.
         augment_cfg: augmentations; None for plain patches.
-        class_map: value -> class map for reading Cases' masks.
+        class_map: value -> class map for reading Cases' masks (when no ``store`` is given).
         samples_per_epoch: ``len(dataset)``; default the number of cases.
         seed: sample ``i`` of epoch ``e`` is drawn from ``default_rng([seed, e, i])``, so the patches are the
             same whatever the number of DataLoader workers. Any index >= 0 is valid, so a sampler may pass
             ``epoch * len + i`` instead (which also works with persistent workers); :meth:`set_epoch` is the
             other way (workers see it when they are started per epoch, ``persistent_workers=False``).
-        cache: ``auto`` (keep decoded cases in memory up to ``data.cache_gib``, read the rest per sample),
-            ``memory`` or ``lazy``; None: ``data_cfg.cache``. Loading happens here, in the main process,
-            before DataLoader workers fork and share the arrays.
+        cache: ``auto`` | ``memory`` | ``lazy`` for a store made here; None: ``data_cfg.cache``.
+        store: the prepared dataset's :class:`CaseStore` (cases decoded once, shared with validation).
+            Loading happens here, in the main process, before DataLoader workers fork and share the arrays.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class PatchDataset(Dataset):
         samples_per_epoch: int | None = None,
         seed: int = 0,
         cache: str | None = None,
+        store: CaseStore | None = None,
     ) -> None:
         if not cases_or_arrays:
             raise ConfigError("PatchDataset: no cases to sample from")
@@ -90,26 +93,24 @@ class PatchDataset(Dataset):
             raise ConfigError(f"patch size must be 2 or 3 positive sizes, got {list(patch_size)}")
         self.spatial_dims = len(self.patch_size)
         self.augmenter = Augmenter(augment_cfg, self.spatial_dims, pad_mode=self.data_cfg.pad_mode)
-        self.class_map = class_map
         self.seed = int(seed)
         self.epoch = 0
         self.foreground_fraction = float(self.data_cfg.foreground_fraction)
         self.sources: list[Any] = list(cases_or_arrays)
         self.samples_per_epoch = int(samples_per_epoch or len(self.sources))
-        self._loaded: list[tuple | None] = [None] * len(self.sources)
+        self.store = store
+        if isinstance(self.sources[0], Case) and store is None:
+            if class_map is None:
+                raise ConfigError("PatchDataset: reading cases needs a class_map or a store")
+            mode = self.data_cfg.model_copy(update={"cache": cache}) if cache else self.data_cfg
+            self.store = CaseStore(mode, class_map)
         self._fg: dict[int, dict[int, np.ndarray]] = {}
-        if isinstance(self.sources[0], Case) and class_map is None:
-            raise ConfigError("PatchDataset: reading cases needs a class_map")
-        mode = cache or self.data_cfg.cache
-        budget = cache_budget(DataConfig(cache=mode, cache_gib=self.data_cfg.cache_gib))
-        used = 0.0
         for i, src in enumerate(self.sources):
-            if isinstance(src, Case) and used >= budget:
+            if isinstance(src, Case) and src not in self.store and self.store.nbytes >= self.store.budget:
                 continue  # beyond the budget: read per sample
-            image, labels = self._read(i)
-            self._loaded[i] = (image, labels)
-            used += image.nbytes + labels.nbytes
-            self._foreground(i, labels)
+            labels = self._read(i)[1]  # a case read here is kept while the budget allows
+            if not isinstance(src, Case) or src in self.store:
+                self._foreground(i, labels)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -121,18 +122,14 @@ class PatchDataset(Dataset):
     @property
     def in_memory(self) -> int:
         """How many cases are held in memory (the others are read per sample)."""
-        return sum(x is not None for x in self._loaded)
+        return sum(not isinstance(s, Case) or s in self.store for s in self.sources)
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         src = self.sources[i]
         if isinstance(src, Case):
-            image, labels, _ = load_case(src, self.data_cfg, self.class_map, cache=True, compact=True)
-            if labels is None:
-                raise ConfigError(f"{src.image_paths[0]}: PatchDataset needs a mask for every case")
+            image, labels, _ = self.store.get(src)
         else:
-            image, labels = src
-            image = np.asarray(image, dtype=np.float32)
-            labels = np.asarray(labels)
+            image, labels = np.asarray(src[0], dtype=np.float32), np.asarray(src[1])
         if image.ndim != self.spatial_dims + 1 or labels.shape != image.shape[1:]:
             name = src.image_paths[0] if isinstance(src, Case) else f"array pair {i}"
             raise ConfigError(f"{name}: image {image.shape} / labels {labels.shape} do not fit a "
@@ -147,7 +144,7 @@ class PatchDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         i = int(rng.integers(len(self.sources)))
-        image, labels = self._loaded[i] or self._read(i)
+        image, labels = self._read(i)
         centre = None
         if rng.random() < self.foreground_fraction:
             fg = self._foreground(i, labels)
@@ -158,9 +155,3 @@ class PatchDataset(Dataset):
         origin = choose_origin(labels.shape, self.patch_size, rng, centre)
         img, lab = self.augmenter.extract(image, labels, origin, self.patch_size, rng)
         return torch.from_numpy(img), torch.from_numpy(lab.astype(np.int64))
-
-    def describe(self) -> str:
-        """One line for logs: cases, in memory, patch size."""
-        return (f"{len(self.sources)} case(s), {self.in_memory} in memory, patch {list(self.patch_size)}, "
-                f"{self.samples_per_epoch} samples/epoch")
-

@@ -1,5 +1,6 @@
-"""The Python entry points: :func:`predict` (the contract's ``unetseg.predict``) and
-:func:`predictor_for`, which turns a checkpoint's config plus user overrides into a :class:`Predictor`."""
+"""The Python entry points: :func:`predict` (the contract's ``unetseg.predict``) and :func:`predictor_for`,
+the ONE place where a config plus a caller's overrides become a :class:`Predictor` (used by ``predict``,
+by validation during training and by ``evaluate``, so every inference option applies the same way)."""
 
 from __future__ import annotations
 
@@ -13,37 +14,28 @@ from torch import nn
 from unetseg.config import Config
 from unetseg.errors import DataError
 from unetseg.inference.engines import Engine, as_engine, load_engine
-from unetseg.inference.sliding_window import Predictor
+from unetseg.inference.predictor import Predictor
 
 
-def predictor_for(
-    engine: Engine,
-    config: Config | None,
-    *,
-    tile: Sequence[int] | None = None,
-    overlap: float | None = None,
-    blend: str | None = None,
-    batch_size: int | None = None,
-    tta: bool = False,
-) -> Predictor:
-    """A :class:`Predictor` with the checkpoint's inference settings, each overridden when given.
+def predictor_for(engine: Engine, config: Config | None, *, tile: Sequence[int] | None = None,
+                  overlap: float | None = None, blend: str | None = None, batch_size: int | None = None,
+                  tta: bool | None = None) -> Predictor:
+    """A :class:`Predictor` with the config's inference settings, each overridden when given (not None).
 
-    Defaults: tile = ``config.infer.tile`` or the training patch size (``None`` without a config: the
-    whole image in one pass), overlap = ``config.infer.overlap`` or 0.25 (2D) / 0.5 (3D), blend and
-    batch size from ``config.infer``; TTA when asked for here or in the config.
+    Defaults: tile = ``config.infer.tile`` or the training patch size (``None`` without a config: the whole
+    image in one pass), overlap = ``config.infer.overlap`` or 0.25 (2D) / 0.5 (3D), blend, batch size and
+    TTA from ``config.infer``.
     """
     infer = config.infer if config is not None else None
     if tile is None and config is not None:
         tile = infer.tile or config.data.patch_size
-    if overlap is None and infer is not None:
-        overlap = infer.overlap
     return Predictor(
         engine,
         tile=tile,
-        overlap=overlap,
+        overlap=overlap if overlap is not None else (infer.overlap if infer else None),
         blend=blend or (infer.blend if infer else "gaussian"),
         batch_size=batch_size or (infer.batch_size if infer else 4),
-        tta=bool(tta or (infer.tta if infer else False)),
+        tta=bool(tta if tta is not None else (infer.tta if infer else False)),
     )
 
 
@@ -53,17 +45,18 @@ def as_channels_first(image: np.ndarray | torch.Tensor, engine: Engine, source: 
     dims = engine.spatial_dims
     if arr.ndim == dims:
         if engine.in_channels != 1:
-            raise DataError(
-                f"{source}: shape {arr.shape} has no channel axis but the model expects "
-                f"{engine.in_channels} channels; pass (C, *spatial)"
-            )
+            raise DataError(f"{source}: shape {arr.shape} has no channel axis but the model expects "
+                            f"{engine.in_channels} channels; pass (C, *spatial)")
         arr = arr[None]
     if arr.ndim != dims + 1:
         raise DataError(f"{source}: shape {arr.shape} is not a {dims}D image ((*spatial) or (C, *spatial))")
     if arr.shape[0] != engine.in_channels:
         raise DataError(f"{source}: {arr.shape[0]} channels, the model expects {engine.in_channels}")
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{source}: unsupported pixel type {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{source}: {int((~np.isfinite(arr)).sum())} NaN/inf pixel value(s)")
     return arr
 
 
@@ -85,12 +78,14 @@ def predict(
 
     Args:
         model_or_engine: a model (e.g. from :func:`unetseg.build_model` / :func:`unetseg.load_checkpoint`),
-            an engine, or a path to a checkpoint / ``.onnx`` / TorchScript file (its config is then used).
+            an engine, or a path to a checkpoint / ``.onnx`` file (its config is then used). A module is run
+            from an internal copy (BatchNorm folded, the fastest layout): the caller's module is unchanged.
         image: ``(*spatial)`` for a one-channel model or ``(C, *spatial)``; the model's ``spatial_dims``
             decides which.
         config: the checkpoint's config: its normalisation, tile size and inference settings apply.
             Without it the image is fed as given and ``tile=None`` means one pass over the whole image.
-        tile, overlap, tta, blend, batch_size: sliding-window settings (see :class:`Predictor`).
+        tile, overlap, tta, blend, batch_size: sliding-window settings (see :class:`Predictor`); ``tta``
+            also applies when the config asks for it.
         device: where a module runs (``None``: where it is); precision: ``auto|fp32|bf16|fp16``.
         return_probabilities: also return the ``(max(2, C), *spatial)`` float32 probabilities.
     """
@@ -101,11 +96,11 @@ def predict(
         engine = as_engine(model_or_engine, device, precision)
     arr = as_channels_first(image, engine)
     if config is not None:
-        from unetseg.data.dataset import normalize
+        from unetseg.data.normalize import normalize
 
         arr = normalize(arr, config.data)
-    predictor = predictor_for(engine, config, tile=tile, overlap=overlap, blend=blend,
-                              batch_size=batch_size, tta=tta)
+    predictor = predictor_for(engine, config, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
+                              tta=True if tta else None)
     if return_probabilities:
         return predictor.predict_both(arr)
     return predictor.predict(arr)

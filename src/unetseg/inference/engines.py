@@ -6,26 +6,40 @@ geometry: ``spatial_dims``, ``in_channels``, ``num_classes``, ``size_divisor`` (
 multiple of it need no internal padding), and ``output_size`` / ``valid_input_size`` (which differ from
 the identity only for the valid-padding U-Net). The sliding-window code is the same for all engines;
 :func:`load_engine` picks the engine by the file it is given.
+
+Which files are safe to accept from strangers: checkpoint folders (safetensors weights + JSON config: data
+only) and ONNX files (a graph of standard operators, run by ONNX Runtime; external data must lie inside the
+model's folder). A TorchScript file is a program: loading it can run any code, so it is refused unless the
+caller says it trusts the file (``trust_torchscript=True``, ``--trust-torchscript``).
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from unetseg._runtime import configure_device
+from unetseg.checkpoint import (
+    ONNX_CONFIG_KEY,
+    TORCHSCRIPT_CONFIG_FILE,
+    TORCHSCRIPT_SUFFIXES,
+    check_weights,
+    load_checkpoint,
+    parse_config,
+    unwrap,
+)
 from unetseg.config import Config
-from unetseg.errors import CheckpointError, ConfigError, UnetsegError
-from unetseg.training.checkpoint import unwrap
-from unetseg.utils import autocast, autocast_dtype, memory_format, resolve_device, use_channels_last
+from unetseg.errors import CheckpointError, ConfigError, UnetsegError, first_line
+from unetseg.runtime import autocast, autocast_dtype, memory_format, resolve_device, use_channels_last
 
-ONNX_CONFIG_KEY = "unetseg_config"
-TORCHSCRIPT_CONFIG_FILE = "config.json"
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+TORCHSCRIPT_RISK = (
+    "a TorchScript file is a program, not weights: loading it can run any code it holds "
+    "(write files, start processes)"
+)
 
 
 class Engine:
@@ -92,8 +106,12 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             continue
         for i in range(len(seq) - 1):
             conv, bn = seq[i], seq[i + 1]
-            if (isinstance(conv, (nn.Conv2d, nn.Conv3d)) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
-                    and bn.track_running_stats and bn.running_mean is not None):
+            if (
+                isinstance(conv, (nn.Conv2d, nn.Conv3d))
+                and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                and bn.track_running_stats
+                and bn.running_mean is not None
+            ):
                 seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     return model
 
@@ -113,13 +131,15 @@ class TorchEngine(Engine):
     """A PyTorch module (eager or TorchScript) as an engine.
 
     Args:
-        model: the network; it is put in eval mode (and, where it helps, channels_last) in place.
-        device: where to run; ``None`` keeps the module where it is, otherwise it is moved there.
+        model: the network.
+        device: where to run; ``None`` keeps the module where it is, otherwise it runs there.
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (autocast).
         config: the checkpoint's config; needed for TorchScript modules, which have no geometry attributes.
         channels_last: ``auto`` | ``on`` | ``off``.
-        fuse: fold BatchNorm into the preceding convolutions (changes ``model`` in place, so only for
-            models the engine owns, as :func:`load_engine`'s).
+        own: the engine may change ``model`` in place (eval mode, device, layout, folded BatchNorm), as for
+            models it loaded itself or the trainer's live model. Otherwise (a module a caller handed in) it
+            works on a copy, so the caller's module is left exactly as it was.
+        fuse: fold BatchNorm into the preceding convolutions (on the engine's own module).
         spatial_dims, in_channels, num_classes: override what is read from the module or config.
     """
 
@@ -131,27 +151,30 @@ class TorchEngine(Engine):
         *,
         config: Config | None = None,
         channels_last: str | bool = "auto",
+        own: bool = True,
         fuse: bool = False,
         spatial_dims: int | None = None,
         in_channels: int | None = None,
         num_classes: int | None = None,
     ) -> None:
         base = unwrap(model)  # DDP / torch.compile wrappers run as given; the geometry is on the plain module
-        self._set_geometry(base, config, spatial_dims=spatial_dims, in_channels=in_channels,
-                           num_classes=num_classes)
+        self._set_geometry(
+            base, config, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes
+        )
         self.device = _module_device(model) if device is None else resolve_device(device)
         self.dtype = autocast_dtype(precision, self.device)
         self.channels_last = self.spatial_dims in (2, 3) and use_channels_last(
             channels_last, self.device, self.spatial_dims, inference=True
         )
-        configure_device(self.device)
+        is_script = isinstance(model, torch.jit.ScriptModule)
+        if not own and not is_script:
+            model = copy.deepcopy(base)
         model = model.to(self.device).eval()
-        if fuse and not isinstance(model, torch.jit.ScriptModule):
+        if fuse and not is_script:
             model = fuse_conv_bn(model)
         if self.channels_last:
             model = model.to(memory_format=memory_format(self.spatial_dims))
         self.model = model
-        is_script = isinstance(model, torch.jit.ScriptModule)
         self._sizes = model_skeleton(config) if (is_script and config is not None) else base
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,12 +188,6 @@ class TorchEngine(Engine):
         return out.float()
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (library errors can span pages), or its type."""
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
 def _import_ort() -> Any:
     try:
         import onnxruntime
@@ -181,13 +198,39 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
+def check_onnx_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose external tensor data points outside its own folder (an ONNX file may name
+    any path; ONNX Runtime would read it)."""
+    try:
+        import onnx
+    except ImportError:
+        return  # onnxruntime alone: it enforces its own rules on external data
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - a malformed file is reported by ONNX Runtime below
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
+    folder = os.path.realpath(path.parent)
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        where = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = os.path.realpath(os.path.join(folder, where))
+        if os.path.isabs(where) or os.path.commonpath([folder, target]) != folder:
+            raise CheckpointError(
+                f"{path}: external data {where!r} of tensor {tensor.name!r} lies outside the "
+                "model's folder; refused"
+            )
+
+
 class OnnxEngine(Engine):
     """An exported ``.onnx`` model run by ONNX Runtime; its config comes from the file's metadata
-    (written by :func:`unetseg.export.export_model`). Uses CUDA when asked for and available."""
+    (written by :func:`unetseg.export.export_model`) and is checked against the graph. Uses CUDA when
+    asked for and available."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "auto") -> None:
         ort = _import_ort()
         path = Path(path)
+        check_onnx_external_data(path)
         providers = ["CPUExecutionProvider"]
         if resolve_device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -198,11 +241,26 @@ class OnnxEngine(Engine):
         meta = self.session.get_modelmeta().custom_metadata_map
         if ONNX_CONFIG_KEY not in meta:
             raise CheckpointError(f"{path}: no unetseg config in its metadata (export with `unetseg export`)")
-        self.config = _parse_config(meta[ONNX_CONFIG_KEY], path)
+        self.config = parse_config(meta[ONNX_CONFIG_KEY], f"{path} (metadata {ONNX_CONFIG_KEY})")
         self._set_geometry(None, self.config)
+        self._check_graph(path)
         self._sizes = model_skeleton(self.config)
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
+
+    def _check_graph(self, path: Path) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        rank = self.spatial_dims + 2
+        shape_in, shape_out = list(inputs[0].shape), list(outputs[-1].shape)
+        problems = []
+        if len(inputs) != 1 or len(shape_in) != rank:
+            problems.append(f"the graph takes {len(shape_in)}-D input, the config says {rank}-D")
+        elif isinstance(shape_in[1], int) and shape_in[1] != self.in_channels:
+            problems.append(f"the graph takes {shape_in[1]} channels, the config says {self.in_channels}")
+        if len(shape_out) == rank and isinstance(shape_out[1], int) and shape_out[1] != self.num_classes:
+            problems.append(f"the graph gives {shape_out[1]} classes, the config says {self.num_classes}")
+        if problems:
+            raise CheckpointError(f"{path}: metadata does not match the graph ({problems[0]})")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = torch.as_tensor(x).detach().to("cpu", torch.float32).contiguous().numpy()
@@ -210,16 +268,18 @@ class OnnxEngine(Engine):
         return torch.from_numpy(out).float()
 
 
-def _parse_config(text: str, source: Path) -> Config:
-    try:
-        return Config.from_dict(json.loads(text), source=str(source))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{source}: embedded unetseg config is not valid JSON ({e})") from None
+def load_torchscript(
+    path: str | Path, device: torch.device, *, trust: bool = False
+) -> tuple[torch.jit.ScriptModule, Config]:
+    """Load a TorchScript file written by ``unetseg export --format torchscript`` and its embedded config.
 
-
-def load_torchscript(path: str | Path, device: torch.device) -> tuple[torch.jit.ScriptModule, Config]:
-    """Load a TorchScript file written by ``unetseg export --format torchscript`` and its embedded config."""
+    Refused unless ``trust`` (see the module docstring: TorchScript is code)."""
     path = Path(path)
+    if not trust:
+        raise CheckpointError(
+            f"{path}: {TORCHSCRIPT_RISK}; pass --trust-torchscript (trust=True) only for "
+            "files you made yourself, or use the ONNX export or the checkpoint folder"
+        )
     extra = {TORCHSCRIPT_CONFIG_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
@@ -230,17 +290,23 @@ def load_torchscript(path: str | Path, device: torch.device) -> tuple[torch.jit.
         ) from None
     text = extra[TORCHSCRIPT_CONFIG_FILE]
     if isinstance(text, bytes):
-        text = text.decode()
+        text = text.decode("utf-8", "replace")
     if not text:
         raise CheckpointError(f"{path}: no unetseg config inside (export it with `unetseg export`)")
-    return module, _parse_config(text, path)
+    check_weights(dict(module.state_dict()), path)
+    return module, parse_config(text, f"{path} ({TORCHSCRIPT_CONFIG_FILE})")
 
 
 def load_engine(
-    path: str | Path, device: str | torch.device = "auto", precision: str = "auto"
+    path: str | Path,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    *,
+    trust_torchscript: bool = False,
 ) -> tuple[Engine, Config]:
     """Open a model for inference, choosing the engine by the file: ``.onnx`` -> ONNX Runtime,
-    ``.pt``/``.ts``/``.torchscript`` -> TorchScript, a folder (checkpoint or run) -> PyTorch + safetensors.
+    ``.pt``/``.ts``/``.torchscript`` -> TorchScript (only with ``trust_torchscript``), a folder (checkpoint
+    or run) -> PyTorch + safetensors.
 
     Returns the engine and the config that travels with the model (normalisation, class map, tile size).
     """
@@ -252,11 +318,10 @@ def load_engine(
         return engine, engine.config
     dev = resolve_device(device)
     if p.is_file() and p.suffix.lower() in TORCHSCRIPT_SUFFIXES:
-        module, config = load_torchscript(p, dev)
-        channels_last = config.train.channels_last
-        return TorchEngine(module, dev, precision, config=config, channels_last=channels_last), config
-    from unetseg.training.checkpoint import load_checkpoint
-
+        module, config = load_torchscript(p, dev, trust=trust_torchscript)
+        return TorchEngine(
+            module, dev, precision, config=config, channels_last=config.train.channels_last
+        ), config
     model, config = load_checkpoint(p, dev)
     layout = config.train.channels_last
     return TorchEngine(model, dev, precision, config=config, channels_last=layout, fuse=True), config
@@ -268,12 +333,15 @@ def as_engine(
     precision: str = "auto",
     **geometry: int | None,
 ) -> Engine:
-    """Wrap what a user passed (module, engine, or a path to a checkpoint/exported model) as an engine."""
+    """Wrap what a user passed (module, engine, or a path to a checkpoint/exported model) as an engine.
+
+    A module is run from an internal copy with BatchNorm folded and the layout that is fastest on the
+    device, so the Python API predicts as fast as the command line and leaves the caller's module alone."""
     if isinstance(model_or_engine, Engine):
         return model_or_engine
     if isinstance(model_or_engine, (str, Path)):
         return load_engine(model_or_engine, device or "auto", precision)[0]
     if isinstance(model_or_engine, nn.Module):
-        return TorchEngine(model_or_engine, device, precision, **geometry)
+        return TorchEngine(model_or_engine, device, precision, own=False, fuse=True, **geometry)
     kind = type(model_or_engine).__name__
     raise ConfigError(f"expected a torch.nn.Module, an Engine or a model path, got {kind}")

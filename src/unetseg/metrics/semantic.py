@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage, sparse
 
+PER_CLASS_METRICS = ("dice", "iou", "precision", "recall", "hd95", "msd")  # what compute_metrics returns
+
 
 def _check(pred: np.ndarray, target: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     pred, target = np.asarray(pred), np.asarray(target)

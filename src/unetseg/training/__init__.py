@@ -1,19 +1,8 @@
-"""Training and evaluation. Imported lazily so that ``import unetseg`` stays light."""
+"""Training: the loader, the trainer, validation, DDP plumbing and the run folder."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from unetseg.training.run import TrainingInterrupted
+from unetseg.training.trainer import train
 
-if TYPE_CHECKING:
-    from unetseg.config import Config
-
-
-def train(cfg: Config, resume: bool = False, quiet: bool = False) -> Path:
-    """Train the model ``cfg`` describes; see :func:`unetseg.training.trainer.train`."""
-    from unetseg.training.trainer import train as _train
-
-    return _train(cfg, resume=resume, quiet=quiet)
-
-
-__all__ = ["train"]
+__all__ = ["train", "TrainingInterrupted"]

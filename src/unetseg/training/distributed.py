@@ -59,17 +59,23 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return buf.to(t.device)
 
 
-def broadcast_value(value: float, info: DistInfo) -> float:
-    """Rank 0's ``value`` on every rank (a no-op when not distributed).
+def broadcast_values(values: list[float], info: DistInfo) -> list[float]:
+    """Rank 0's ``values`` on every rank (a no-op when not distributed).
 
-    The trainer shares rank 0's clock this way, so that with a time budget every rank sets the same
-    learning rate and leaves the loop at the same step (a rank stopping alone would hang the others).
+    The trainer shares rank 0's clock and stop request this way, so that with a time budget every rank sets
+    the same learning rate and leaves the loop at the same step (a rank stopping alone would hang the
+    others).
     """
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     dist.broadcast(t, src=0)
-    return float(t.item())
+    return [float(v) for v in t.tolist()]
+
+
+def broadcast_value(value: float, info: DistInfo) -> float:
+    """Rank 0's ``value`` on every rank (see :func:`broadcast_values`)."""
+    return broadcast_values([value], info)[0]
 
 
 def cleanup(info: DistInfo) -> None:

@@ -7,10 +7,8 @@ import math
 import torch
 
 from unetseg.config import TrainConfig
+from unetseg.config.schema import OPTIMIZERS, SCHEDULES
 from unetseg.errors import ConfigError
-
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("poly", "cosine", "constant")
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

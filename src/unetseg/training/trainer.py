@@ -1,12 +1,14 @@
 """The training loop: patches in, checkpoints out.
 
-One function, :func:`train`, drives a small :class:`Trainer` whose parts (data, model, optimisation,
-validation, checkpoints) are plain methods over the config tree; nothing is configured by subclassing.
+:func:`train` checks the whole configuration and the run folder before any data is read, then drives a
+small :class:`Trainer` whose parts (data, model, optimisation, validation, checkpoints) are plain methods
+over the config tree; nothing is configured by subclassing.
 """
 
 from __future__ import annotations
 
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,29 +16,76 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetseg._runtime import configure_device
-from unetseg.config import Config
-from unetseg.errors import ConfigError, TrainingError
+from unetseg import checkpoint as ckpt
+from unetseg.config import Config, dump_yaml
+from unetseg.data.prepare import prepare_data
+from unetseg.errors import CheckpointError, TrainingError
+from unetseg.fileio import write_text
 from unetseg.losses import DeepSupervisionLoss, build_loss
 from unetseg.models import build_model
-from unetseg.training import checkpoint as ckpt
-from unetseg.training.data import build_loader, prepare
-from unetseg.training.distributed import DistInfo, average_buffers, broadcast_value, cleanup, init_distributed
-from unetseg.training.logging import RunLogger
+from unetseg.runtime import (
+    autocast,
+    autocast_dtype,
+    configure_process,
+    memory_format,
+    precision_name,
+    resolve_device,
+    use_channels_last,
+)
+from unetseg.training.distributed import (
+    DistInfo,
+    average_buffers,
+    broadcast_values,
+    cleanup,
+    init_distributed,
+)
+from unetseg.training.interrupt import GRACE_S, Termination, termination
+from unetseg.training.loader import build_loader
 from unetseg.training.optim import build_optimizer, lr_factor
+from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
+from unetseg.training.runlog import RunLogger
 from unetseg.training.validation import Validator
-from unetseg.utils import autocast, autocast_dtype, memory_format, resolve_device, use_channels_last
+from unetseg.validate import check_config
 
 
-def train(cfg: Config, resume: bool = False, quiet: bool = False) -> Path:
+def train(
+    cfg: Config,
+    resume: bool = False,
+    quiet: bool = False,
+    *,
+    overwrite: bool = False,
+    config_file: str | Path | None = None,
+    resume_hint: str | None = None,
+) -> Path:
     """Train the model ``cfg`` describes on ``cfg.data.data``; return the run folder.
 
+    ``resume`` continues ``RUN/last``; ``overwrite`` replaces an earlier run in ``cfg.train.out`` (kept until
+    the new run's first checkpoint); ``config_file`` is the recipe the config came from (never rewritten).
     Under ``torchrun`` every process calls this; DDP, sharded sampling and synchronised validation follow
-    from the environment, and only rank 0 writes files.
+    from the environment, and only rank 0 writes files. Ctrl-C or SIGTERM raise
+    :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
     """
+    check_config(cfg, "configuration")  # every option, before any data is read
+    if cfg.train.out is None:
+        raise TrainingError("train needs an output folder (--out RUN / train.out)")
     info, device = init_distributed(resolve_device(cfg.train.device))
+    run = None
     try:
-        return Trainer(cfg, device, info, resume=resume, quiet=quiet).fit()
+        inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
+        run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
+        configure_process(device)
+        with termination() as stop:
+            trainer = Trainer(cfg, device, info, run, resume=resume, quiet=quiet, stop=stop, hint=resume_hint)
+            try:
+                return trainer.fit()
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(
+                    interrupted_message(run.path, resume_hint, "interrupted (Ctrl-C)", False), 130
+                ) from None
+    except BaseException:
+        if run is not None and info.is_main:
+            run.roll_back()  # only while the new run has no checkpoint of its own
+        raise
     finally:
         cleanup(info)
 
@@ -62,21 +111,56 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _resumable(run: Path, log: RunLogger) -> tuple[Path, Config, dict[str, Any]] | None:
+    """The last checkpoint of ``run`` with its config and training state, or None (start afresh)."""
+    try:
+        folder = ckpt.find_checkpoint(run / "last")
+    except CheckpointError:
+        log.log(f"--resume: no complete checkpoint in {run / 'last'}; starting a new run")
+        return None
+    return folder, ckpt.read_config(folder), ckpt.load_training_state(folder)
+
+
 class Trainer:
     """Owns one run: builds everything from ``cfg``, then :meth:`fit` loops over epochs."""
 
-    def __init__(self, cfg: Config, device: torch.device, info: DistInfo, resume: bool, quiet: bool) -> None:
-        self.cfg, self.device, self.info = cfg, device, info
-        self.run = Path(cfg.train.out)
+    def __init__(
+        self,
+        cfg: Config,
+        device: torch.device,
+        info: DistInfo,
+        run: RunFolder,
+        *,
+        resume: bool,
+        quiet: bool,
+        stop: Termination | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.cfg, self.device, self.info, self.folder = cfg, device, info, run
+        self.run = run.path
+        self.stop, self.hint = stop or Termination(), hint
         self.log = RunLogger(self.run, enabled=info.is_main, quiet=quiet)
-        check_config(cfg)
-        self.state = self._resume_state() if resume else None
+        found = _resumable(self.run, self.log) if resume else None
+        if found is not None:
+            # the class map, patch size and architecture are facts of the run: keep them
+            saved = found[1]
+            cfg.data.class_values, cfg.data.patch_size = saved.data.class_values, saved.data.patch_size
+            cfg.model = saved.model
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         random.seed(cfg.train.seed)
+        self.data = prepare_data(cfg)
+        self.data.apply_to(cfg)
+        self.log.log(
+            f"data: {len(self.data.train_cases)} training and {len(self.data.val_cases)} validation cases"
+        )
+        self._build(cfg, device, info)
+        self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0
+        self.batch_in_epoch, self.save_seconds = 0, 0.0
+        if found is not None:
+            self._load_state(found[0], found[2])
 
-        self.data = prepare(cfg, self.log)
-        configure_device(device)
+    def _build(self, cfg: Config, device: torch.device, info: DistInfo) -> None:
         self.model = build_model(cfg.model.name, **cfg.model.build_kwargs()).to(device)
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.channels_last = use_channels_last(cfg.train.channels_last, device, cfg.model.spatial_dims)
@@ -88,51 +172,35 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.train.compile:
             self.net = torch.compile(self.net)
-
-        loss_opts = dict(cfg.train.loss_options)
-        loss_opts.pop("weight_map", None)
+        loss_opts = {k: v for k, v in cfg.train.loss_options.items() if k != "weight_map"}
         self.loss = DeepSupervisionLoss(build_loss(cfg.train.loss, cfg.model.num_classes, **loss_opts))
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
-        fp16 = self.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.loader = build_loader(self.data, cfg, device, info)
-        self.validator = Validator(self.data, cfg, device, info, self.amp_dtype, self.channels_last)
+        self.validator = Validator(
+            self.data, cfg, device, info, precision_name(self.amp_dtype), self.channels_last
+        )
         self.total_steps = cfg.train.epochs * cfg.train.iters_per_epoch
 
-        self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0
-        if self.state is not None:
-            self._load_state(self.state)
-
     # -- resume ---------------------------------------------------------------------------------------
-    def _resume_state(self) -> dict[str, Any] | None:
-        last = self.run / "last"
+    def _load_state(self, folder: Path, state: dict[str, Any]) -> None:
+        ckpt.load_weights(self.model, folder / ckpt.MODEL_FILE, self.device)
         try:
-            folder = ckpt.find_checkpoint(last)
-        except Exception:  # noqa: BLE001 - nothing to resume from: start afresh, say so
-            self.log.log(f"--resume: no checkpoint in {last}; starting a new run")
-            return None
-        saved = ckpt.read_config(folder)
-        # The class map, patch size and architecture are facts of the run; keep them.
-        self.cfg.data.class_values = saved.data.class_values
-        self.cfg.data.patch_size = saved.data.patch_size
-        self.cfg.model = saved.model
-        state = ckpt.load_training_state(folder)
-        state["folder"] = folder
-        return state
-
-    def _load_state(self, state: dict[str, Any]) -> None:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(str(state["folder"] / ckpt.MODEL_FILE), device=str(self.device)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise CheckpointError(
+                f"{folder / ckpt.STATE_FILE}: training state does not fit this run "
+                f"({' '.join(str(e).split())[:120]})"
+            ) from None
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.stale = float(state["best"]), int(state["stale"])
         self.minutes_before = float(state["minutes"])
-        _set_rng_state(state["rng"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.log.load_history()
         self.log.truncate_history(self.epoch)
-        self.log.log(f"resumed from {state['folder']} at epoch {self.epoch}, step {self.step}")
+        self.log.log(f"resumed from {folder} at epoch {self.epoch}, step {self.step}")
 
     def _training_state(self, minutes: float) -> dict[str, Any]:
         return {
@@ -144,7 +212,15 @@ class Trainer:
             "stale": self.stale,
             "minutes": minutes,
             "rng": _rng_state(),
+            "batch_in_epoch": self.batch_in_epoch,
         }
+
+    def _save(self, name: str, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        t0 = time.monotonic()
+        ckpt.save_checkpoint(self.run / name, self.model, self.cfg, metrics, state)
+        self.save_seconds = time.monotonic() - t0
+        if name == "last":
+            self.folder.committed()
 
     # -- the loop -------------------------------------------------------------------------------------
     def _set_lr(self, minutes: float) -> float:
@@ -195,19 +271,13 @@ class Trainer:
             f"precision {self.amp_dtype or torch.float32}, channels_last {self.channels_last}, "
             f"world size {self.info.world_size}"
         )
-        if self.info.is_main:
-            cfg.to_yaml(self.run / "config.yaml")
-        start = time.monotonic()
-
-        def minutes() -> float:
-            return self.minutes_before + (time.monotonic() - start) / 60
-
-        def agreed_minutes() -> float:
-            # under a budget, rank 0's clock rules every rank: same learning rate, same last step
-            return broadcast_value(minutes(), self.info) if cfg.train.max_minutes else minutes()
-
-        patches_per_step = cfg.train.batch_size * self.info.world_size
-        out_of_time, speed = False, 0.0
+        recipe = self.run / "config.yaml"
+        if self.info.is_main and self.folder.may_write(recipe):
+            write_text(
+                recipe, dump_yaml(cfg, "the configuration of this run (unetseg train --config reads it)")
+            )
+        clock = _Clock(self.minutes_before, self.info, bool(cfg.train.max_minutes), self.stop)
+        out_of_time = False
         with log.progress() as bar:
             task = bar.add_task(
                 "train",
@@ -217,40 +287,69 @@ class Trainer:
                 loss="-",
                 dice="-",
                 speed="-",
+                eta="-",
             )
             while self.epoch < cfg.train.epochs and not out_of_time:
-                self.net.train()
-                self.loader.sampler.set_epoch(self.epoch)
-                t0, losses, now = time.monotonic(), [], agreed_minutes()
-                for batch in self.loader:
-                    losses.append(self._train_step(batch, now))
-                    speed = patches_per_step * len(losses) / (time.monotonic() - t0)
-                    bar.update(
-                        task,
-                        advance=1,
-                        epoch=self.epoch + 1,
-                        loss=f"{np.mean(losses):.4f}",
-                        speed=f"{speed:.1f}",
-                    )
-                    now = agreed_minutes()
-                    out_of_time = bool(cfg.train.max_minutes) and now >= cfg.train.max_minutes
-                    if out_of_time:
-                        break
-                self.epoch += 1
-                average_buffers(self.model, self.info)
-                done = out_of_time or self.epoch >= cfg.train.epochs
-                row = self._end_epoch(
-                    losses, speed, minutes(), validate=done or self.epoch % cfg.train.val_interval == 0
-                )
-                if row.get("val_dice") is not None:
-                    bar.update(task, dice=f"{row['val_dice']:.4f}")
-                if cfg.train.patience and self.stale >= cfg.train.patience:
+                out_of_time = self._epoch(bar, task, clock)
+                if self.stale and cfg.train.patience and self.stale >= cfg.train.patience:
                     log.log(f"early stop: no improvement in {self.stale} validations")
                     break
         if out_of_time:
             log.log(f"stopped at the {cfg.train.max_minutes}-minute budget after {self.step} steps")
         log.log(f"best validation mean foreground Dice {self.best:.4f}; checkpoints in {self.run}")
         return self.run
+
+    def _epoch(self, bar: Any, task: Any, clock: _Clock) -> bool:
+        """One epoch (or its remainder after a mid-epoch resume); returns True when the budget is spent."""
+        cfg = self.cfg.train
+        self.net.train()
+        self.loader.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        t0, losses, (now, _) = time.monotonic(), [], clock.read()
+        out_of_time = speed = 0.0
+        for batch in self.loader:
+            losses.append(self._train_step(batch, now))
+            self.batch_in_epoch += 1
+            speed = cfg.batch_size * self.info.world_size * len(losses) / (time.monotonic() - t0)
+            now, stop = clock.read()
+            out_of_time = bool(cfg.max_minutes) and now >= cfg.max_minutes
+            bar.update(
+                task,
+                advance=1,
+                epoch=self.epoch + 1,
+                loss=f"{np.mean(losses):.4f}",
+                speed=f"{speed:.1f}",
+                eta=self._eta(now, len(losses) / max(time.monotonic() - t0, 1e-9)),
+            )
+            if stop:
+                self._terminate(now)
+            if out_of_time:
+                break
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        average_buffers(self.model, self.info)
+        done = bool(out_of_time) or self.epoch >= cfg.epochs
+        row = self._end_epoch(
+            losses, speed, clock.read()[0], validate=done or self.epoch % cfg.val_interval == 0
+        )
+        if row.get("val_dice") is not None:
+            bar.update(task, dice=f"{row['val_dice']:.4f}")
+        return bool(out_of_time)
+
+    def _eta(self, minutes: float, steps_per_s: float) -> str:
+        """The real end of the run: the time budget, or the remaining steps at the measured speed."""
+        left = (self.total_steps - self.step) / max(steps_per_s, 1e-9)
+        if self.cfg.train.max_minutes:
+            left = min(left, max(0.0, (self.cfg.train.max_minutes - minutes) * 60))
+        return time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} days"
+
+    def _terminate(self, minutes: float) -> None:
+        """SIGTERM: save the current step when it fits in the grace period, then stop with exit 143."""
+        saved = self.info.is_main and self.save_seconds < GRACE_S
+        if saved:
+            average_buffers(self.model, self.info)
+            self._save("last", {"epoch": self.epoch, "step": self.step}, self._training_state(minutes))
+        name = signal.Signals(self.stop.signum or signal.SIGTERM).name
+        raise TrainingInterrupted(interrupted_message(self.run, self.hint, name, saved), 143)
 
     def _end_epoch(self, losses: list[float], speed: float, minutes: float, validate: bool) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -271,16 +370,13 @@ class Trainer:
             if score > self.best:
                 self.best, self.stale = score, 0
                 if self.info.is_main:
-                    ckpt.save_checkpoint(self.run / "best", self.model, self.cfg, metrics)
+                    self._save("best", metrics)
             else:
                 self.stale += 1
         elif not self.data.val_cases and self.info.is_main:
-            # Without validation cases the latest weights are the best we know of.
-            ckpt.save_checkpoint(self.run / "best", self.model, self.cfg, metrics)
+            self._save("best", metrics)  # without validation cases the latest weights are the best we know
         if self.info.is_main:
-            ckpt.save_checkpoint(
-                self.run / "last", self.model, self.cfg, metrics, self._training_state(minutes)
-            )
+            self._save("last", metrics, self._training_state(minutes))
             self.log.epoch_end(row)
             self.log.log(
                 f"epoch {self.epoch}: loss {row['train_loss']:.4f}"
@@ -291,12 +387,22 @@ class Trainer:
         return row
 
 
-def check_config(cfg: Config) -> None:
-    """Fail early, with one line, on training options that cannot work."""
-    t = cfg.train
-    if t.epochs < 1 or t.iters_per_epoch < 1 or t.batch_size < 1:
-        raise ConfigError("epochs, iters_per_epoch and batch_size must be >= 1")
-    if t.lr <= 0:
-        raise ConfigError(f"lr must be > 0, got {t.lr}")
-    with torch.device("meta"):  # validates the architecture name and options before any data is read
-        build_model(cfg.model.name, **cfg.model.build_kwargs())
+class _Clock:
+    """Minutes since the run began (across resumes) and the stop request; under DDP rank 0's values rule
+    every rank (same learning rate, same last step), shared in one broadcast per step."""
+
+    def __init__(self, before: float, info: DistInfo, budget: bool, stop: Termination) -> None:
+        self.start, self.before, self.info, self.budget, self.stop = (
+            time.monotonic(),
+            before,
+            info,
+            budget,
+            stop,
+        )
+
+    def read(self) -> tuple[float, bool]:
+        minutes = self.before + (time.monotonic() - self.start) / 60
+        if not self.info.enabled:
+            return minutes, self.stop.requested
+        minutes, stop = broadcast_values([minutes, float(self.stop.requested)], self.info)
+        return minutes, stop > 0

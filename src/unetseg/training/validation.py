@@ -1,4 +1,5 @@
-"""Validation on whole images with the same sliding-window predictor that ``unetseg predict`` uses."""
+"""Validation on whole images with the predictor ``unetseg predict`` and ``evaluate`` use (built by the same
+:func:`~unetseg.inference.api.predictor_for`, so every inference option applies the same way)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import numpy as np
 import torch
 
 from unetseg.config import Config
-from unetseg.data.dataset import PreparedData, load_case
-from unetseg.inference import Predictor
+from unetseg.data.prepare import PreparedData
+from unetseg.inference.api import predictor_for
 from unetseg.inference.engines import TorchEngine
 from unetseg.metrics import dice
 from unetseg.training.distributed import DistInfo, all_reduce_sum
@@ -16,52 +17,27 @@ from unetseg.training.distributed import DistInfo, all_reduce_sum
 class Validator:
     """Mean Dice per class over this rank's share of the validation cases, summed across ranks.
 
-    The validation images are decoded and normalised once and kept, since they are read every epoch.
+    The validation images come from the prepared dataset's store (decoded and normalised once); cases the
+    store could not hold are read each time.
     """
 
-    def __init__(
-        self,
-        data: PreparedData,
-        cfg: Config,
-        device: torch.device,
-        info: DistInfo,
-        amp_dtype: torch.dtype | None,
-        channels_last: bool = False,
-    ) -> None:
-        self.cfg, self.device, self.info = cfg, device, info
+    def __init__(self, data: PreparedData, cfg: Config, device: torch.device, info: DistInfo,
+                 precision: str, channels_last: bool = False) -> None:
+        self.cfg, self.device, self.info, self.precision = cfg, device, info, precision
         self.num_classes = data.class_map.num_classes
         self.cases = data.val_cases[info.rank :: info.world_size]
-        self.class_map = data.class_map
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+        self.store = data.store
         # the training model's own layout: validation must not convert the live model
         self.channels_last = channels_last
 
-    def _case(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i not in self._cache:
-            image, labels, _ = load_case(self.cases[i], self.cfg.data, self.class_map)
-            self._cache[i] = (image, labels)
-        return self._cache[i]
-
     def run(self, model: torch.nn.Module) -> np.ndarray:
-        infer = self.cfg.infer
-        predictor = Predictor(
-            TorchEngine(model, self.device, self.precision, channels_last=self.channels_last),
-            num_classes=self.num_classes,
-            spatial_dims=self.cfg.model.spatial_dims,
-            tile=infer.tile or self.cfg.data.patch_size,
-            overlap=infer.overlap,
-            blend=infer.blend,
-            batch_size=infer.batch_size,
-            tta=False,
-            device=self.device,
-            precision=self.precision,
-        )
+        engine = TorchEngine(model, self.device, self.precision, channels_last=self.channels_last)
+        predictor = predictor_for(engine, self.cfg)
         was_training = model.training
         model.eval()
         sums = torch.zeros(self.num_classes + 1, dtype=torch.float64)
-        for i in range(len(self.cases)):
-            image, labels = self._case(i)
+        for case in self.cases:
+            image, labels, _ = self.store.get(case)
             pred = predictor.predict(image)
             sums[: self.num_classes] += torch.from_numpy(dice(pred, labels, self.num_classes))
             sums[-1] += 1

@@ -31,86 +31,26 @@ A single tile covering the whole image is used unweighted, so it equals a plain 
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from unetseg.config.schema import BLENDS
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.engines import Engine, as_engine
+from unetseg.inference.tiling import (
+    Plan,
+    axis_weight_sum,
+    box,
+    chunks,
+    gaussian_1d,
+    gaussian_importance_map,
+    tile_starts,
+)
 from unetseg.inference.tta import predict_probs
-
-BLENDS = ("gaussian", "constant")
-
-
-@functools.lru_cache(maxsize=64)
-def gaussian_1d(length: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """A 1-D Gaussian over ``length`` pixels, centred, max 1, sigma = ``sigma_scale * length``."""
-    x = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
-    sigma = max(sigma_scale * length, 1e-6)
-    g = np.exp(-0.5 * (x / sigma) ** 2)
-    g = np.maximum(g / g.max(), 1e-6)  # strictly positive so the border is never divided by zero
-    g = g.astype(np.float32)
-    g.flags.writeable = False
-    return g
-
-
-def gaussian_importance_map(tile: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
-    """The N-D importance map used to blend tiles: the outer product of :func:`gaussian_1d` per axis
-    (nnU-Net, Isensee et al. 2021). Positive everywhere, 1 at the centre, decaying towards the border."""
-    out = np.ones((), dtype=np.float32)
-    for n in tile:
-        out = np.multiply.outer(out, gaussian_1d(int(n), sigma_scale))
-    return out.astype(np.float32)
-
-
-def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> tuple[list[int], int]:
-    """Start offsets of tiles of ``tile`` pixels covering ``size`` pixels with at least ``overlap``
-    (fraction of the tile) between neighbours, spread evenly from 0 to the end (as in nnU-Net).
-
-    Starts are multiples of ``align`` (2**depth), so every tile sees the same pooling grid as a pass over
-    the whole image; for the valid-padding U-Net that makes tiling seamless (identical to one pass).
-    Returns the starts and the covered extent (``>= size``; larger by less than ``align`` when the last
-    tile has to reach past the end, which is then mirror-extended).
-    """
-    if size <= tile:
-        return [0], tile
-    span = -(-(size - tile) // align) * align  # the last start
-    step = max(align, int(tile * (1.0 - overlap)) // align * align)
-    n = -(-span // step) + 1
-    # rounded to multiples of align, consecutive gaps stay <= step, so tiles still overlap enough
-    return [int(round(span * i / (n - 1) / align)) * align for i in range(n)], span + tile
-
-
-def _axis_weight_sum(size: int, tile: int, starts: list[int], weights: np.ndarray) -> torch.Tensor:
-    total = np.zeros(size, dtype=np.float64)
-    for s in starts:
-        total[s : s + tile] += weights
-    return torch.from_numpy(total.astype(np.float32))
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything about one image shape that does not depend on the pixel values."""
-
-    tile_in: tuple[int, ...]
-    tile_out: tuple[int, ...]
-    margin: tuple[int, ...]  # mirror-extension per side (valid padding); 0 for "same" networks
-    domain: tuple[int, ...]  # output domain: the image, extended to the tiles' extent
-    starts: tuple[tuple[int, ...], ...]  # per axis
-    weighted: bool
-
-    @property
-    def num_tiles(self) -> int:
-        return math.prod(len(s) for s in self.starts)
-
-    def positions(self) -> Iterator[tuple[int, ...]]:
-        return itertools.product(*self.starts)
 
 
 class Predictor:
@@ -145,8 +85,14 @@ class Predictor:
         precision: str = "auto",
         sigma_scale: float = 0.125,
     ) -> None:
-        self.engine = as_engine(engine, device, precision, num_classes=num_classes,
-                                spatial_dims=spatial_dims, in_channels=in_channels)
+        self.engine = as_engine(
+            engine,
+            device,
+            precision,
+            num_classes=num_classes,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+        )
         self.spatial_dims = self.engine.spatial_dims
         self.num_classes = self.engine.num_classes
         self.out_channels = max(2, self.num_classes)
@@ -262,7 +208,7 @@ class Predictor:
                 batch = positions[first : first + self.batch_size]
                 xb = in_buf[k % 2][: len(batch)]
                 for j, p in enumerate(batch):
-                    xb[j].copy_(src[_box(p, plan.tile_in)])
+                    xb[j].copy_(src[box(p, plan.tile_in)])
                 probs = predict_probs(self.engine, xb.to(dev, non_blocking=True), self.spatial_dims, self.tta)
                 if tuple(probs.shape[2:]) != plan.tile_out:
                     raise ConfigError(
@@ -295,45 +241,33 @@ class Predictor:
             event.synchronize()
         probs = probs.to("cpu")
         for j, p in enumerate(batch):
-            acc[_box(p, plan.tile_out)].add_(probs[j])
+            acc[box(p, plan.tile_out)].add_(probs[j])
 
     def _normalise(self, acc: torch.Tensor, plan: Plan, image_shape: tuple[int, ...]) -> np.ndarray:
         """Divide by the summed tile weights (outer product of per-axis sums), in place, in chunks."""
         sums = []
         for d, t, s in zip(plan.domain, plan.tile_out, plan.starts, strict=True):
             w = gaussian_1d(t, self.sigma_scale) if plan.weighted else np.ones(t, np.float32)
-            sums.append(_axis_weight_sum(d, t, list(s), w))
+            sums.append(axis_weight_sum(d, t, list(s), w))
         rest = sums[1:]
         inner = rest[0] if rest else torch.ones(())
         for extra in rest[1:]:
             inner = torch.outer(inner.reshape(-1), extra).reshape(*inner.shape, *extra.shape)
         if plan.num_tiles > 1:
-            for i, chunk in _chunks(plan.domain[0], inner.numel()):
+            for i, chunk in chunks(plan.domain[0], inner.numel()):
                 acc[:, i:chunk].div_(sums[0][i:chunk].reshape(-1, *([1] * inner.ndim)) * inner)
         # a view (strided when the tiles reached past the image): no second full-size copy
-        return acc[_box((0,) * len(image_shape), image_shape)].numpy()
+        return acc[box((0,) * len(image_shape), image_shape)].numpy()
 
     def _argmax(self, acc: torch.Tensor, image_shape: tuple[int, ...]) -> np.ndarray:
         """Labels by a running max over the classes, chunk by chunk (first maximum wins, as argmax; about
         10x faster than ``argmax(dim=0)`` over a class-first layout, and the temporaries stay small)."""
         dtype = torch.uint8 if self.out_channels <= 256 else torch.int32
         labels = torch.zeros(image_shape, dtype=dtype)
-        for i, j in _chunks(image_shape[0], math.prod(image_shape[1:])):
-            part = acc[_box((i, *(0 for _ in image_shape[1:])), (j - i, *image_shape[1:]))]
+        for i, j in chunks(image_shape[0], math.prod(image_shape[1:])):
+            part = acc[box((i, *(0 for _ in image_shape[1:])), (j - i, *image_shape[1:]))]
             best, out = part[0].clone(), labels[i:j]
             for c in range(1, part.shape[0]):
                 out.masked_fill_(part[c] > best, c)
                 torch.maximum(best, part[c], out=best)
         return labels.numpy() if dtype == torch.uint8 else labels.numpy().astype(np.uint16)
-
-
-def _box(start: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
-    """Index of the box ``[start, start + size)`` in a ``(C, *spatial)`` array, all channels."""
-    return (slice(None), *(slice(a, a + n) for a, n in zip(start, size, strict=True)))
-
-
-def _chunks(n: int, row_size: int, target: int = 1 << 22) -> Iterator[tuple[int, int]]:
-    """Ranges over the first axis holding about ``target`` elements each (bounds the temporaries)."""
-    step = max(1, target // max(1, row_size))
-    for i in range(0, n, step):
-        yield i, min(n, i + step)

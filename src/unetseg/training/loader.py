@@ -10,47 +10,33 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unetseg.config import Config
-from unetseg.data.dataset import PatchDataset, PreparedData, prepare_data
-from unetseg.errors import ConfigError
+from unetseg.data.prepare import PreparedData
+from unetseg.data.sampling import PatchDataset
 from unetseg.training.distributed import DistInfo
-from unetseg.training.logging import RunLogger
-
-
-def prepare(cfg: Config, log: RunLogger) -> PreparedData:
-    """Read and check the dataset once, then fix the facts the model depends on in ``cfg``."""
-    data = prepare_data(cfg)
-    cfg.model.in_channels = data.in_channels
-    cfg.model.spatial_dims = data.spatial_dims
-    cfg.model.num_classes = data.class_map.num_classes
-    if cfg.data.patch_size is None:
-        cfg.data.patch_size = list(data.default_patch_size)
-    if len(cfg.data.patch_size) != data.spatial_dims:
-        raise ConfigError(
-            f"patch size {cfg.data.patch_size} has {len(cfg.data.patch_size)} sizes but the data is "
-            f"{data.spatial_dims}D"
-        )
-    if data.class_map.num_classes < 2:
-        raise ConfigError(f"{cfg.data.data}: the training masks hold a single value {cfg.data.class_values}")
-    log.log(f"data: {len(data.train_cases)} training and {len(data.val_cases)} validation cases")
-    return data
 
 
 class EpochSampler(Sampler[int]):
     """Yields global sample indices ``epoch * n + i`` (this rank's share), so each sample's random draw is a
-    function of (seed, epoch, i) alone: the same with 0 or N workers, persistent workers, and after resume."""
+    function of (seed, epoch, i) alone: the same with 0 or N workers, persistent workers, and after resume.
+    ``set_epoch(epoch, skip)`` starts after the first ``skip`` batches' worth of this rank's samples (a run
+    resumed from a checkpoint saved in the middle of an epoch)."""
 
-    def __init__(self, n: int, info: DistInfo) -> None:
-        self.n, self.info, self.epoch = n, info, 0
+    def __init__(self, n: int, info: DistInfo, batch_size: int = 1) -> None:
+        self.n, self.info, self.batch_size = n, info, batch_size
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches * self.batch_size
+
+    def _indices(self) -> range:
+        base = self.epoch * self.n
+        return range(base + self.info.rank, base + self.n, self.info.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        base = self.epoch * self.n
-        return iter(range(base + self.info.rank, base + self.n, self.info.world_size))
+        return iter(self._indices()[self.skip:])
 
     def __len__(self) -> int:
-        return len(range(self.info.rank, self.n, self.info.world_size))
+        return len(self._indices()[self.skip:])
 
 
 class WithWeightMap(Dataset):
@@ -70,7 +56,7 @@ class WithWeightMap(Dataset):
         return image, label, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
 
 
-def _weight_map_options(cfg: Config) -> dict[str, Any] | None:
+def weight_map_options(cfg: Config) -> dict[str, Any] | None:
     opt = cfg.train.loss_options.get("weight_map")
     if not opt:
         return None
@@ -81,23 +67,17 @@ def build_loader(data: PreparedData, cfg: Config, device: torch.device, info: Di
     """Patches for one epoch per pass (``iters_per_epoch * batch_size`` samples across all ranks)."""
     per_epoch = cfg.train.iters_per_epoch * cfg.train.batch_size * info.world_size
     dataset: Dataset = PatchDataset(
-        data.train_cases,
-        cfg.data.patch_size,
-        data_cfg=cfg.data,
-        augment_cfg=cfg.augment,
-        class_map=data.class_map,
-        samples_per_epoch=per_epoch,
-        seed=cfg.train.seed,
-        cache=cfg.data.cache,
+        data.train_cases, cfg.data.patch_size, data_cfg=cfg.data, augment_cfg=cfg.augment,
+        samples_per_epoch=per_epoch, seed=cfg.train.seed, store=data.store,
     )
-    wm = _weight_map_options(cfg)
+    wm = weight_map_options(cfg)
     if wm is not None:
         dataset = WithWeightMap(dataset, **wm)
-    workers = max(0, int(cfg.data.num_workers))
+    workers = int(cfg.data.num_workers)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
-        sampler=EpochSampler(per_epoch, info),
+        sampler=EpochSampler(per_epoch, info, cfg.train.batch_size),
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",

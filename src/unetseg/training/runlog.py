@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from unetseg.fileio import atomic_write, write_text
 
 CSV_FIELDS = [
     "epoch",
@@ -70,18 +72,19 @@ class RunLogger:
     def _write_csv(self) -> None:
         if not self.enabled:
             return
-        tmp = self.run / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for r in self.history:
-                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
-        os.replace(tmp, self.run / "metrics.csv")
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\r\n")
+        w.writeheader()
+        for r in self.history:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+        write_text(self.run / "metrics.csv", buf.getvalue())
 
     def plot(self) -> None:
         plot_curves(self.history, self.run / "curves.png")
 
     def progress(self) -> Progress:
+        """The live bar; its ETA field is the trainer's estimate of the real end of the run (the time budget
+        or the remaining steps at the measured speed), not the upper bound of the epochs."""
         return Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -89,8 +92,7 @@ class RunLogger:
                 "loss {task.fields[loss]}  val Dice {task.fields[dice]}  {task.fields[speed]} patches/s"
             ),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             console=self.console,
             disable=not self.enabled,
             transient=False,
@@ -108,16 +110,17 @@ def _num(v: str) -> Any:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Training loss and validation Dice per epoch, side by side (atomic write)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training loss and validation Dice per epoch, side by side (atomic write). Uses a bare Agg canvas:
+    no pyplot, no global backend switch in the caller's process."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
     loss = [r.get("train_loss") for r in history]
     val = [(r["epoch"], r["val_dice"]) for r in history if r.get("val_dice") not in (None, "")]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    a1, a2 = fig.subplots(1, 2)
     a1.plot(epochs, loss, marker="o", ms=3)
     a1.set(title="training loss", xlabel="epoch", ylabel="loss")
     if val:
@@ -126,7 +129,4 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     for a in (a1, a2):
         a.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(".curves.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))

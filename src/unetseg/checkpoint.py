@@ -1,0 +1,180 @@
+"""Checkpoints: a folder with ``model.safetensors`` + ``config.json`` (+ ``state.pt`` for --resume).
+
+Loading for inference never unpickles anything; training state is read with ``weights_only=True``. Every
+file is written to a temporary folder beside the checkpoint, fsynced, and the folder is swapped in by
+rename (then the parent folder is fsynced), so a kill at any moment leaves the previous checkpoint
+loadable; a temporary folder is never taken for a checkpoint. Also the keys under which exported models
+carry their config (:data:`ONNX_CONFIG_KEY`, :data:`TORCHSCRIPT_CONFIG_FILE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from unetseg.config import Config, config_from_dict, load_json, read_text
+from unetseg.errors import CheckpointError, ConfigError, first_line
+from unetseg.fileio import atomic_write, fsync_dir, write_text
+from unetseg.validate import check_config
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.pt"
+ONNX_CONFIG_KEY = "unetseg_config"
+TORCHSCRIPT_CONFIG_FILE = "config.json"
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+STATE_KEYS = ("optimizer", "scaler", "epoch", "step", "best", "stale", "minutes", "rng")
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("unetseg")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    return {"unetseg": package_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, config: Config | dict[str, Any],
+                    metrics: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically: files go to ``folder.tmp``, which then replaces ``folder``."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    if tmp.exists() or tmp.is_symlink():
+        shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+    tmp.mkdir(parents=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+    atomic_write(tmp / MODEL_FILE, lambda p: save_file(tensors, str(p)))
+    cfg = config.to_dict() if isinstance(config, Config) else dict(config)
+    cfg["versions"] = versions()
+    cfg["metrics"] = metrics or {}
+    write_text(tmp / CONFIG_FILE, json.dumps(cfg, indent=2, default=float))
+    if state is not None:
+        atomic_write(tmp / STATE_FILE, lambda p: torch.save(state, p))
+    fsync_dir(tmp)
+    # Swap: folder -> folder.old, tmp -> folder, drop old. A kill between the renames leaves folder.old
+    # complete; find_checkpoint() falls back to it (never to folder.tmp, which may be incomplete).
+    if folder.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    fsync_dir(folder.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / MODEL_FILE).is_file() and (folder / CONFIG_FILE).is_file()
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Resolve what a user passed: a checkpoint folder, a run folder (-> ``RUN/best``) or a model file."""
+    p = Path(path)
+    if p.is_file() and p.name in (MODEL_FILE, CONFIG_FILE):
+        p = p.parent
+    if p.is_dir() and not (p / CONFIG_FILE).is_file():
+        for sub in ("best", "last"):
+            for cand in (p / sub, p / f"{sub}.old"):
+                if _complete(cand):
+                    return cand
+    if p.is_dir() and _complete(p):
+        return p
+    old = p.with_name(p.name + ".old")
+    if _complete(old):
+        return old
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    raise CheckpointError(f"{p}: not a checkpoint (expected a folder with {MODEL_FILE} and {CONFIG_FILE})")
+
+
+def parse_config(text: str, source: str) -> Config:
+    """A trained model's config from JSON text, fully validated (schema and registries)."""
+    raw = load_json(text, source)
+    try:
+        return check_config(config_from_dict(raw, source=source), source, trained=True)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def read_config(folder: str | Path) -> Config:
+    folder = find_checkpoint(folder)
+    path = folder / CONFIG_FILE
+    try:
+        text = read_text(path, "checkpoint config")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    return parse_config(text, str(path))
+
+
+def check_weights(tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights with NaN or infinite values (a diverged or damaged checkpoint)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{source}: weight {name} holds NaN/inf values; this checkpoint is damaged "
+                                  "or its training diverged")
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    """Load ``model.safetensors`` into ``model``; every mismatch is one CheckpointError line."""
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable weights ({first_line(e)})") from None
+    check_weights(tensors, path)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    shapes = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or unexpected or shapes:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"{shapes[0]} is {tuple(tensors[shapes[0]].shape)}, the model needs "
+                  f"{tuple(own[shapes[0]].shape)}")
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({detail})")
+    model.load_state_dict(tensors)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
+    """Build the model a checkpoint describes and load its weights (safetensors: no unpickling)."""
+    from unetseg.models import build_model
+
+    folder = find_checkpoint(path)
+    config = read_config(folder)
+    model = build_model(config.model.name, **config.model.build_kwargs())
+    load_weights(model, folder / MODEL_FILE, device)
+    model.to(device).eval()
+    return model, config
+
+
+def load_training_state(folder: str | Path) -> dict[str, Any]:
+    """Optimizer/scaler/RNG state for --resume, read without unpickling arbitrary objects."""
+    path = Path(folder) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the state is unusable
+        raise CheckpointError(f"{path}: training state unreadable ({first_line(e)})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: training state lacks {', '.join(missing)}; resume from another run "
+                              "or start afresh with --overwrite")
+    return state

@@ -1,0 +1,289 @@
+"""The configuration tree: one pydantic model per stage, validated on every assignment.
+
+The same tree is written as ``config.json`` into every checkpoint, so a checkpoint alone is enough to predict:
+the model, the class map, the normalisation and the patch size travel with the weights. Types, ranges and
+the choices this layer owns are checked here; the model and loss names and their options are checked
+against their registries by :func:`unetseg.validate.check_config`, one layer up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from unetseg.errors import ConfigError
+
+# The choices this layer owns; the stages that implement them import these (one place for each).
+NORMALIZATIONS = ("zscore", "percentile", "window", "ct", "none")
+CACHE_MODES = ("auto", "memory", "lazy")
+PAD_MODES = ("reflect", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("poly", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SWITCHES = ("auto", "on", "off")
+BLENDS = ("gaussian", "constant")
+TASKS = ("semantic", "instances")
+INSTANCE_TARGETS = ("three_class", "distance")
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+def _switch(value: Any) -> Any:
+    # YAML reads on/off/yes/no as booleans; config.json of older runs stores channels_last as a string
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool), Strict()]
+Float = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+PosInt = Annotated[Int, Field(ge=1)]
+Count = Annotated[Int, Field(ge=0)]
+Prob = Annotated[Float, Field(ge=0.0, le=1.0)]
+Seed = Annotated[Int, Field(ge=0, le=2**63 - 1)]
+Size = Annotated[list[PosInt], Field(min_length=2, max_length=3)]
+Range = Annotated[list[Float], Field(min_length=2, max_length=2)]
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
+ClassValue = Float | Annotated[list[Float], Field(min_length=1)]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validation_message(err: ValidationError, source: str, prefix: str = "") -> str:
+    """One line for the first problem pydantic found (and how many more there are)."""
+    errors = err.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(first["loc"]))
+    msg = first["msg"].removeprefix("Value error, ")
+    shown = "input" in first and first.get("type") != "missing" and not isinstance(first["input"], dict)
+    got = f" (got {_show(first['input'])})" if shown else ""
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{source}: {loc or 'value'}: {msg}{got}{more}"
+
+
+class Section(BaseModel):
+    """Common settings: unknown keys are errors, every assignment is validated, no NaN/inf. A bad value,
+    given to the constructor or assigned later, is one :class:`~unetseg.errors.ConfigError` line."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(validation_message(e, type(self).__name__)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:
+            raise ConfigError(validation_message(e, type(self).__name__)) from None
+
+
+def _ordered(name: str, v: list[float] | None, strict: bool = False) -> list[float] | None:
+    if v is not None and (v[0] > v[1] or (strict and v[0] == v[1])):
+        raise ValueError(f"{name}: expected [lo, hi] with lo {'<' if strict else '<='} hi, got {v}")
+    return v
+
+
+class ModelConfig(Section):
+    """Which network to build. ``options`` holds every other keyword of :func:`unetseg.build_model`
+    (norm, activation, upsample, padding, dropout, deep_supervision, init, recurrence, channels, ...);
+    they are checked against the architecture's signature by :func:`unetseg.validate.check_config`."""
+
+    name: str = "unet"
+    spatial_dims: Literal[2, 3] = 2
+    in_channels: PosInt = 1
+    num_classes: PosInt = 2
+    base_channels: Annotated[PosInt, Field(le=4096)] = 32
+    depth: Annotated[PosInt, Field(le=12)] = 4
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        return {"spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
+                "num_classes": self.num_classes, "base_channels": self.base_channels, "depth": self.depth,
+                **self.options}
+
+
+class DataConfig(Section):
+    """Where the data is and how it becomes tensors.
+
+    ``class_values`` maps mask values to classes by position (``[0, 255]``: 0 -> class 0, 255 -> class 1);
+    a list in it merges several values into one class (``[0, [1, 2, 3, 4]]``); ``None`` means: the sorted
+    set of values found in the training masks. ``normalization``: ``zscore`` (per image and channel),
+    ``percentile`` (clip to ``percentiles`` then z-score, per image), ``window`` (fixed ``window=[lo, hi]``
+    mapped to [-1, 1]), ``ct`` (clip to ``window`` then the dataset's ``intensity_stats`` mean/std, as
+    nnU-Net does for CT) or ``none``. ``max_image_gib`` bounds the float32 bytes one image may decode to
+    (checked from the file header, before decoding: no decompression bombs).
+    """
+
+    data: str | None = None
+    val_data: str | None = None
+    val_fraction: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.2
+    split_seed: Seed = 0
+    task: Literal["semantic", "instances"] = "semantic"
+    class_values: Annotated[list[ClassValue], Field(min_length=1)] | None = None
+    normalization: Literal["zscore", "percentile", "window", "ct", "none"] = "zscore"
+    percentiles: Range = Field(default_factory=lambda: [0.5, 99.5])
+    window: Range | None = None
+    intensity_stats: Range | None = None  # [mean, std] for "ct"
+    spacing: list[Annotated[Float, Field(gt=0)]] | None = None  # target spacing (3D resampling), z y x
+    patch_size: Size | None = None
+    foreground_fraction: Prob = 0.33
+    cache: Literal["auto", "memory", "lazy"] = "auto"
+    cache_gib: Annotated[Float, Field(ge=0.0)] = 2.0  # "auto" keeps decoded cases in memory up to this
+    pad_mode: Literal["reflect", "constant"] = "reflect"
+    skip_bad: bool = False
+    num_workers: Annotated[Int, Field(ge=0, le=256)] = 2
+    max_image_gib: Annotated[Float, Field(gt=0.0)] = 8.0
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, v: list[float]) -> list[float]:
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError(f"expected [lo, hi] with 0 <= lo < hi <= 100, got {v}")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: list[float] | None) -> list[float] | None:
+        return _ordered("window", v, strict=True)
+
+    @model_validator(mode="after")
+    def _window_given(self) -> DataConfig:
+        if self.normalization in ("window", "ct") and self.window is None:
+            raise ValueError(f"normalization {self.normalization!r} needs window: [lo, hi]")
+        if self.normalization == "ct" and self.intensity_stats is None:
+            raise ValueError("normalization 'ct' needs intensity_stats: [mean, std] (the planner sets it)")
+        return self
+
+
+class AugmentConfig(Section):
+    """Augmentations, each with a probability and a range. Image and mask are transformed together;
+    masks use nearest interpolation so they never get values outside the class map."""
+
+    flip_prob: Prob = 0.5
+    rot90_prob: Prob = 0.5
+    affine_prob: Prob = 0.2
+    rotation_degrees: Annotated[Float, Field(ge=0.0, le=180.0)] = 15.0
+    scale_range: Range = Field(default_factory=lambda: [0.85, 1.15])
+    elastic_prob: Prob = 0.2
+    elastic_grid: Annotated[Int, Field(ge=2, le=64)] = 3
+    elastic_sigma: Annotated[Float, Field(ge=0.0)] = 10.0
+    brightness_prob: Prob = 0.15
+    brightness_range: Range = Field(default_factory=lambda: [-0.2, 0.2])
+    contrast_prob: Prob = 0.15
+    contrast_range: Range = Field(default_factory=lambda: [0.75, 1.25])
+    gamma_prob: Prob = 0.15
+    gamma_range: Range = Field(default_factory=lambda: [0.7, 1.5])
+    noise_prob: Prob = 0.1
+    noise_std: Range = Field(default_factory=lambda: [0.0, 0.1])
+    blur_prob: Prob = 0.1
+    blur_sigma: Range = Field(default_factory=lambda: [0.5, 1.0])
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        for name in ("scale_range", "brightness_range", "contrast_range", "gamma_range", "noise_std",
+                     "blur_sigma"):
+            _ordered(name, getattr(self, name))
+        if self.scale_range[0] <= 0 or self.gamma_range[0] <= 0:
+            raise ValueError("scale_range and gamma_range must be > 0")
+        if self.blur_sigma[0] < 0 or self.noise_std[0] < 0:
+            raise ValueError("blur_sigma and noise_std must be >= 0")
+        return self
+
+
+class TrainConfig(Section):
+    """Optimisation and bookkeeping of one training run."""
+
+    out: str | None = None
+    epochs: Annotated[PosInt, Field(le=10**7)] = 50
+    iters_per_epoch: Annotated[PosInt, Field(le=10**7)] = 50
+    batch_size: Annotated[PosInt, Field(le=4096)] = 4
+    lr: Annotated[Float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[Float, Field(ge=0.0)] = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.99
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    warmup_epochs: Count = 1
+    grad_clip: Annotated[Float, Field(gt=0.0)] | None = 12.0
+    loss: str = "dice_ce"
+    loss_options: dict[str, Any] = Field(default_factory=dict)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Switch = "auto"
+    compile: bool = False
+    device: Device = "auto"
+    seed: Seed = 0
+    val_interval: PosInt = 1
+    patience: PosInt | None = None
+    max_minutes: Annotated[Float, Field(gt=0.0, le=10**6)] | None = None
+
+
+class InferConfig(Section):
+    """Sliding-window prediction. ``tile=None`` means the training patch size."""
+
+    tile: Size | None = None
+    overlap: Annotated[Float, Field(ge=0.0, lt=1.0)] | None = None  # None: 0.25 in 2D, 0.5 in 3D
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    batch_size: Annotated[PosInt, Field(le=4096)] = 4
+    tta: bool = False
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def copy_deep(self) -> Config:
+        return self.model_copy(deep=True)
+
+
+SECTIONS: tuple[str, ...] = tuple(Config.model_fields)
+
+
+def section_fields() -> dict[str, tuple[str, ...]]:
+    """The option names of each section, read from the schema."""
+    return {s: tuple(Config.model_fields[s].annotation.model_fields) for s in SECTIONS}  # type: ignore[union-attr]
+
+
+def choices(section: str, name: str) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal`` option (for CLI help and error messages)."""
+    ann = Config.model_fields[section].annotation.model_fields[name].annotation  # type: ignore[union-attr]
+    for arg in (ann, *get_args(ann)):
+        if get_origin(arg) is Literal:
+            return get_args(arg)
+    return ()
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

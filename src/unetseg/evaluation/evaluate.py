@@ -1,0 +1,177 @@
+"""``unetseg evaluate``: segment a labelled dataset, then metrics per image and per class.
+
+Every output (the JSON, the overlays, the report) is planned and checked before the first image: none may
+replace a file the command reads (images, masks, the checkpoint), none may land in the masks folder, and an
+existing file unetseg did not write is kept unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from unetseg.data.cases import Case, find_cases
+from unetseg.data.io import SkipLog
+from unetseg.data.labels import ClassMap
+from unetseg.data.overlay import save_overlay
+from unetseg.data.store import load_case
+from unetseg.errors import DataError
+from unetseg.evaluation.result import EvaluationResult, ImageResult
+from unetseg.fileio import OutputGuard, printable, record_written, write_json
+from unetseg.inference.api import predictor_for
+from unetseg.inference.engines import load_engine
+from unetseg.metrics import compute_metrics
+
+
+def _middle_slice(a: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """The central axial slice of a 3D array (channel axis kept when present), for 2D pictures."""
+    if spatial_dims == 2:
+        return a
+    axis = a.ndim - 3
+    return np.take(a, a.shape[axis] // 2, axis=axis)
+
+
+def _plan(
+    cases: list[Case],
+    data: Path,
+    checkpoint: Path,
+    out_json: Path | None,
+    overlay_dir: Path | None,
+    report: Path | None,
+) -> OutputGuard:
+    guard = OutputGuard()
+    guard.read(data, "--data")
+    for case in cases:
+        guard.read_all([*case.image_paths, case.mask_path], "--data")
+        guard.read_all({p.parent for p in [*case.image_paths, case.mask_path]}, "--data")
+    guard.read(checkpoint, "--checkpoint")
+    if checkpoint.is_dir():
+        guard.read_all([p for p in checkpoint.rglob("*") if p.is_dir()], "--checkpoint")
+    if out_json:
+        guard.write(out_json, "--out")
+    if report:
+        guard.write(report, "--report")
+    if overlay_dir:
+        for case in cases:
+            guard.write(overlay_dir / f"{case.name}.png", "--overlays", case.image_paths[0])
+    return guard
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    out_json: str | Path | None = None,
+    overlays: str | Path | None = None,
+    report: str | Path | None = None,
+    tile: Sequence[int] | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    tta: bool = False,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    skip_bad: bool = False,
+    quiet: bool = False,
+    overwrite: bool = False,
+    trust_torchscript: bool = False,
+) -> EvaluationResult:
+    """Predict every image of ``data`` with ``checkpoint`` and compare with its mask.
+
+    Writes the result as strict JSON to ``out_json``, side-by-side PNGs to ``overlays`` and a
+    self-contained HTML page to ``report``. Inference options apply as in ``predict`` (the checkpoint's
+    ``infer`` settings, each overridden when given).
+    """
+    console = Console(stderr=True, quiet=quiet)
+    engine, cfg = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
+    skipped = SkipLog()
+    cases = find_cases(data, require_masks=True, skip_bad=skip_bad, skip=skipped)
+    overlay_dir = Path(overlays) if overlays else (Path(report).parent / "report_images" if report else None)
+    guard = _plan(
+        cases,
+        Path(data),
+        Path(checkpoint),
+        Path(out_json) if out_json else None,
+        overlay_dir,
+        Path(report) if report else None,
+    )
+    guard.check(overwrite=overwrite)
+    predictor = predictor_for(
+        engine, cfg, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, tta=True if tta else None
+    )
+    class_map = ClassMap(cfg.data.class_values)
+    result = EvaluationResult(str(checkpoint), str(data), cfg.data.class_values)
+    for case in cases:
+        try:
+            image, labels, meta = load_case(case, cfg.data, class_map)
+        except DataError as e:  # e.g. mask values outside the checkpoint's class map
+            if not skip_bad:
+                raise
+            skipped.skip(e)
+            continue
+        pred = predictor.predict(image)
+        m = compute_metrics(pred, labels, class_map.num_classes, spacing=meta.get("spacing"))
+        row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()})
+        if overlay_dir:
+            sd = cfg.model.spatial_dims
+            png = save_overlay(
+                overlay_dir / f"{case.name}.png",
+                _middle_slice(image, sd),
+                _middle_slice(pred, sd),
+                truth=_middle_slice(labels, sd),
+            )
+            record_written([png])
+            row.overlay = str(png)
+        result.per_image.append(row)
+    result.skipped = skipped.messages
+    _print_table(console, result)
+    skipped.summary()
+    _write_outputs(console, result, out_json, report, overlay_dir, checkpoint)
+    return result
+
+
+def _write_outputs(
+    console: Console,
+    result: EvaluationResult,
+    out_json: str | Path | None,
+    report: str | Path | None,
+    overlay_dir: Path | None,
+    checkpoint: str | Path,
+) -> None:
+    if out_json:
+        record_written([write_json(out_json, result.to_json())])
+        console.print(f"metrics written to {out_json}")
+    if report:
+        from unetseg.evaluation.report import write_report
+
+        record_written([write_report(report, result, checkpoint=checkpoint)])
+        console.print(f"report written to {report}")
+    if overlay_dir:
+        console.print(f"overlays written to {overlay_dir}")
+
+
+def _fmt(v: float) -> str:
+    return "inf" if v == float("inf") else ("-" if math.isnan(v) else f"{v:.4f}")
+
+
+def _print_table(console: Console, result: EvaluationResult) -> None:
+    fg = result.foreground
+    table = Table(title=f"evaluation: {result.num_images} images, classes {result.class_values}")
+    table.add_column("image")
+    for c in fg:
+        for k in ("dice", "iou", "hd95"):
+            table.add_column(f"{k} c{c}", justify="right")
+    for r in result.per_image:
+        table.add_row(r.case, *[_fmt(r.metrics[k][c]) for c in fg for k in ("dice", "iou", "hd95")])
+    if result.per_image:
+        mean = result.mean
+        table.add_row(
+            "[bold]mean", *[f"[bold]{_fmt(mean[k][c])}" for c in fg for k in ("dice", "iou", "hd95")]
+        )
+    console.print(table)
+    console.print(f"mean foreground Dice: {_fmt(result.mean_foreground_dice)}")

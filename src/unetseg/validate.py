@@ -1,0 +1,56 @@
+"""The whole configuration checked against the registries, once, before any data is read.
+
+The schema (:mod:`unetseg.config.schema`) checks types, ranges and its own choices; this adds what only the
+registries know: the architecture and its options (read from the classes' signatures by building the model
+on the meta device, where nothing is allocated), the loss and its options, and the rules that tie
+sections together. Every source goes through here: the command line and YAML in ``train``, a checkpoint's
+``config.json`` and the metadata of an exported model when they are loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unetseg.config import Config
+from unetseg.errors import ConfigError
+from unetseg.losses import build_loss
+from unetseg.models import build_model
+
+
+def check_config(cfg: Config, source: str = "config", *, trained: bool = False) -> Config:
+    """Raise one ConfigError line (prefixed with ``source``) for anything that cannot work; return ``cfg``.
+
+    ``trained``: the config of a trained model (a checkpoint, an export), which must also know its classes.
+    """
+    try:
+        with torch.device("meta"):  # validates the architecture name and options; allocates nothing
+            model = build_model(cfg.model.name, **cfg.model.build_kwargs())
+        opts = {k: v for k, v in cfg.train.loss_options.items() if k != "weight_map"}
+        build_loss(cfg.train.loss, cfg.model.num_classes, **opts)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    wm = cfg.train.loss_options.get("weight_map")
+    if wm not in (None, False, True) and not (isinstance(wm, dict) and set(wm) <= {"w0", "sigma"}):
+        raise ConfigError(
+            f"{source}: train.loss_options.weight_map: expected true or {{w0: 10, sigma: 5}}, got {wm!r}"
+        )
+    dims = cfg.model.spatial_dims
+    for name, size in (("data.patch_size", cfg.data.patch_size), ("infer.tile", cfg.infer.tile)):
+        if size is not None and len(size) != dims:
+            raise ConfigError(f"{source}: {name} {list(size)} has {len(size)} sizes but the model is {dims}D")
+    if trained:
+        _check_trained(cfg, source)
+    del model
+    return cfg
+
+
+def _check_trained(cfg: Config, source: str) -> None:
+    values, k = cfg.data.class_values, cfg.model.num_classes
+    if values is None:
+        raise ConfigError(f"{source}: data.class_values is missing; a trained model must record its classes")
+    if cfg.data.task == "semantic" and len(values) != max(k, 2):
+        raise ConfigError(
+            f"{source}: data.class_values lists {len(values)} classes but model.num_classes is {k}"
+        )
+    if cfg.data.patch_size is None and cfg.infer.tile is None:
+        raise ConfigError(f"{source}: neither data.patch_size nor infer.tile is set")
