@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from inference.helpers import make_checkpoint  # tests/ is on sys.path (rootdir conftest)
+from unetseg.checkpoint import load_checkpoint
 from unetseg.errors import ConfigError, UnetsegError
 from unetseg.export import export_model
 from unetseg.inference import OnnxEngine, Predictor, load_engine
 from unetseg.inference.engines import TorchEngine
 from unetseg.models import available_models
-from unetseg.checkpoint import load_checkpoint
 
 pytest.importorskip("onnxruntime")
 

@@ -1,4 +1,4 @@
-"""The start-up allocator setting and the per-hardware fast-path choices (unetseg.runtime, unetseg.runtime)."""
+"""The start-up allocator setting and the per-hardware fast-path choices (unetseg.runtime)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@
   ``unetseg_config``, so ``unetseg predict --checkpoint model.onnx`` runs through ONNX Runtime with the
   same tiling code, without the training stack.
 * TorchScript: a trace of the model's padded core wrapped in a small scripted module that pads to a
-  multiple of ``2**depth`` at run time; the config travels as the archive's extra file ``config.json``.
+  multiple of the model's divisor (``2**depth``) at run time; the config travels as the archive's extra
+  file ``config.json``.
 
 After writing, the exported model and the PyTorch model (fp32, CPU) are run on random inputs of spatial
 sizes *different* from the export example, one of which needs the model's internal padding, and with a
@@ -38,6 +39,7 @@ from unetseg.config import Config, config_from_dict
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
 from unetseg.inference.engines import OnnxEngine, load_torchscript
+from unetseg.models.sizes import same_padding
 
 FORMATS = ("onnx", "torchscript")
 ATOL = 1e-4
@@ -48,7 +50,7 @@ def example_sizes(model: nn.Module) -> list[Size]:
     """Spatial sizes: ``[export example, check 1, check 2]``, all different, distinct per axis so no two
     axes can be confused. For "same" models the example and the second check are not multiples of
     2**depth (internal padding), the first check is; for the valid U-Net all are valid sizes."""
-    dims, div = model.spatial_dims, 2**model.depth
+    dims, div = model.spatial_dims, max(model.divisors)
     if getattr(model, "padding", "same") == "valid":
         base = model.valid_input_size((1,) * dims)[0]
         return [tuple(base + div * (k + i) for i in range(dims)) for k in (1, 0, 2)]
@@ -86,8 +88,14 @@ def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), dynamo=True, dynamic_shapes=(dyn,), opset_version=opset,
-            input_names=["image"], output_names=["logits"], verbose=False,
+            model,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=(dyn,),
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            verbose=False,
         )
     program.save(str(path))
 
@@ -97,8 +105,14 @@ def _onnx_legacy(model: nn.Module, example: torch.Tensor, path: Path, opset: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer notes; the parity check is the judge
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["image"],
-            output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes},
         )
 
 
@@ -169,19 +183,20 @@ def _export_onnx(
 
 # ---------------------------------------------------------------------------------------- TorchScript
 class _SamePad(nn.Module):
-    """Pads to a multiple of ``2**depth`` and crops back, at run time: the scriptable counterpart of
-    :meth:`SegmentationModel.forward` around a traced ``forward_padded`` (whose shapes the trace keeps)."""
+    """Pads to a multiple of the model's divisor per axis and crops back, at run time: the scriptable
+    counterpart of :meth:`SegmentationModel.forward` around a traced ``forward_padded`` (whose shapes the
+    trace keeps), with the same arithmetic (:func:`~unetseg.models.sizes.same_padding`)."""
 
-    def __init__(self, core: nn.Module, multiple: int) -> None:
+    def __init__(self, core: nn.Module, multiples: list[int]) -> None:
         super().__init__()
         self.core = core
-        self.multiple = multiple
+        self.multiples = multiples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []
         for d in range(x.dim() - 1, 1, -1):  # F.pad: last dim first
-            total = (self.multiple - x.shape[d] % self.multiple) % self.multiple
-            pads += [total // 2, total - total // 2]
+            before, after = same_padding(x.shape[d], self.multiples[d - 2])
+            pads += [before, after]
         y = self.core(F.pad(x, pads))
         for d in range(2, x.dim()):
             before = pads[2 * (x.dim() - 1 - d)]
@@ -206,10 +221,11 @@ def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         warnings.simplefilter("ignore")  # tracer notes; the parity check is the judge
         if getattr(model, "padding", "same") == "valid" or not hasattr(model, "forward_padded"):
             return torch.jit.trace(model, example, check_trace=False)
-        div = 2**model.depth
-        padded = torch.randn(*example.shape[:2], *(-(-s // div) * div for s in example.shape[2:]))
+        divs = list(model.divisors)
+        sizes = (-(-s // d) * d for s, d in zip(example.shape[2:], divs, strict=True))
+        padded = torch.randn(*example.shape[:2], *sizes)
         core = torch.jit.trace(_PaddedCore(model), padded, check_trace=False)
-        return torch.jit.script(_SamePad(core, div))
+        return torch.jit.script(_SamePad(core, divs))
 
 
 def _export_torchscript(model: nn.Module, config: Config, path: Path) -> float:
@@ -279,8 +295,10 @@ def export_model(
             diff, how = _export_torchscript(model, config, tmp), "TorchScript"
         print(f"max abs difference: {diff:.3g}")
         if not diff <= atol:
-            raise UnetsegError(f"{output}: exported model differs from PyTorch by {diff:.3g} (max abs), more "
-                               f"than {atol:g}; nothing written")
+            raise UnetsegError(
+                f"{output}: exported model differs from PyTorch by {diff:.3g} (max abs), more "
+                f"than {atol:g}; nothing written"
+            )
         _fsync(tmp)
         tmp.replace(output)
     finally:

@@ -66,9 +66,10 @@ def test_inferred_class_values_and_their_mistake_checks():
     from unetseg.data.labels import infer_class_values
 
     a, b = Path("a.png"), Path("b.tif")
-    assert infer_class_values([(a, "uint8", np.array([0, 255])), (b, "uint8", np.array([0]))], "D") == [0, 255]
+    u8 = "uint8"
+    assert infer_class_values([(a, u8, np.array([0, 255])), (b, u8, np.array([0]))], "D") == [0, 255]
     # one class per image is fine when the values are class codes, not full-scale encodings
-    assert infer_class_values([(a, "uint8", np.array([0, 1])), (b, "uint8", np.array([0, 2]))], "D") == [0, 1, 2]
+    assert infer_class_values([(a, u8, np.array([0, 1])), (b, u8, np.array([0, 2]))], "D") == [0, 1, 2]
     with pytest.raises(DataError, match=r"D: binary masks mark the foreground with different values: "
                                         r"\{0, 255\} in a.png \(uint8\); \{0, 65535\} in b.tif"):
         infer_class_values([(a, "uint8", np.array([0, 255])), (b, "uint16", np.array([0, 65535]))], "D")

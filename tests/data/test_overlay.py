@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from unetseg.data.overlay import save_overlay
-from unetseg.data.overlay import FN_COLOUR, FP_COLOUR, PALETTE
+from unetseg.data.overlay import FN_COLOUR, FP_COLOUR, PALETTE, save_overlay
 
 
 def test_overlay_single_panel(tmp_path):

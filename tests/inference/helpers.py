@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from unetseg.checkpoint import save_checkpoint
 from unetseg.config import Config
 from unetseg.models import build_model
-from unetseg.checkpoint import save_checkpoint
 
 
 def calibrate(model: nn.Module, size: tuple[int, ...], steps: int = 3, seed: int = 0) -> nn.Module:

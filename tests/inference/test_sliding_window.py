@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from unetseg.errors import ConfigError, DataError
-from unetseg.inference import TorchEngine, Predictor, gaussian_importance_map, predict, tile_starts
+from unetseg.inference import Predictor, TorchEngine, gaussian_importance_map, predict, tile_starts
 
 from .helpers import tiny_config, tiny_model
 

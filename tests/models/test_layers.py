@@ -10,7 +10,8 @@ from torch import nn
 
 from unetseg.errors import ConfigError
 from unetseg.models import layers
-from unetseg.models.init import init_weights, mark_linear_input
+from unetseg.models.blocks import DoubleConv, ResidualBlock
+from unetseg.models.init import init_weights
 from unetseg.models.sizes import (
     min_valid_input_size,
     nearest_valid_input_size,
@@ -60,17 +61,23 @@ def _conv(in_ch: int = 64, out_ch: int = 64) -> nn.Conv2d:
 
 
 def test_kaiming_init_uses_the_rectifier_gain_and_gain_one_for_linear_inputs():
-    net = nn.Sequential(_conv(), _conv(), nn.BatchNorm2d(64))
-    mark_linear_input(net[1])
+    cfg = layers.LayerConfig(dims=2)
+    block = DoubleConv(cfg, 64, 64, first=True)  # its first conv sees the raw image, the second a ReLU
     with torch.no_grad():
-        net[2].weight.fill_(3.0)
-        net[0].bias.fill_(1.0)
-    init_weights(net, "kaiming")
+        block[0][1].weight.fill_(3.0)
+    init_weights(block, "kaiming")
     fan_in = 64 * 9
-    assert net[0].weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
-    assert net[1].weight.std().item() == pytest.approx(math.sqrt(1 / fan_in), rel=0.05)
-    assert torch.equal(net[0].bias, torch.zeros(64))
-    assert torch.equal(net[2].weight, torch.ones(64))
+    assert block[0][0].weight.std().item() == pytest.approx(math.sqrt(1 / fan_in), rel=0.05)
+    assert block[1][0].weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
+    assert torch.equal(block[0][1].weight, torch.ones(64))  # norms start as the identity
+    inner = DoubleConv(cfg, 64, 64)  # not the first block: both convs after a rectifier
+    init_weights(inner, "kaiming")
+    assert inner[0][0].weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
+    res = ResidualBlock(layers.LayerConfig(dims=2, norm="none"), 64, 128)
+    res.shortcut.bias.data.fill_(1.0)
+    init_weights(res, "kaiming")  # the 1x1 shortcut projects the block's un-rectified input: gain 1
+    assert res.shortcut.weight.std().item() == pytest.approx(math.sqrt(1 / 64), rel=0.05)
+    assert torch.equal(res.shortcut.bias, torch.zeros(128))
 
 
 def test_other_init_schemes():

@@ -9,7 +9,6 @@ what the data says (channels, dimensionality, classes, patch size) is written in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -2,8 +2,9 @@
 
 An engine takes a batch of tiles ``(N, C, *tile)`` (a torch tensor on the host or on ``engine.device``)
 and returns float32 logits ``(N, num_classes, *output)`` as a torch tensor. It also knows the network's
-geometry: ``spatial_dims``, ``in_channels``, ``num_classes``, ``size_divisor`` (2**depth: tiles of a
-multiple of it need no internal padding), and ``output_size`` / ``valid_input_size`` (which differ from
+geometry: ``spatial_dims``, ``in_channels``, ``num_classes``, ``divisors`` (the total down-step per axis,
+2**depth unless the strides say otherwise: tiles of a multiple of it need no internal padding), and
+``output_size`` / ``valid_input_size`` (which differ from
 the identity only for the valid-padding U-Net). The sliding-window code is the same for all engines;
 :func:`load_engine` picks the engine by the file it is given.
 
@@ -16,6 +17,7 @@ caller says it trusts the file (``trust_torchscript=True``, ``--trust-torchscrip
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ class Engine:
     spatial_dims: int
     in_channels: int
     num_classes: int
-    size_divisor: int = 1
+    divisors: tuple[int, ...] = (1, 1)
     _sizes: Any = None  # an object with output_size/valid_input_size (the model, or a skeleton of it)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -78,8 +80,16 @@ class Engine:
             if value is None:
                 raise ConfigError(f"cannot tell the model's {name}; pass {name}= explicitly")
             setattr(self, name, int(value))
-        depth = getattr(source, "depth", None) or (m.depth if m else 0)
-        self.size_divisor = 2 ** int(depth)
+        own = getattr(source, "divisors", None)
+        if own is None and m is not None:
+            strides = m.options.get("strides") or [[2] * self.spatial_dims] * m.depth
+            own = tuple(math.prod(s[a] for s in strides) for a in range(self.spatial_dims))
+        self.divisors = tuple(int(d) for d in own) if own is not None else (1,) * self.spatial_dims
+
+    @property
+    def size_divisor(self) -> int:
+        """The largest of :attr:`divisors` (2**depth for isotropic strides)."""
+        return max(self.divisors)
 
 
 def _conv_dims(module: Any) -> int | None:

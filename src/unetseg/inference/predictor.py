@@ -3,9 +3,10 @@
 How a prediction is made (one code path for 2D/3D and for every engine):
 
 1. **Tile geometry.** The requested tile (default: the training patch) is rounded up to a multiple of
-   ``2**depth`` so a "same"-padding network needs no internal padding, and shrunk per axis to the image
-   where the image is smaller (that axis is then one pass over the whole extent, padded inside the
-   network as a plain forward pass would be: no wasted compute). For the valid-padding U-Net the tile is
+   the network's divisor per axis (``2**depth`` with the default strides) so a "same"-padding network
+   needs no internal padding, and shrunk per axis to the image where the image is smaller (that axis is
+   then one pass over the whole extent, padded inside the network as a plain forward pass would be: no
+   wasted compute). For the valid-padding U-Net the tile is
    the *input* size; each output tile is smaller by a constant margin, and the image is mirror-extended
    by that margin on every side: the paper's overlap-tile strategy, so every output pixel sees context.
 2. **Grid.** Tile starts per axis are spread evenly so neighbours overlap by at least ``overlap`` (as in
@@ -126,23 +127,26 @@ class Predictor:
 
     def _make_plan(self, shape: tuple[int, ...]) -> Plan:
         eng = self.engine
-        probe = eng.valid_input_size(tuple(max(2 * eng.size_divisor, 8) for _ in shape))
+        probe = eng.valid_input_size(tuple(max(2 * d, 8) for d in eng.divisors))
         margin = tuple((i - o) // 2 for i, o in zip(probe, eng.output_size(probe), strict=True))
         # one pass (tile None) or an axis the image does not fill: the image plus the margins
         whole = tuple(s + 2 * m for s, m in zip(shape, margin, strict=True))
         if self.tile is None:
             want = whole
         else:
-            # "same" nets: a multiple of 2**depth avoids internal padding; valid nets round by themselves
-            div = 1 if any(margin) else eng.size_divisor
-            rounded = (max(-(-t // div) * div, 2 * m + 1) for t, m in zip(self.tile, margin, strict=True))
+            # "same" nets: a multiple of the divisor avoids internal padding; valid nets round by themselves
+            divs = (1,) * len(shape) if any(margin) else eng.divisors
+            rounded = (
+                max(-(-t // d) * d, 2 * m + 1) for t, m, d in zip(self.tile, margin, divs, strict=True)
+            )
             want = tuple(min(t, w) for t, w in zip(rounded, whole, strict=True))
         tile_in = eng.valid_input_size(want)
         tile_out = eng.output_size(tile_in)
         if any(o < 1 for o in tile_out):
             raise ConfigError(f"tile {list(tile_in)} is too small for this network (output {list(tile_out)})")
-        align = eng.size_divisor
-        axes = [tile_starts(s, o, self.overlap, align) for s, o in zip(shape, tile_out, strict=True)]
+        axes = [
+            tile_starts(s, o, self.overlap, d) for s, o, d in zip(shape, tile_out, eng.divisors, strict=True)
+        ]
         starts = tuple(tuple(a[0]) for a in axes)
         domain = tuple(a[1] for a in axes)
         weighted = self.blend == "gaussian" and math.prod(len(s) for s in starts) > 1

@@ -1,5 +1,6 @@
 """The U-Net family: ``build_model(name, ...)`` for unet, unet_pp, attention_unet, r2unet,
-r2_attention_unet and res_unet, in 2D and 3D, from one set of shared blocks."""
+r2_attention_unet and res_unet, in 2D and 3D, from one set of shared blocks (layers -> blocks -> encoder
+-> one module per family -> registry)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from unetseg.models.sizes import (
     valid_input_sizes,
     valid_output_size,
 )
-from unetseg.models.unet import UNet
+from unetseg.models.unet import EncoderDecoder, UNet
 from unetseg.models.unet_pp import UNetPlusPlus
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "init_weights",
     "INITS",
     "SegmentationModel",
+    "EncoderDecoder",
     "UNet",
     "UNetPlusPlus",
     "AttentionUNet",

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing_extensions import Unpack
 
-from unetseg.models.unet import UNet
+from unetseg.models.blocks import DoubleConv
+from unetseg.models.unet import CommonOptions, EncoderDecoder
 
 
-class AttentionUNet(UNet):
+class AttentionUNet(EncoderDecoder):
     """U-Net whose skips pass through additive attention gates driven by the coarser decoder level.
 
-    Takes the arguments of :class:`~unetseg.models.unet.UNet` except ``padding`` (always "same").
+    Arguments as :class:`~unetseg.models.unet.UNet` (always "same" padding).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, attention=True, **kwargs)
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 32,
+        depth: int = 4,
+        **options: Unpack[CommonOptions],
+    ) -> None:
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            num_classes,
+            base_channels,
+            depth,
+            block=DoubleConv,
+            attention=True,
+            **options,
+        )

@@ -1,9 +1,10 @@
-"""The common shell of every architecture: argument checks, "same"-padding to a multiple of 2**depth inside
-``forward`` (cropped back afterwards), the "valid" size checks, and the size helpers used by tiled
-inference."""
+"""The common shell of every architecture: argument checks, the per-level strides and kernels,
+"same"-padding to a multiple of the total stride per axis inside ``forward`` (cropped back afterwards), the
+"valid" size checks, and the size helpers used by tiled inference."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetseg.errors import ConfigError
+from unetseg.models.blocks import check_positive
 from unetseg.models.layers import check_choice, check_dims
 from unetseg.models.sizes import (
     min_valid_input_size,
@@ -23,36 +25,77 @@ PADDINGS = ("same", "valid")
 Logits = torch.Tensor | list[torch.Tensor]
 
 
-def check_int(option: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` when it is an integer ``>= minimum``, else raise a :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{option}={value!r} is not allowed; give an integer >= {minimum}")
-    return value
+def _grid(
+    value: object, rows: int, dims: int, name: str, allowed: tuple[int, ...], default: int
+) -> list[tuple[int, ...]]:
+    """Per-level, per-axis values: None -> ``default`` everywhere; else ``rows`` lists of ``dims`` ints."""
+    if value is None:
+        return [(default,) * dims] * rows
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == rows
+    rows_ok = ok and all(
+        isinstance(r, Sequence)
+        and not isinstance(r, str)
+        and len(r) == dims
+        and all(isinstance(v, int) and not isinstance(v, bool) and v in allowed for v in r)
+        for r in value
+    )
+    if not rows_ok:
+        raise ConfigError(
+            f"{name}={value!r} is not allowed; give {rows} lists of {dims} values from "
+            f"{', '.join(map(str, allowed))} (one per level, one value per axis)"
+        )
+    return [tuple(int(v) for v in r) for r in value]
 
 
 class SegmentationModel(nn.Module):
     """Base class: maps ``(N, in_channels, *spatial)`` to logits ``(N, num_classes, *spatial)``.
 
     Subclasses implement :meth:`forward_padded`, which sees inputs whose size is a multiple of
-    ``2**depth`` ("same") or a valid size ("valid").
+    :attr:`divisors` per axis ("same") or a valid size ("valid").
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: input image channels.
         num_classes: output logit channels (1 = one sigmoid channel for binary segmentation).
-        depth: number of 2x down-steps.
+        depth: number of down-steps.
         padding: ``same`` (output size == input size, any input size) or ``valid`` (unpadded convs).
+        strides: the down-step of each level per axis (default 2 everywhere); 1 keeps an axis, e.g.
+            ``[[1, 2, 2], [2, 2, 2]]`` for a volume whose z spacing is coarse (nnU-Net's rule).
+        kernels: the conv kernel of each of the ``depth + 1`` levels per axis (default 3; 1 on a coarse
+            axis, e.g. ``[1, 3, 3]``).
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, num_classes: int, depth: int, padding: str = "same"
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_classes: int,
+        depth: int,
+        padding: str = "same",
+        strides: Sequence[Sequence[int]] | None = None,
+        kernels: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_dims(spatial_dims)
-        self.in_channels = check_int("in_channels", in_channels)
-        self.num_classes = check_int("num_classes", num_classes)
-        self.depth = check_int("depth", depth)
+        self.in_channels = check_positive("in_channels", in_channels)
+        self.num_classes = check_positive("num_classes", num_classes)
+        self.depth = check_positive("depth", depth)
         self.padding = check_choice("padding", padding, PADDINGS)
+        self.strides = _grid(strides, depth, spatial_dims, "strides", (1, 2), 2)
+        self.kernels = _grid(kernels, depth + 1, spatial_dims, "kernels", (1, 3, 5), 3)
+        if padding == "valid" and (strides is not None or kernels is not None):
+            raise ConfigError(
+                "padding='valid' takes the paper's 2x steps and 3x3 kernels; leave out strides and kernels"
+            )
+        self.divisors = tuple(math.prod(s[a] for s in self.strides) for a in range(spatial_dims))
+
+    def level_steps(self) -> tuple[list[int | tuple[int, ...]], list[int | tuple[int, ...]]]:
+        """Strides and kernels as the layers take them (ints when isotropic)."""
+
+        def tidy(v: tuple[int, ...]) -> int | tuple[int, ...]:
+            return v[0] if len(set(v)) == 1 else v
+
+        return [tidy(s) for s in self.strides], [tidy(k) for k in self.kernels]
 
     def forward_padded(self, x: torch.Tensor) -> Logits:
         raise NotImplementedError
@@ -95,19 +138,19 @@ class SegmentationModel(nn.Module):
                 valid_output_size(int(s), self.depth)
 
     def forward(self, x: torch.Tensor) -> Logits:
-        """Logits for ``x``; "same" models pad ``x`` up to a multiple of ``2**depth`` and crop back.
+        """Logits for ``x``; "same" models pad ``x`` up to a multiple of :attr:`divisors` and crop back.
 
         The pad amounts are computed from ``x.shape`` with int arithmetic, which ``torch.jit.trace`` records
         (its sizes are traced tensors) and ``torch.export`` keeps symbolic: both then always pad (maybe by
         0) and crop, so the traced/exported graph serves every input size. ``torch.export`` with dynamic
-        sizes needs each dynamic dim's minimum ``> 2**depth`` (a bottleneck of size 1 is specialised).
+        sizes needs each dynamic dim's minimum ``> divisor`` (a bottleneck of size 1 is specialised).
         Eager mode skips a zero pad and crops with a view.
         """
         self._check_input(x)
         if self.padding == "valid":
             return self.forward_padded(x)
         sizes = x.shape[2:]
-        pads = [same_padding(s, 2**self.depth) for s in sizes]
+        pads = [same_padding(s, d) for s, d in zip(sizes, self.divisors, strict=True)]
         eager = all(isinstance(s, int) for s in sizes)  # traced/symbolic sizes are not ints
         if eager and all(p == 0 for pair in pads for p in pair):
             return self.forward_padded(x)

@@ -1,7 +1,10 @@
 """The building blocks shared by every architecture.
 
-Each conv block has the signature ``Block(cfg, in_ch, out_ch, *, first=False)`` so the encoder/decoder
-skeletons can take any of them; ``first`` marks the block that sees the raw input image.
+Each conv block has the signature ``Block(cfg, in_ch, out_ch, *, first=False, kernel=3)`` so the
+encoder/decoder skeletons can take any of them; ``first`` marks the block that sees the raw input image,
+``kernel`` is the level's kernel size (an int or one per axis, e.g. ``(1, 3, 3)`` for an anisotropic
+level). Each block initialises itself (``initialise``): it knows which of its convolutions see
+non-rectified input.
 """
 
 from __future__ import annotations
@@ -13,16 +16,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetseg.errors import ConfigError
-from unetseg.models.init import mark_linear_input
-from unetseg.models.layers import LayerConfig, interp_mode, upsample
+from unetseg.models.init import InitSpec, init_children, init_module
+from unetseg.models.layers import LayerConfig, Steps, interp_mode, upsample
 
 BlockFactory = Callable[..., nn.Module]
+
+
+def check_positive(option: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` when it is an integer ``>= minimum``, else raise a :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{option}={value!r} is not allowed; give an integer >= {minimum}")
+    return value
 
 
 class ConvNormAct(nn.Sequential):
     """conv -> norm -> activation (the conv has no bias when a norm follows)."""
 
-    def __init__(self, cfg: LayerConfig, in_ch: int, out_ch: int, kernel: int = 3) -> None:
+    def __init__(self, cfg: LayerConfig, in_ch: int, out_ch: int, kernel: Steps = 3) -> None:
         super().__init__(
             cfg.conv(in_ch, out_ch, kernel, bias=cfg.conv_bias), cfg.norm_layer(out_ch), cfg.act_layer()
         )
@@ -36,12 +46,18 @@ class DoubleConv(nn.Sequential):
 
     rectified_output = True  # ends in an activation (the next layer may use ReLU's Kaiming gain)
 
-    def __init__(self, cfg: LayerConfig, in_ch: int, out_ch: int, *, first: bool = False) -> None:
+    def __init__(
+        self, cfg: LayerConfig, in_ch: int, out_ch: int, *, first: bool = False, kernel: Steps = 3
+    ) -> None:
         super().__init__(
-            ConvNormAct(cfg, in_ch, out_ch), ConvNormAct(cfg, out_ch, out_ch), cfg.dropout_layer()
+            ConvNormAct(cfg, in_ch, out_ch, kernel),
+            ConvNormAct(cfg, out_ch, out_ch, kernel),
+            cfg.dropout_layer(),
         )
-        if first:
-            mark_linear_input(self[0])
+        self.first = first
+
+    def initialise(self, spec: InitSpec) -> None:
+        init_children(self, spec, {"0"} if self.first else set())  # the first conv sees the raw image
 
 
 class ResidualBlock(nn.Module):
@@ -53,36 +69,43 @@ class ResidualBlock(nn.Module):
 
     rectified_output = False
 
-    def __init__(self, cfg: LayerConfig, in_ch: int, out_ch: int, *, first: bool = False) -> None:
+    def __init__(
+        self, cfg: LayerConfig, in_ch: int, out_ch: int, *, first: bool = False, kernel: Steps = 3
+    ) -> None:
         super().__init__()
-        self._check_same(cfg)
+        require_same(cfg)
+        self.first = first
         self.pre = nn.Identity() if first else nn.Sequential(cfg.norm_layer(in_ch), cfg.act_layer())
         self.body = nn.Sequential(
-            cfg.conv(in_ch, out_ch, bias=cfg.conv_bias),
+            cfg.conv(in_ch, out_ch, kernel, bias=cfg.conv_bias),
             cfg.norm_layer(out_ch),
             cfg.act_layer(),
-            cfg.conv(out_ch, out_ch),
+            cfg.conv(out_ch, out_ch, kernel),
             cfg.dropout_layer(),
         )
         self.shortcut = nn.Identity() if in_ch == out_ch else cfg.conv(in_ch, out_ch, 1)
-        mark_linear_input(self.shortcut, *([self.body[0]] if first else []))
 
-    @staticmethod
-    def _check_same(cfg: LayerConfig) -> None:
-        if not cfg.same:
-            raise ConfigError("padding='valid' is only for unet; residual blocks need 'same' padding")
+    def initialise(self, spec: InitSpec) -> None:
+        init_children(self.pre, spec)
+        init_children(self.body, spec, {"0"} if self.first else set())
+        init_module(self.shortcut, spec.as_linear())  # a projection of the block's input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.pre(x)) + self.shortcut(x)
+
+
+def require_same(cfg: LayerConfig) -> None:
+    if not cfg.same:
+        raise ConfigError("padding='valid' is only for unet; residual blocks need 'same' padding")
 
 
 class RecurrentBlock(nn.Module):
     """Recurrent convolutional layer (Alom et al. 2018): ``h = f(x)``, then ``t`` times ``h = f(x + h)``,
     with one shared (conv, norm, act) unit ``f``."""
 
-    def __init__(self, cfg: LayerConfig, channels: int, recurrence: int = 2) -> None:
+    def __init__(self, cfg: LayerConfig, channels: int, recurrence: int = 2, kernel: Steps = 3) -> None:
         super().__init__()
-        self.unit = ConvNormAct(cfg, channels, channels)
+        self.unit = ConvNormAct(cfg, channels, channels, kernel)
         self.recurrence = recurrence
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,18 +122,26 @@ class RRCNNBlock(nn.Module):
     rectified_output = False
 
     def __init__(
-        self, cfg: LayerConfig, in_ch: int, out_ch: int, *, first: bool = False, recurrence: int = 2
+        self,
+        cfg: LayerConfig,
+        in_ch: int,
+        out_ch: int,
+        *,
+        first: bool = False,
+        recurrence: int = 2,
+        kernel: Steps = 3,
     ) -> None:
         super().__init__()
-        ResidualBlock._check_same(cfg)
-        if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
-            raise ConfigError(f"recurrence={recurrence!r} is not allowed; give an integer >= 1")
+        require_same(cfg)
+        check_positive("recurrence", recurrence)
         self.proj = cfg.conv(in_ch, out_ch, 1)
-        mark_linear_input(self.proj)
         self.body = nn.Sequential(
-            RecurrentBlock(cfg, out_ch, recurrence), RecurrentBlock(cfg, out_ch, recurrence)
+            RecurrentBlock(cfg, out_ch, recurrence, kernel), RecurrentBlock(cfg, out_ch, recurrence, kernel)
         )
         self.drop = cfg.dropout_layer()
+
+    def initialise(self, spec: InitSpec) -> None:
+        init_children(self, spec, {"proj"})  # a projection of what the previous level summed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
@@ -121,15 +152,17 @@ class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al., "Attention U-Net", MIDL 2018).
 
     The skip features ``x`` are sub-sampled to the grid of the gating signal ``g`` (the coarser decoder
-    level) by a stride-2 conv, added to a 1x1 projection of ``g``, and turned into one coefficient per
-    voxel (act -> 1x1 conv -> sigmoid) that is resampled to ``x``'s grid and multiplies ``x``; a final
-    1x1 conv + norm transforms the gated features, as in the paper.
+    level) by a strided conv (the level's stride), added to a 1x1 projection of ``g``, and turned into one
+    coefficient per voxel (act -> 1x1 conv -> sigmoid) that is resampled to ``x``'s grid and multiplies
+    ``x``; a final 1x1 conv + norm transforms the gated features, as in the paper.
     """
 
-    def __init__(self, cfg: LayerConfig, skip_ch: int, gate_ch: int, inter_ch: int | None = None) -> None:
+    def __init__(
+        self, cfg: LayerConfig, skip_ch: int, gate_ch: int, inter_ch: int | None = None, stride: Steps = 2
+    ) -> None:
         super().__init__()
         inter = inter_ch or max(1, skip_ch // 2)
-        self.theta = cfg.conv(skip_ch, inter, 2, stride=2, bias=False)
+        self.theta = cfg.conv(skip_ch, inter, stride, stride=stride, bias=False)
         self.phi = cfg.conv(gate_ch, inter, 1)
         self.act = cfg.act_layer()
         self.psi = cfg.conv(inter, 1, 1)
@@ -168,6 +201,8 @@ class UpBlock(nn.Module):
         upsample_mode: ``transpose`` | ``bilinear`` | ``nearest``.
         attention: put an :class:`AttentionGate` (gated by the coarser input) on the skip.
         crop: centre-crop the skip to the upsampled size ("valid" padding).
+        stride: the level's down-step, undone here (2, or one factor per axis).
+        kernel: the level's conv kernel.
     """
 
     def __init__(
@@ -181,12 +216,19 @@ class UpBlock(nn.Module):
         *,
         attention: bool = False,
         crop: bool = False,
+        stride: Steps = 2,
+        kernel: Steps = 3,
     ) -> None:
         super().__init__()
-        self.up = upsample(upsample_mode, cfg.dims, in_ch, out_ch)
-        self.gate = AttentionGate(cfg, skip_ch, in_ch) if attention else None
-        self.block = block(cfg, skip_ch + out_ch, out_ch)
+        self.up = upsample(upsample_mode, cfg.dims, in_ch, out_ch, stride)
+        self.gate = AttentionGate(cfg, skip_ch, in_ch, stride=stride) if attention else None
+        self.block = block(cfg, skip_ch + out_ch, out_ch, kernel=kernel)
         self.crop = crop
+        # the up-step sees the previous block's output: gain 1 unless that ends in a rectifier
+        self.linear_up = not getattr(getattr(block, "func", block), "rectified_output", True)
+
+    def initialise(self, spec: InitSpec) -> None:
+        init_children(self, spec, {"up"} if self.linear_up else set())
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         up = self.up(x)

@@ -43,9 +43,24 @@ def conv_transpose(dims: int) -> type[nn.Module]:
     return (nn.ConvTranspose2d, nn.ConvTranspose3d)[check_dims(dims) - 2]
 
 
-def pool(dims: int) -> nn.Module:
-    """2x max pooling (kernel 2, stride 2), the U-Net down-step."""
-    return (nn.MaxPool2d, nn.MaxPool3d)[check_dims(dims) - 2](kernel_size=2, stride=2)
+Steps = int | Sequence[int]  # one value for every axis, or one per axis
+
+
+def per_axis(value: Steps, dims: int) -> tuple[int, ...]:
+    """``2`` -> ``(2, 2)`` in 2D; a sequence is checked to have one value per axis."""
+    if isinstance(value, int):
+        return (value,) * dims
+    out = tuple(int(v) for v in value)
+    if len(out) != dims:
+        raise ConfigError(f"{list(value)} has {len(out)} values; give one per spatial axis ({dims})")
+    return out
+
+
+def pool(dims: int, stride: Steps = 2) -> nn.Module:
+    """Max pooling with kernel = stride (2: the U-Net down-step; ``(1, 2, 2)`` keeps a coarse axis)."""
+    s = per_axis(stride, check_dims(dims))
+    k = s if len(set(s)) > 1 else s[0]  # an int when isotropic (as before: identical modules)
+    return (nn.MaxPool2d, nn.MaxPool3d)[dims - 2](kernel_size=k, stride=k)
 
 
 def dropout(dims: int, p: float) -> nn.Module:
@@ -88,8 +103,8 @@ def interp_mode(dims: int, mode: str = "bilinear") -> str:
     return mode if mode == "nearest" else ("bilinear", "trilinear")[check_dims(dims) - 2]
 
 
-def upsample(mode: str, dims: int, in_ch: int, out_ch: int) -> nn.Module:
-    """A 2x up-step from ``in_ch`` to ``out_ch`` channels.
+def upsample(mode: str, dims: int, in_ch: int, out_ch: int, scale: Steps = 2) -> nn.Module:
+    """An up-step by ``scale`` (2, or one factor per axis) from ``in_ch`` to ``out_ch`` channels.
 
     ``transpose``: ``ConvTranspose`` kernel 2 stride 2 (the 2015 paper's "up-convolution").
     ``bilinear`` (trilinear in 3D) / ``nearest``: fixed interpolation followed by a 3x3 convolution, which
@@ -97,11 +112,14 @@ def upsample(mode: str, dims: int, in_ch: int, out_ch: int) -> nn.Module:
     convolution after interpolation would be redundant (it commutes with the interpolation).
     """
     mode = check_choice("upsample", mode, UPSAMPLES)
+    s = per_axis(scale, check_dims(dims))
+    k = s if len(set(s)) > 1 else s[0]
     if mode == "transpose":
-        return conv_transpose(dims)(in_ch, out_ch, kernel_size=2, stride=2)
+        return conv_transpose(dims)(in_ch, out_ch, kernel_size=k, stride=k)
     align = None if mode == "nearest" else False
+    factor = tuple(float(v) for v in s) if len(set(s)) > 1 else 2 if s[0] == 2 else float(s[0])
     return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode=interp_mode(dims, mode), align_corners=align),
+        nn.Upsample(scale_factor=factor, mode=interp_mode(dims, mode), align_corners=align),
         conv(dims)(in_ch, out_ch, kernel_size=3, padding=1),
     )
 
@@ -134,11 +152,21 @@ class LayerConfig:
             raise ConfigError(f"dropout={self.dropout!r} is not allowed; give a number in [0, 1)")
 
     def conv(
-        self, in_ch: int, out_ch: int, kernel: int = 3, *, stride: int = 1, bias: bool = True
+        self, in_ch: int, out_ch: int, kernel: Steps = 3, *, stride: Steps = 1, bias: bool = True
     ) -> nn.Module:
-        """A convolution; 3x3 ones are padded by 1 for "same" padding and unpadded for "valid"."""
-        pad = kernel // 2 if self.same and stride == 1 else 0
-        return conv(self.dims)(in_ch, out_ch, kernel_size=kernel, stride=stride, padding=pad, bias=bias)
+        """A convolution (``kernel`` per axis, e.g. ``(1, 3, 3)``); padded by kernel // 2 per axis for
+        "same" padding and unpadded for "valid"."""
+        k, st = per_axis(kernel, self.dims), per_axis(stride, self.dims)
+        pad = tuple(a // 2 if self.same and b == 1 else 0 for a, b in zip(k, st, strict=True))
+        iso = len(set(k)) == 1 and len(set(st)) == 1 and len(set(pad)) == 1  # ints, as torch prints them
+        return conv(self.dims)(
+            in_ch,
+            out_ch,
+            kernel_size=k[0] if iso else k,
+            stride=st[0] if iso else st,
+            padding=pad[0] if iso else pad,
+            bias=bias,
+        )
 
     def norm_layer(self, channels: int) -> nn.Module:
         return norm(self.norm, self.dims, channels)

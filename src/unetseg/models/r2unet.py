@@ -4,27 +4,61 @@ Medical Image Segmentation", arXiv:1802.06955, 2018), with and without attention
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Annotated
 
-from unetseg.models.blocks import RRCNNBlock
-from unetseg.models.unet import UNet
+from typing_extensions import Unpack
+
+from unetseg.models.blocks import RRCNNBlock, check_positive
+from unetseg.models.unet import CommonOptions, EncoderDecoder
+
+Recurrence = Annotated[int, "an integer >= 1 (recurrent steps of each block)"]
 
 
-class R2UNet(UNet):
+class R2UNet(EncoderDecoder):
     """U-Net built from recurrent residual blocks; ``recurrence`` (t, default 2) recurrent steps each.
 
-    Takes the arguments of :class:`~unetseg.models.unet.UNet` except ``padding`` (always "same").
+    Other arguments as :class:`~unetseg.models.unet.UNet` (always "same" padding).
     """
 
-    _attention = False
-
-    def __init__(self, *args: Any, recurrence: int = 2, **kwargs: Any) -> None:
-        block = partial(RRCNNBlock, recurrence=recurrence)
-        super().__init__(*args, block=block, attention=self._attention, **kwargs)
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 32,
+        depth: int = 4,
+        *,
+        recurrence: Recurrence = 2,
+        **options: Unpack[CommonOptions],
+    ) -> None:
+        block = partial(RRCNNBlock, recurrence=check_positive("recurrence", recurrence))
+        super().__init__(spatial_dims, in_channels, num_classes, base_channels, depth, block=block, **options)
         self.recurrence = recurrence
 
 
-class R2AttentionUNet(R2UNet):
+class R2AttentionUNet(EncoderDecoder):
     """R2U-Net with the attention gates of Oktay et al. (2018) on the skips."""
 
-    _attention = True
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 32,
+        depth: int = 4,
+        *,
+        recurrence: Recurrence = 2,
+        **options: Unpack[CommonOptions],
+    ) -> None:
+        block = partial(RRCNNBlock, recurrence=check_positive("recurrence", recurrence))
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            num_classes,
+            base_channels,
+            depth,
+            block=block,
+            attention=True,
+            **options,
+        )
+        self.recurrence = recurrence

@@ -1,7 +1,12 @@
-"""Architecture names -> classes, with option checking: :func:`build_model` is the one way in."""
+"""Architecture names -> classes: :func:`build_model` is the one way in. The options each architecture
+takes, and the values each accepts, are read from the classes' signatures (their ``Literal`` and
+``Annotated`` types), never retyped here."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,63 +14,37 @@ from torch import nn
 
 from unetseg.errors import ConfigError
 from unetseg.models.attention_unet import AttentionUNet
-from unetseg.models.base import PADDINGS
-from unetseg.models.init import INITS
-from unetseg.models.layers import ACTIVATIONS, NORMS, UPSAMPLES
 from unetseg.models.r2unet import R2AttentionUNet, R2UNet
 from unetseg.models.res_unet import ResUNet
 from unetseg.models.unet import UNet
-from unetseg.models.unet_pp import DS_EVAL, UNetPlusPlus
+from unetseg.models.unet_pp import UNetPlusPlus
 
-# Option -> what it accepts, for error messages (the model classes check the values themselves).
-COMMON_OPTIONS = {
-    "norm": " | ".join(NORMS),
-    "activation": " | ".join(ACTIVATIONS),
-    "upsample": " | ".join(UPSAMPLES),
-    "channels": "depth + 1 integers, one width per level (default: base_channels doubled per level)",
-    "dropout": "a number in [0, 1)",
-    "init": " | ".join(INITS),
-}
-EXTRA_OPTIONS = {
-    "padding": " | ".join(PADDINGS),
-    "deep_supervision": "true | false",
-    "ds_eval": " | ".join(DS_EVAL),
-    "recurrence": "an integer >= 1",
-}
+CORE = ("spatial_dims", "in_channels", "num_classes", "base_channels", "depth")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One registered architecture: its class, a one-line description and its own extra options."""
+    """One registered architecture: its class and a one-line description with its paper."""
 
     cls: type[nn.Module]
     description: str
-    extra: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelSpec] = {
     "unet": ModelSpec(
-        UNet,
-        "U-Net (Ronneberger et al., MICCAI 2015); padding same | valid (the paper's unpadded net)",
-        ("padding",),
+        UNet, "U-Net (Ronneberger et al., MICCAI 2015); padding same | valid (the paper's unpadded net)"
     ),
     "unet_pp": ModelSpec(
-        UNetPlusPlus,
-        "UNet++: nested dense skips, optional deep supervision (Zhou et al., DLMIA 2018)",
-        ("deep_supervision", "ds_eval"),
+        UNetPlusPlus, "UNet++: nested dense skips, optional deep supervision (Zhou et al., DLMIA 2018)"
     ),
     "attention_unet": ModelSpec(
         AttentionUNet, "Attention U-Net: additive attention gates on the skips (Oktay et al., MIDL 2018)"
     ),
     "r2unet": ModelSpec(
-        R2UNet,
-        "R2U-Net: recurrent residual conv blocks (Alom et al., arXiv:1802.06955, 2018)",
-        ("recurrence",),
+        R2UNet, "R2U-Net: recurrent residual conv blocks (Alom et al., arXiv:1802.06955, 2018)"
     ),
     "r2_attention_unet": ModelSpec(
-        R2AttentionUNet,
-        "R2U-Net with attention gates (Alom et al. 2018 + Oktay et al. 2018)",
-        ("recurrence",),
+        R2AttentionUNet, "R2U-Net with attention gates (Alom et al. 2018 + Oktay et al. 2018)"
     ),
     "res_unet": ModelSpec(
         ResUNet, "Residual U-Net: pre-activation residual blocks (Zhang et al., IEEE GRSL 2018)"
@@ -84,10 +63,32 @@ def _spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
+def _allowed(annotation: Any) -> str:
+    """What an option's type accepts, in words: ``a | b`` for a Literal, the Annotated text otherwise."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Annotated:
+        return next((m for m in annotation.__metadata__ if isinstance(m, str)), "a value")
+    return "a value"
+
+
+@functools.cache
+def _options_of(cls: type[nn.Module]) -> tuple[tuple[str, str], ...]:
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    out = []
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.kind is param.KEYWORD_ONLY:
+            out.append((param.name, _allowed(hints[param.name])))
+        elif param.kind is param.VAR_KEYWORD:  # **options: Unpack[CommonOptions]
+            typed = typing.get_args(hints[param.name])[0]
+            common = typing.get_type_hints(typed, include_extras=True)
+            out += [(k, _allowed(v)) for k, v in common.items()]
+    return tuple(out)
+
+
 def model_options(name: str) -> dict[str, str]:
-    """The options ``name`` takes besides the common arguments, with the values each accepts."""
-    spec = _spec(name)
-    return {**COMMON_OPTIONS, **{k: EXTRA_OPTIONS[k] for k in spec.extra}}
+    """The options ``name`` takes besides the core arguments, with the values each accepts."""
+    return dict(_options_of(_spec(name).cls))
 
 
 def build_model(
@@ -108,10 +109,10 @@ def build_model(
         in_channels: input image channels.
         num_classes: logit channels (1 = binary, one sigmoid channel).
         base_channels: channels of the first level (doubled at each down-step).
-        depth: number of 2x down-steps.
-        **options: ``norm``, ``activation``, ``upsample``, ``dropout``, ``init``, ``channels`` (explicit
-            widths per level) for every model;
-            ``padding`` (unet), ``deep_supervision``/``ds_eval`` (unet_pp), ``recurrence`` (r2 models).
+        depth: number of down-steps.
+        **options: see :func:`model_options` (``norm``, ``activation``, ``upsample``, ``dropout``, ``init``,
+            ``channels``, ``strides``, ``kernels`` for every model; ``padding`` (unet),
+            ``deep_supervision``/``ds_eval`` (unet_pp), ``recurrence`` (r2 models)).
 
     Raises:
         ConfigError (a ``ValueError``): unknown name or option, or a value that is not allowed; the message
@@ -120,7 +121,7 @@ def build_model(
     allowed = model_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        owners = {k: [n for n, s in _REGISTRY.items() if k in s.extra] for k in unknown}
+        owners = {k: [n for n in _REGISTRY if k in model_options(n)] for k in unknown}
         problems = [
             f"{k} is only for {' and '.join(o)}" if o else f"unknown option {k!r}" for k, o in owners.items()
         ]
@@ -137,6 +138,8 @@ def build_model(
         )
     except ConfigError as e:
         raise ConfigError(f"{name}: {e}") from None
+    except (TypeError, ValueError) as e:  # a value of the wrong kind deep inside a layer
+        raise ConfigError(f"{name}: {' '.join(str(e).split())[:160]}") from None
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
