@@ -23,10 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 # The benchmarks' peers (MONAI, smp, ONNX Runtime) live in their own venv: smp pulls torchvision, which must
 # never land beside the project's torch in .venv. torch is pinned there too (constraints.txt).

@@ -16,11 +16,9 @@ None. Lower TIFF levels scale level 0 by the shape ratio (OME-XML describes leve
 
 from __future__ import annotations
 
-import logging
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,8 +128,7 @@ class LazyImage:
         if len(region) > self.spatial_dims:
             raise IndexError(f"region has {len(region)} axes, the image has {self.spatial_dims}")
         try:
-            with _quiet_tifffile():
-                return np.asarray(self.levels[level][(slice(None), *region)], dtype=np.float32)
+            return np.asarray(self.levels[level][(slice(None), *region)], dtype=np.float32)
         except (IndexError, MemoryError):
             raise
         except Exception as e:  # decoders raise anything on corrupt bytes; all of it is one user error
@@ -155,18 +152,6 @@ def _fmt(region: tuple[slice, ...]) -> str:
 
 def _reason(e: BaseException) -> str:
     return " ".join(str(e).split())[:160] or type(e).__name__
-
-
-@contextmanager
-def _quiet_tifffile() -> Any:
-    # A corrupt file becomes one DataError line, not a screen of tifffile warnings.
-    log = logging.getLogger("tifffile")
-    old = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(old)
 
 
 def _kind(path: Path) -> str:
@@ -198,8 +183,7 @@ def open_lazy(path: str | Path) -> LazyImage:
     opener = {"tiff": _open_tiff, "zarr": _open_zarr, "nifti": _open_nifti, "png": _open_pillow,
               "jpeg": _open_pillow}[kind]
     try:
-        with _quiet_tifffile():
-            return opener(p)
+        return opener(p)
     except DataError:
         raise
     except MemoryError:

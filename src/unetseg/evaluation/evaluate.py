@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from unetseg.config import Config
 from unetseg.data.cases import Case, find_cases
 from unetseg.data.io import SkipLog
 from unetseg.data.labels import ClassMap
@@ -25,6 +26,7 @@ from unetseg.evaluation.result import EvaluationResult, ImageResult
 from unetseg.fileio import OutputGuard, printable, record_written, write_json
 from unetseg.inference.api import predictor_for
 from unetseg.inference.engines import load_engine
+from unetseg.inference.predictor import Predictor
 from unetseg.metrics import compute_metrics
 
 
@@ -104,35 +106,39 @@ def evaluate(
     predictor = predictor_for(
         engine, cfg, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, tta=True if tta else None
     )
-    class_map = ClassMap(cfg.data.class_values)
     result = EvaluationResult(str(checkpoint), str(data), cfg.data.class_values)
     for case in cases:
         try:
-            image, labels, meta = load_case(case, cfg.data, class_map)
+            result.per_image.append(_evaluate_case(case, predictor, cfg, overlay_dir))
         except DataError as e:  # e.g. mask values outside the checkpoint's class map
             if not skip_bad:
                 raise
             skipped.skip(e)
-            continue
-        pred = predictor.predict(image)
-        m = compute_metrics(pred, labels, class_map.num_classes, spacing=meta.get("spacing"))
-        row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()})
-        if overlay_dir:
-            sd = cfg.model.spatial_dims
-            png = save_overlay(
-                overlay_dir / f"{case.name}.png",
-                _middle_slice(image, sd),
-                _middle_slice(pred, sd),
-                truth=_middle_slice(labels, sd),
-            )
-            record_written([png])
-            row.overlay = str(png)
-        result.per_image.append(row)
     result.skipped = skipped.messages
     _print_table(console, result)
     skipped.summary()
     _write_outputs(console, result, out_json, report, overlay_dir, checkpoint)
     return result
+
+
+def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: Path | None) -> ImageResult:
+    """Predict one case and measure it (and draw its overlay)."""
+    class_map = ClassMap(cfg.data.class_values)
+    image, labels, meta = load_case(case, cfg.data, class_map)
+    pred = predictor.predict(image)
+    m = compute_metrics(pred, labels, class_map.num_classes, spacing=meta.get("spacing"))
+    row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()})
+    if overlay_dir:
+        sd = cfg.model.spatial_dims
+        png = save_overlay(
+            overlay_dir / f"{case.name}.png",
+            _middle_slice(image, sd),
+            _middle_slice(pred, sd),
+            truth=_middle_slice(labels, sd),
+        )
+        record_written([png])
+        row.overlay = str(png)
+    return row
 
 
 def _write_outputs(

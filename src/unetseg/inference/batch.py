@@ -46,8 +46,9 @@ def output_name(path: Path, spatial_dims: int) -> str:
     return f"{stem_of(path)}{'.nii.gz' if suffix_of(path) in ('.nii', '.nii.gz') else '.tif'}"
 
 
-def outputs_of(path: Path, out_dir: Path, spatial_dims: int, *, probabilities: bool, overlay: bool
-               ) -> list[Path]:
+def outputs_of(
+    path: Path, out_dir: Path, spatial_dims: int, *, probabilities: bool, overlay: bool
+) -> list[Path]:
     """Every file ``predict`` writes for input ``path``, mask first."""
     stem = stem_of(path)
     names = [output_name(path, spatial_dims)]
@@ -156,27 +157,59 @@ def predict_files(
         trust_torchscript: allow a TorchScript file (it is code; see :mod:`unetseg.inference.engines`).
         max_image_gib: the largest float32 image to decode (default: the checkpoint's data.max_image_gib).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     engine, config = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
     files = list_images(input)
     out_dir = Path(output)
     plan = _plan_outputs(files, out_dir, engine.spatial_dims, checkpoint, input, probabilities, overlay)
     plan[1].check(overwrite=overwrite)
-    job = PredictJob(engine, config, predictor_for(engine, config, tile=tile, overlap=overlap, blend=blend,
-                                                   batch_size=batch_size, tta=True if tta else None),
-                     _decoder(config, mask_values), probabilities, overlay,
-                     (max_image_gib or config.data.max_image_gib) * GIB)
+    job = PredictJob(
+        engine,
+        config,
+        predictor_for(
+            engine,
+            config,
+            tile=tile,
+            overlap=overlap,
+            blend=blend,
+            batch_size=batch_size,
+            tta=True if tta else None,
+        ),
+        _decoder(config, mask_values),
+        probabilities,
+        overlay,
+        (max_image_gib or config.data.max_image_gib) * GIB,
+    )
     ensure_dir(out_dir, "--output")
-    log, result = SkipLog(), PredictResult(str(out_dir), len(files))
-    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.description}"))
+    result = PredictResult(str(out_dir), len(files))
+    _run(files, plan[0], job, result, skip_bad, progress)
+    return result
+
+
+def _run(
+    files: list[Path],
+    outputs: dict[Path, list[Path]],
+    job: PredictJob,
+    result: PredictResult,
+    skip_bad: bool,
+    progress: bool,
+) -> None:
+    """Every input in turn, under a progress bar; bad inputs are reported and skipped with ``skip_bad``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    log = SkipLog()
+    columns = (
+        TextColumn("predict"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("", total=len(files))
         for path in files:
             bar.update(task, description=path.name)
             try:
-                written = predict_one(path, plan[0][path], job)
+                written = predict_one(path, outputs[path], job)
                 record_written(written)
                 result.written += [str(p) for p in written]
             except UnetsegError as e:
@@ -186,11 +219,17 @@ def predict_files(
             bar.advance(task)
     result.skipped = list(log.messages)
     log.summary("input")
-    return result
 
 
-def _plan_outputs(files: list[Path], out_dir: Path, dims: int, checkpoint: str | Path, input: str | Path,
-                  probabilities: bool, overlay: bool) -> tuple[dict[Path, list[Path]], OutputGuard]:
+def _plan_outputs(
+    files: list[Path],
+    out_dir: Path,
+    dims: int,
+    checkpoint: str | Path,
+    input: str | Path,
+    probabilities: bool,
+    overlay: bool,
+) -> tuple[dict[Path, list[Path]], OutputGuard]:
     guard = OutputGuard()
     guard.read(input, "--input")
     guard.read_all(files, "--input")

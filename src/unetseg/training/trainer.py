@@ -35,7 +35,6 @@ from unetseg.runtime import (
 from unetseg.training.distributed import (
     DistInfo,
     average_buffers,
-    broadcast_values,
     cleanup,
     init_distributed,
 )
@@ -44,6 +43,7 @@ from unetseg.training.loader import build_loader
 from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
 from unetseg.training.runlog import RunLogger
+from unetseg.training.state import Clock, resumable, rng_state, set_rng_state
 from unetseg.training.validation import Validator
 from unetseg.validate import check_config
 
@@ -90,37 +90,6 @@ def train(
         cleanup(info)
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _resumable(run: Path, log: RunLogger) -> tuple[Path, Config, dict[str, Any]] | None:
-    """The last checkpoint of ``run`` with its config and training state, or None (start afresh)."""
-    try:
-        folder = ckpt.find_checkpoint(run / "last")
-    except CheckpointError:
-        log.log(f"--resume: no complete checkpoint in {run / 'last'}; starting a new run")
-        return None
-    return folder, ckpt.read_config(folder), ckpt.load_training_state(folder)
-
-
 class Trainer:
     """Owns one run: builds everything from ``cfg``, then :meth:`fit` loops over epochs."""
 
@@ -140,7 +109,7 @@ class Trainer:
         self.run = run.path
         self.stop, self.hint = stop or Termination(), hint
         self.log = RunLogger(self.run, enabled=info.is_main, quiet=quiet)
-        found = _resumable(self.run, self.log) if resume else None
+        found = resumable(self.run, self.log) if resume else None
         if found is not None:
             # the class map, patch size and architecture are facts of the run: keep them
             saved = found[1]
@@ -188,7 +157,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise CheckpointError(
                 f"{folder / ckpt.STATE_FILE}: training state does not fit this run "
@@ -211,7 +180,7 @@ class Trainer:
             "best": self.best,
             "stale": self.stale,
             "minutes": minutes,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "batch_in_epoch": self.batch_in_epoch,
         }
 
@@ -276,7 +245,7 @@ class Trainer:
             write_text(
                 recipe, dump_yaml(cfg, "the configuration of this run (unetseg train --config reads it)")
             )
-        clock = _Clock(self.minutes_before, self.info, bool(cfg.train.max_minutes), self.stop)
+        clock = Clock(self.minutes_before, self.info, bool(cfg.train.max_minutes), self.stop)
         out_of_time = False
         with log.progress() as bar:
             task = bar.add_task(
@@ -299,7 +268,7 @@ class Trainer:
         log.log(f"best validation mean foreground Dice {self.best:.4f}; checkpoints in {self.run}")
         return self.run
 
-    def _epoch(self, bar: Any, task: Any, clock: _Clock) -> bool:
+    def _epoch(self, bar: Any, task: Any, clock: Clock) -> bool:
         """One epoch (or its remainder after a mid-epoch resume); returns True when the budget is spent."""
         cfg = self.cfg.train
         self.net.train()
@@ -385,24 +354,3 @@ class Trainer:
                 echo=False,
             )
         return row
-
-
-class _Clock:
-    """Minutes since the run began (across resumes) and the stop request; under DDP rank 0's values rule
-    every rank (same learning rate, same last step), shared in one broadcast per step."""
-
-    def __init__(self, before: float, info: DistInfo, budget: bool, stop: Termination) -> None:
-        self.start, self.before, self.info, self.budget, self.stop = (
-            time.monotonic(),
-            before,
-            info,
-            budget,
-            stop,
-        )
-
-    def read(self) -> tuple[float, bool]:
-        minutes = self.before + (time.monotonic() - self.start) / 60
-        if not self.info.enabled:
-            return minutes, self.stop.requested
-        minutes, stop = broadcast_values([minutes, float(self.stop.requested)], self.info)
-        return minutes, stop > 0

@@ -8,7 +8,6 @@ exit with status 2; an interrupted training prints where its checkpoint is and e
 from __future__ import annotations
 
 import functools
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 
+from unetseg.cli.parsing import expand_multi, resume_hint, size_option, train_sources
+from unetseg.config import build_config
 from unetseg.config.schema import choices
 from unetseg.errors import UnetsegError
 
@@ -87,45 +88,6 @@ def models() -> None:
     Console().print(table)
 
 
-def _parse_classes(text: str) -> list[Any]:
-    def number(v: str) -> float | int:
-        f = float(v)
-        return int(f) if f.is_integer() else f
-
-    try:
-        groups = [[number(v) for v in item.split("+")] for item in text.split(",")]
-    except ValueError:
-        raise UnetsegError(
-            f"--classes {text!r}: expected numbers separated by commas (1+2 merges values into one class)"
-        ) from None
-    return [g[0] if len(g) == 1 else g for g in groups]
-
-
-def _parse_options(options: list[str] | None) -> dict[str, Any]:
-    from unetseg.config import parse_option_value
-
-    out: dict[str, Any] = {}
-    for item in options or []:
-        if "=" not in item:
-            raise UnetsegError(f"--option expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_option_value(v)
-    return out
-
-
-def _size(values: list[int] | None, option: str) -> list[int] | None:
-    if not values:
-        return None
-    if len(values) not in (2, 3) or any(v < 1 for v in values):
-        raise UnetsegError(f"{option} takes 2 (H W) or 3 (D H W) positive sizes, got {values}")
-    return list(values)
-
-
-def _resume_hint(argv: list[str]) -> str:
-    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
-    return "unetseg " + shlex.join(kept + ["--resume"])
-
-
 @app.command()
 @user_errors
 def train(
@@ -168,50 +130,16 @@ def train(
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier run in --out")] = False,
 ) -> None:
     """Train a segmentation model on a dataset folder."""
-    from unetseg.config import build_config, load_yaml
     from unetseg.training import train as run_training
 
-    given: dict[str, Any] = {
-        "data.data": str(data) if data else None,
-        "train.out": str(out) if out else None,
-        "model.name": model,
-        "data.val_data": str(val_data) if val_data else None,
-        "data.val_fraction": val_fraction,
-        "model.base_channels": base_channels,
-        "model.depth": depth,
-        "train.epochs": epochs,
-        "train.iters_per_epoch": iters_per_epoch,
-        "train.max_minutes": max_minutes,
-        "data.patch_size": _size(patch_size, "--patch-size"),
-        "train.batch_size": batch_size,
-        "train.loss": loss,
-        "train.lr": lr,
-        "train.optimizer": optimizer,
-        "train.schedule": schedule,
-        "train.device": device,
-        "train.precision": precision,
-        "data.normalization": normalization,
-        "data.task": task,
-        "train.seed": seed,
-        "train.patience": patience,
-        "data.num_workers": workers,
-        "data.max_image_gib": max_image_gib,
-        "data.class_values": _parse_classes(classes) if classes else None,
-        "train.compile": True if compile else None,
-        "data.skip_bad": True if skip_bad else None,
-    }
-    sources = [(load_yaml(config), str(config))] if config is not None else []
-    sources += [
-        ({k: v for k, v in given.items() if v is not None}, "command line"),
-        ({"model.options": _parse_options(option)}, "--option"),
-    ]
-    cfg = build_config(sources)
+    opts = dict(locals())
+    cfg = build_config(train_sources(opts))
     if cfg.data.data is None:
         raise UnetsegError("train needs --data DIR (or data: in the YAML config)")
     if cfg.train.out is None:
         raise UnetsegError("train needs --out RUN (or out: in the YAML config)")
     run_training(
-        cfg, resume=resume, overwrite=overwrite, config_file=config, resume_hint=_resume_hint(sys.argv[1:])
+        cfg, resume=resume, overwrite=overwrite, config_file=config, resume_hint=resume_hint(sys.argv[1:])
     )
 
 
@@ -219,10 +147,8 @@ def _infer_overrides(
     tile: list[int] | None, overlap: float | None, batch_size: int | None, blend: str | None
 ) -> dict[str, Any]:
     """Validate predict/evaluate's inference options with the schema (one rule for every source)."""
-    from unetseg.config import build_config
-
     values = {
-        "infer.tile": _size(tile, "--tile"),
+        "infer.tile": size_option(tile, "--tile"),
         "infer.overlap": overlap,
         "infer.batch_size": batch_size,
         "infer.blend": blend,
@@ -307,7 +233,6 @@ def predict(
     ] = False,
 ) -> None:
     """Segment an image or a folder of images of any size with sliding-window inference."""
-    from unetseg.config import build_config
     from unetseg.inference import predict_files
 
     if max_image_gib is not None:
@@ -362,28 +287,6 @@ def demo(
     from unetseg.demo import run_demo
 
     run_demo(out, minutes=minutes, device=device, seed=seed, overwrite=overwrite)
-
-
-_MULTI_INT = ("--patch-size", "--tile")
-
-
-def expand_multi(argv: list[str]) -> list[str]:
-    """``--patch-size 64 128`` -> ``--patch-size 64 --patch-size 128`` (Typer lists repeat the flag)."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        out.append(a)
-        i += 1
-        if a in _MULTI_INT:
-            first = True
-            while i < len(argv) and argv[i].lstrip("-").isdigit() and not argv[i].startswith("--"):
-                if not first:
-                    out.append(a)
-                out.append(argv[i])
-                first = False
-                i += 1
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

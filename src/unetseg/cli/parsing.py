@@ -1,0 +1,115 @@
+"""Turning command-line values into config sources: the option -> config key table of ``train``, the
+``--classes`` and ``--option`` syntaxes, multi-number options and the exact command that resumes a run."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from unetseg.config import load_yaml, parse_option_value
+from unetseg.errors import UnetsegError
+
+# train's options that map one-to-one onto config keys (the rest are parsed below or are not config)
+TRAIN_KEYS = {
+    "data": "data.data",
+    "out": "train.out",
+    "model": "model.name",
+    "val_data": "data.val_data",
+    "val_fraction": "data.val_fraction",
+    "base_channels": "model.base_channels",
+    "depth": "model.depth",
+    "epochs": "train.epochs",
+    "iters_per_epoch": "train.iters_per_epoch",
+    "max_minutes": "train.max_minutes",
+    "batch_size": "train.batch_size",
+    "loss": "train.loss",
+    "lr": "train.lr",
+    "optimizer": "train.optimizer",
+    "schedule": "train.schedule",
+    "device": "train.device",
+    "precision": "train.precision",
+    "normalization": "data.normalization",
+    "task": "data.task",
+    "seed": "train.seed",
+    "patience": "train.patience",
+    "workers": "data.num_workers",
+    "max_image_gib": "data.max_image_gib",
+    "compile": "train.compile",
+    "skip_bad": "data.skip_bad",
+}
+
+
+def train_sources(opts: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """The config sources of ``unetseg train``, lowest precedence first: the YAML recipe, the command line,
+    ``--option``. Flags that are off and options not given are left out (so YAML and the plan apply)."""
+    given = {
+        key: str(opts[name]) if isinstance(opts[name], Path) else opts[name]
+        for name, key in TRAIN_KEYS.items()
+        if opts[name] not in (None, False)
+    }
+    if opts["patch_size"]:
+        given["data.patch_size"] = size_option(opts["patch_size"], "--patch-size")
+    if opts["classes"]:
+        given["data.class_values"] = parse_classes(opts["classes"])
+    sources = [(load_yaml(opts["config"]), str(opts["config"]))] if opts["config"] is not None else []
+    return [*sources, (given, "command line"), ({"model.options": parse_options(opts["option"])}, "--option")]
+
+
+def parse_classes(text: str) -> list[Any]:
+    def number(v: str) -> float | int:
+        f = float(v)
+        return int(f) if f.is_integer() else f
+
+    try:
+        groups = [[number(v) for v in item.split("+")] for item in text.split(",")]
+    except ValueError:
+        raise UnetsegError(
+            f"--classes {text!r}: expected numbers separated by commas (1+2 merges values into one class)"
+        ) from None
+    return [g[0] if len(g) == 1 else g for g in groups]
+
+
+def parse_options(options: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in options or []:
+        if "=" not in item:
+            raise UnetsegError(f"--option expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_option_value(v)
+    return out
+
+
+def size_option(values: list[int] | None, option: str) -> list[int] | None:
+    if not values:
+        return None
+    if len(values) not in (2, 3) or any(v < 1 for v in values):
+        raise UnetsegError(f"{option} takes 2 (H W) or 3 (D H W) positive sizes, got {values}")
+    return list(values)
+
+
+def resume_hint(argv: list[str]) -> str:
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return "unetseg " + shlex.join(kept + ["--resume"])
+
+
+_MULTI_INT = ("--patch-size", "--tile")
+
+
+def expand_multi(argv: list[str]) -> list[str]:
+    """``--patch-size 64 128`` -> ``--patch-size 64 --patch-size 128`` (Typer lists repeat the flag)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        out.append(a)
+        i += 1
+        if a in _MULTI_INT:
+            first = True
+            while i < len(argv) and argv[i].lstrip("-").isdigit() and not argv[i].startswith("--"):
+                if not first:
+                    out.append(a)
+                out.append(argv[i])
+                first = False
+                i += 1
+    return out

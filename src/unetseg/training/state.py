@@ -1,0 +1,71 @@
+"""What a run carries across a resume or a rank boundary: the random-number states, the last checkpoint to
+resume from, and the clock (minutes since the run began) with the stop request, agreed across ranks."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetseg import checkpoint as ckpt
+from unetseg.config import Config
+from unetseg.errors import CheckpointError
+from unetseg.training.distributed import DistInfo, broadcast_values
+from unetseg.training.interrupt import Termination
+from unetseg.training.runlog import RunLogger
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumable(run: Path, log: RunLogger) -> tuple[Path, Config, dict[str, Any]] | None:
+    """The last checkpoint of ``run`` with its config and training state, or None (start afresh)."""
+    try:
+        folder = ckpt.find_checkpoint(run / "last")
+    except CheckpointError:
+        log.log(f"--resume: no complete checkpoint in {run / 'last'}; starting a new run")
+        return None
+    return folder, ckpt.read_config(folder), ckpt.load_training_state(folder)
+
+
+class Clock:
+    """Minutes since the run began (across resumes) and the stop request; under DDP rank 0's values rule
+    every rank (same learning rate, same last step), shared in one broadcast per step."""
+
+    def __init__(self, before: float, info: DistInfo, budget: bool, stop: Termination) -> None:
+        self.start, self.before, self.info, self.budget, self.stop = (
+            time.monotonic(),
+            before,
+            info,
+            budget,
+            stop,
+        )
+
+    def read(self) -> tuple[float, bool]:
+        minutes = self.before + (time.monotonic() - self.start) / 60
+        if not self.info.enabled:
+            return minutes, self.stop.requested
+        minutes, stop = broadcast_values([minutes, float(self.stop.requested)], self.info)
+        return minutes, stop > 0
