@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from unetseg.config import Config, config_from_dict, load_json, read_text
@@ -136,13 +136,21 @@ def check_weights(tensors: dict[str, torch.Tensor], source: str | Path) -> None:
                                   "or its training diverged")
 
 
-def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
-    """Load ``model.safetensors`` into ``model``; every mismatch is one CheckpointError line."""
+def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors`` (no unpickling), refused when unreadable or not finite."""
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable weights ({first_line(e)})") from None
     check_weights(tensors, path)
+    return tensors
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu",
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``model.safetensors`` (or its already read ``tensors``) into ``model``; every mismatch is one
+    CheckpointError line."""
+    tensors = read_weights(path, device) if tensors is None else tensors
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     shapes = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
@@ -154,12 +162,32 @@ def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device 
     model.load_state_dict(tensors)
 
 
+def check_shapes(model: torch.nn.Module, path: Path) -> None:
+    """Compare ``model``'s parameter shapes (a meta-device skeleton: nothing allocated) with the shapes in the
+    weights file's header, so a config that describes a far bigger model than its weights is refused
+    before anything that size is allocated."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable weights ({first_line(e)})") from None
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [k for k in own if k in stored and own[k] != stored[k]]
+    missing = sorted(set(own) - set(stored))
+    if wrong or missing:
+        detail = (f"{wrong[0]} is {stored[wrong[0]]}, the model needs {own[wrong[0]]}" if wrong
+                  else f"missing {missing[:3]}")
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({detail})")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
     """Build the model a checkpoint describes and load its weights (safetensors: no unpickling)."""
     from unetseg.models import build_model
 
     folder = find_checkpoint(path)
     config = read_config(folder)
+    with torch.device("meta"):
+        check_shapes(build_model(config.model.name, **config.model.build_kwargs()), folder / MODEL_FILE)
     model = build_model(config.model.name, **config.model.build_kwargs())
     load_weights(model, folder / MODEL_FILE, device)
     model.to(device).eval()

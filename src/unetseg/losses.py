@@ -335,8 +335,10 @@ def build_loss(name: str, num_classes: int, **options: Any) -> SegmentationLoss:
         raise ConfigError(f"loss {name!r}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
     try:
         return _LOSSES[name](num_classes, **options)
-    except TypeError as exc:  # e.g. a string where a number is needed
-        raise ConfigError(f"loss {name!r}: bad option value ({exc})") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a string where a number is needed
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"loss {name!r}: bad option value ({' '.join(str(exc).split())[:120]})") from None
 
 
 def _pixel_class_weights(labels: np.ndarray, class_weights: str | Sequence[float] | None) -> np.ndarray:

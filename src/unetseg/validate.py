@@ -30,7 +30,9 @@ def check_config(cfg: Config, source: str = "config", *, trained: bool = False) 
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     wm = cfg.train.loss_options.get("weight_map")
-    if wm not in (None, False, True) and not (isinstance(wm, dict) and set(wm) <= {"w0", "sigma"}):
+    numbers = isinstance(wm, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                                           for v in wm.values())
+    if wm not in (None, False, True) and not (numbers and set(wm) <= {"w0", "sigma"}):
         raise ConfigError(
             f"{source}: train.loss_options.weight_map: expected true or {{w0: 10, sigma: 5}}, got {wm!r}"
         )

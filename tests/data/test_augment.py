@@ -137,10 +137,15 @@ def test_elastic_field_has_the_papers_scale():
     assert np.abs(np.diff(fields, axis=-1)).max() < 5.0  # smooth between them
 
 
-def test_bad_config_is_a_config_error():
+def test_bad_config_is_refused():
+    from unetseg.config import build_config
+
+    with pytest.raises(ValueError, match="flip_prob"):  # the schema refuses it as the config is made
+        AugmentConfig(flip_prob=1.5)
+    with pytest.raises(ConfigError, match=r"recipe.yaml: augment.scale_range: .*lo <= hi"):
+        build_config([({"augment": {"scale_range": [1.2, 0.8]}}, "recipe.yaml")])
+    cfg = AugmentConfig()
     with pytest.raises(ConfigError, match="flip_prob"):
-        Augmenter(AugmentConfig(flip_prob=1.5), 2)
-    with pytest.raises(ConfigError, match="scale_range"):
-        Augmenter(AugmentConfig(scale_range=[1.2, 0.8]), 2)
+        cfg.flip_prob = 2.0  # assignments are validated too
     with pytest.raises(ConfigError, match="pad_mode"):
         Augmenter(None, 2, pad_mode="wrap")

@@ -99,8 +99,10 @@ def test_normalizers():
     np.testing.assert_allclose(w[0, 0], [-1, -1, 0, 1, 1])
     const = Normalizer()(np.full((1, 4, 4), 7, np.float32))
     assert np.isfinite(const).all() and np.all(const == 0)
+    with pytest.raises(ValueError, match="window"):
+        DataConfig(normalization="window")  # the schema refuses a window method without its window
     with pytest.raises(ConfigError, match="window"):
-        Normalizer.from_config(DataConfig(normalization="window"))
+        Normalizer("window")
     with pytest.raises(ConfigError, match="unknown"):
         Normalizer("minmax")
 

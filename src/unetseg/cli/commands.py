@@ -13,8 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
+
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import exceptions as usage
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as usage
 
 from unetseg.cli.parsing import expand_multi, resume_hint, size_option, train_sources
 from unetseg.config import build_config
@@ -91,6 +95,7 @@ def models() -> None:
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: Annotated[Path | None, Opt(help="dataset folder (images/ + masks/, or nnU-Net raw)")] = None,
     out: Annotated[
         Path | None, Opt(help="run folder (best/, last/, metrics.csv, curves.png, log.txt)")
@@ -139,7 +144,11 @@ def train(
     if cfg.train.out is None:
         raise UnetsegError("train needs --out RUN (or out: in the YAML config)")
     run_training(
-        cfg, resume=resume, overwrite=overwrite, config_file=config, resume_hint=resume_hint(sys.argv[1:])
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        config_file=config,
+        resume_hint=resume_hint((ctx.obj or {}).get("argv", sys.argv[1:])),
     )
 
 
@@ -289,24 +298,34 @@ def demo(
     run_demo(out, minutes=minutes, device=device, seed=seed, overwrite=overwrite)
 
 
+def run(argv: list[str]) -> int:
+    """Run one command line (without the process-wide settings of :func:`main`); return the exit status.
+    Usage errors are one ``error:`` line too."""
+    try:
+        code = app(
+            args=expand_multi(list(argv)),
+            prog_name="unetseg",
+            standalone_mode=False,
+            obj={"argv": list(argv)},
+        )
+    except usage.NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        code = 0
+    except usage.UsageError as e:
+        typer.echo(f"error: {' '.join(e.format_message().split())} (see `unetseg --help`)", err=True)
+        code = 2
+    except typer.Exit as e:
+        code = e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        code = 130
+    return code if isinstance(code, int) else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m unetseg``: the process-wide settings of a
-    command-line run (allocator, quiet readers), then the command; usage errors are one line too."""
+    command-line run (allocator, quiet readers), then the command."""
     from unetseg.runtime import configure_process
 
     configure_process(allocator=True, quiet_readers=True)  # before any large tensor exists
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        code = app(args=expand_multi(list(args)), prog_name="unetseg", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as e:
-        typer.echo(e.ctx.get_help() if e.ctx else str(e))
-        code = 0
-    except click.exceptions.UsageError as e:
-        typer.echo(f"error: {' '.join(e.format_message().split())} (see `unetseg --help`)", err=True)
-        code = 2
-    except click.exceptions.Exit as e:
-        code = e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        code = 130
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(run(sys.argv[1:] if argv is None else argv))

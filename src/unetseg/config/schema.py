@@ -84,16 +84,12 @@ def validation_message(err: ValidationError, source: str, prefix: str = "") -> s
 
 
 class Section(BaseModel):
-    """Common settings: unknown keys are errors, every assignment is validated, no NaN/inf. A bad value,
-    given to the constructor or assigned later, is one :class:`~unetseg.errors.ConfigError` line."""
+    """Common settings: unknown keys are errors, every assignment is validated, no NaN/inf. A bad value
+    assigned to an option is one :class:`~unetseg.errors.ConfigError` line; the constructors raise
+    pydantic's ``ValidationError`` (a ``ValueError`` too); :func:`unetseg.config.build_config` turns every
+    source into one ConfigError line."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise ConfigError(validation_message(e, type(self).__name__)) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
@@ -102,9 +98,9 @@ class Section(BaseModel):
             raise ConfigError(validation_message(e, type(self).__name__)) from None
 
 
-def _ordered(name: str, v: list[float] | None, strict: bool = False) -> list[float] | None:
+def _ordered(v: list[float] | None, strict: bool = False) -> list[float] | None:
     if v is not None and (v[0] > v[1] or (strict and v[0] == v[1])):
-        raise ValueError(f"{name}: expected [lo, hi] with lo {'<' if strict else '<='} hi, got {v}")
+        raise ValueError(f"expected [lo, hi] with lo {'<' if strict else '<='} hi")
     return v
 
 
@@ -157,7 +153,7 @@ class DataConfig(Section):
     pad_mode: Literal["reflect", "constant"] = "reflect"
     skip_bad: bool = False
     num_workers: Annotated[Int, Field(ge=0, le=256)] = 2
-    max_image_gib: Annotated[Float, Field(gt=0.0)] = 8.0
+    max_image_gib: Annotated[Float, Field(gt=0.0)] = 2.0
 
     @field_validator("percentiles")
     @classmethod
@@ -169,7 +165,7 @@ class DataConfig(Section):
     @field_validator("window")
     @classmethod
     def _window(cls, v: list[float] | None) -> list[float] | None:
-        return _ordered("window", v, strict=True)
+        return _ordered(v, strict=True)
 
     @model_validator(mode="after")
     def _window_given(self) -> DataConfig:
@@ -203,16 +199,16 @@ class AugmentConfig(Section):
     blur_prob: Prob = 0.1
     blur_sigma: Range = Field(default_factory=lambda: [0.5, 1.0])
 
-    @model_validator(mode="after")
-    def _ranges(self) -> AugmentConfig:
-        for name in ("scale_range", "brightness_range", "contrast_range", "gamma_range", "noise_std",
-                     "blur_sigma"):
-            _ordered(name, getattr(self, name))
-        if self.scale_range[0] <= 0 or self.gamma_range[0] <= 0:
-            raise ValueError("scale_range and gamma_range must be > 0")
-        if self.blur_sigma[0] < 0 or self.noise_std[0] < 0:
-            raise ValueError("blur_sigma and noise_std must be >= 0")
-        return self
+    @field_validator("scale_range", "brightness_range", "contrast_range", "gamma_range", "noise_std",
+                     "blur_sigma")
+    @classmethod
+    def _range(cls, v: list[float], info: Any) -> list[float]:
+        _ordered(v)
+        if info.field_name in ("scale_range", "gamma_range") and v[0] <= 0:
+            raise ValueError("must be > 0")
+        if info.field_name in ("noise_std", "blur_sigma") and v[0] < 0:
+            raise ValueError("must be >= 0")
+        return v
 
 
 class TrainConfig(Section):

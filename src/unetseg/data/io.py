@@ -30,7 +30,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".n
 MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".nii", ".nii.gz")
 NNUNET_IMAGE_DIRS: tuple[str, ...] = ("imagesTr", "imagesTs", "imagesVal")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-DEFAULT_MAX_BYTES = 8.0 * formats.GIB  # data.max_image_gib's default
+DEFAULT_MAX_BYTES = 2.0 * formats.GIB  # data.max_image_gib's default
 _FORMAT_NAMES = {
     ".png": "PNG",
     ".jpg": "JPEG",

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -253,8 +254,8 @@ class OnnxEngine(Engine):
             raise CheckpointError(f"{path}: no unetseg config in its metadata (export with `unetseg export`)")
         self.config = parse_config(meta[ONNX_CONFIG_KEY], f"{path} (metadata {ONNX_CONFIG_KEY})")
         self._set_geometry(None, self.config)
-        self._check_graph(path)
         self._sizes = model_skeleton(self.config)
+        self._check_graph(path)
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
 
@@ -271,6 +272,21 @@ class OnnxEngine(Engine):
             problems.append(f"the graph gives {shape_out[1]} classes, the config says {self.num_classes}")
         if problems:
             raise CheckpointError(f"{path}: metadata does not match the graph ({problems[0]})")
+        if not isinstance(shape_out[1] if len(shape_out) > 1 else None, int):
+            self._probe(path, inputs[0].name)  # dynamic channel dims: run one tiny tile and look
+
+    def _probe(self, path: Path, name: str) -> None:
+        size = self.valid_input_size(tuple(max(2 * d, 8) for d in self.divisors))
+        x = np.zeros((1, self.in_channels, *size), np.float32)
+        try:
+            out = self.session.run(None, {name: x})[-1]
+        except Exception as e:  # noqa: BLE001 - ORT raises many types for a graph that does not fit
+            raise CheckpointError(f"{path}: metadata does not match the graph (a {self.in_channels}-channel "
+                                  f"input fails: {first_line(e)})") from None
+        if out.ndim != self.spatial_dims + 2 or out.shape[1] != self.num_classes:
+            raise CheckpointError(f"{path}: metadata does not match the graph (the graph gives "
+                                  f"{out.shape[1] if out.ndim > 1 else '?'} classes, the config says "
+                                  f"{self.num_classes})")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = torch.as_tensor(x).detach().to("cpu", torch.float32).contiguous().numpy()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unetseg.errors import ConfigError, OutputError, UnetsegError
-from unetseg.fileio import ensure_dir, printable
+from unetseg.fileio import printable
 
 RUN_MARKERS = ("log.txt", "last", "best", "metrics.csv", "config.yaml", "last.old", "best.old", "last.tmp")
 
@@ -103,10 +103,8 @@ def open_run(
         keep.add(os.path.realpath(path))
     run = RunFolder(p, keep=keep)
     if main and overwrite and is_run(p):
-        os.replace(p, previous)
+        os.replace(p, previous)  # the run folder itself is made by the first line of the new log
         run.previous = previous
-    if main:
-        ensure_dir(p, "--out")
     return run
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from unetseg.fileio import atomic_write, write_text
+from unetseg.errors import OutputError
+from unetseg.fileio import atomic_write, ensure_dir, write_text
 
 CSV_FIELDS = [
     "epoch",
@@ -36,15 +37,18 @@ class RunLogger:
         self.enabled = enabled
         self.console = Console(stderr=True, quiet=quiet or not enabled)
         self.history: list[dict[str, Any]] = []
-        if enabled:
-            self.run.mkdir(parents=True, exist_ok=True)
 
     def log(self, message: str, echo: bool = True) -> None:
+        """Append a line to ``log.txt`` (the run folder is made on the first one) and show it."""
         if not self.enabled:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.run / "log.txt", "a") as f:
-            f.write(f"{stamp} {message}\n")
+        path = ensure_dir(self.run, "--out") / "log.txt"
+        try:
+            with open(path, "a", encoding="utf-8", errors="replace") as f:
+                f.write(f"{stamp} {message}\n")
+        except OSError as e:
+            raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
         if echo:
             self.console.print(message, highlight=False)
 

@@ -40,14 +40,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resumable(run: Path, log: RunLogger) -> tuple[Path, Config, dict[str, Any]] | None:
-    """The last checkpoint of ``run`` with its config and training state, or None (start afresh)."""
+def resumable(
+    run: Path, log: RunLogger
+) -> tuple[Path, Config, dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The last checkpoint of ``run`` with its config, training state and weights, all read and checked
+    before any data is (so a damaged checkpoint is one line at once), or None (start afresh)."""
     try:
         folder = ckpt.find_checkpoint(run / "last")
     except CheckpointError:
         log.log(f"--resume: no complete checkpoint in {run / 'last'}; starting a new run")
         return None
-    return folder, ckpt.read_config(folder), ckpt.load_training_state(folder)
+    config, state = ckpt.read_config(folder), ckpt.load_training_state(folder)
+    return folder, config, state, ckpt.read_weights(folder / ckpt.MODEL_FILE)
 
 
 class Clock:

@@ -127,7 +127,7 @@ class Trainer:
         self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0
         self.batch_in_epoch, self.save_seconds = 0, 0.0
         if found is not None:
-            self._load_state(found[0], found[2])
+            self._load_state(found[0], found[2], found[3])
 
     def _build(self, cfg: Config, device: torch.device, info: DistInfo) -> None:
         self.model = build_model(cfg.model.name, **cfg.model.build_kwargs()).to(device)
@@ -152,8 +152,8 @@ class Trainer:
         self.total_steps = cfg.train.epochs * cfg.train.iters_per_epoch
 
     # -- resume ---------------------------------------------------------------------------------------
-    def _load_state(self, folder: Path, state: dict[str, Any]) -> None:
-        ckpt.load_weights(self.model, folder / ckpt.MODEL_FILE, self.device)
+    def _load_state(self, folder: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        ckpt.load_weights(self.model, folder / ckpt.MODEL_FILE, tensors=tensors)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
