@@ -27,6 +27,7 @@ def test_models_lists_every_architecture_with_parameters() -> None:
 
 def test_help_lists_the_contract_commands() -> None:
     proc = _run("--help")
+    assert proc.returncode == 0, proc.stderr
     for cmd in ("models", "train", "evaluate", "predict", "export", "demo"):
         assert cmd in proc.stdout
 

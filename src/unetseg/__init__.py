@@ -1,6 +1,6 @@
 """unetseg: biomedical image segmentation with the U-Net family.
 
-The stable Python API (the project's ``CONTRACT.md``)::
+The stable Python API (README, "Use it on your data")::
 
     import unetseg
     unetseg.available_models()

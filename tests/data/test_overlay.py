@@ -16,7 +16,16 @@ def test_overlay_single_panel(tmp_path):
     assert out.shape == (20, 30, 3)
     assert out[7, 7, 2] > out[7, 7, 0]  # class 1 is tinted blue (the first palette colour)
     assert out[15, 25, 0] == out[15, 25, 1] == out[15, 25, 2]  # background stays grey
-    assert tuple(PALETTE[0]) == (31, 119, 180)
+
+
+def test_each_class_gets_its_own_palette_colour_blended_over_the_image(tmp_path):
+    black = np.zeros((4, 6), np.float32)  # the display stretch keeps an all-zero image black
+    labels = np.array([[0, 1, 2, 3, 0, 0]] * 4)
+    out = np.asarray(Image.open(save_overlay(tmp_path / "p.png", black, labels))).astype(int)
+    for c in (1, 2, 3):
+        want = np.clip(0.45 * PALETTE[c - 1], 0, 255).astype(int)  # alpha 0.45 over black
+        np.testing.assert_array_equal(out[0, c], want)
+    assert len({tuple(out[0, c]) for c in (1, 2, 3)}) == 3 and tuple(out[0, 0]) == (0, 0, 0)
 
 
 def test_overlay_with_truth_shows_errors(tmp_path):

@@ -45,16 +45,22 @@ def test_rrcnn_block_is_residual_around_two_recurrent_blocks():
     torch.testing.assert_close(block(x), expected)
 
 
-def test_residual_block_is_identity_plus_branch():
+def test_residual_block_is_a_shortcut_plus_a_pre_activated_branch():
     block = ResidualBlock(CFG, 4, 4)
-    last_conv = block.body[3]
-    with torch.no_grad():
-        last_conv.weight.zero_()
-        last_conv.bias.zero_()
     x = torch.randn(1, 4, 7, 9)
-    torch.testing.assert_close(block(x), x)  # zero branch -> pure identity shortcut
-    assert isinstance(ResidualBlock(CFG, 3, 5).shortcut, nn.Conv2d)
-    assert isinstance(ResidualBlock(CFG, 3, 5, first=True).pre, nn.Identity)
+    with torch.no_grad():
+        branch = block(x) - x  # the shortcut is the identity when the width stays
+        # pre-activation: the branch sees relu(x), so the negative part of x cannot change it
+        torch.testing.assert_close(block(x.clamp(min=0)) - x.clamp(min=0), branch)
+        block.body[3].weight.zero_()
+        block.body[3].bias.zero_()
+        torch.testing.assert_close(block(x), x)  # no branch left: the pure shortcut
+    first = ResidualBlock(CFG, 3, 5, first=True)  # the first block sees the raw image: no pre-activation
+    with torch.no_grad():
+        y = torch.randn(1, 3, 6, 6)
+        branch = first(y) - first.shortcut(y)
+        assert not torch.allclose(first(y.clamp(min=0)) - first.shortcut(y.clamp(min=0)), branch)
+        assert first(y).shape == (1, 5, 6, 6)
 
 
 def _gate(bias: float) -> AttentionGate:

@@ -57,4 +57,6 @@ def test_torchrun_two_processes_gloo(cells_2d: Path, tmp_path: Path, mode: str) 
     if mode == "epochs":
         assert epochs == 2
     else:
-        assert "stopped at the 0.05-minute budget" in log and 1 <= epochs < 10_000
+        assert "stopped at the 0.05-minute budget" in log and epochs >= 1
+        last = (run / "metrics.csv").read_text().strip().splitlines()[-1].split(",")
+        assert float(last[-1]) >= 0.05  # the run went on until rank 0's clock reached the budget

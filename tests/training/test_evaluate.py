@@ -39,8 +39,15 @@ def test_evaluate_writes_json_overlays_and_report(cells_2d: Path, tmp_path: Path
     result = json.loads(out.read_text())
     n = len(list((cells_2d / "images").iterdir()))
     assert result["num_images"] == n and len(result["per_image"]) == n
-    for row in result["per_image"]:
-        assert len(row["dice"]) == 2 and all(0.0 <= d <= 1.0 for d in row["dice"])
+    import unetseg
+    from unetseg.data import ClassMap, find_cases, load_case
+    from unetseg.metrics import dice
+
+    model, cfg = unetseg.load_checkpoint(ckpt)
+    for row, case in zip(result["per_image"], find_cases(cells_2d), strict=True):
+        image, labels, _ = load_case(case, cfg.data, ClassMap(cfg.data.class_values))
+        want = dice(unetseg.predict(model, image, config=cfg, overlap=None), labels, 2)
+        np.testing.assert_allclose(row["dice"], want, atol=1e-6)  # the same numbers the API gives
     # the mean row is the mean of the rows
     assert abs(result["mean"]["dice"][1] - np.mean([r["dice"][1] for r in result["per_image"]])) < 1e-9
     assert "mean" in proc.stderr and "dice c1" in proc.stderr  # the printed table

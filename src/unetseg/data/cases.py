@@ -19,9 +19,10 @@ from unetseg.data.io import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     SkipLog,
+    channel_files,
     list_images,
     raise_or_skip,
-    read_image,
+    read_channels,
     read_mask,
     stem_of,
     suffix_of,
@@ -123,16 +124,8 @@ def read_pair(
     Checks that channel files agree in size, that the mask has the image's dimensionality and size, and
     resolves an unlabelled TIFF plane axis as channels when the mask is 2D. Raises DataError naming the file.
     """
-    images, meta = [], {}
-    for p in case.image_paths:
-        img, m = read_image(p, group_channels=len(case.image_paths) == 1, max_bytes=max_bytes)
-        if images and img.shape[1:] != images[0].shape[1:]:
-            raise DataError(
-                f"{p}: size {img.shape[1:]} differs from {case.image_paths[0].name} {images[0].shape[1:]}"
-            )
-        meta = meta or m
-        images.append(img)
-    image = images[0] if len(images) == 1 else np.concatenate(images, axis=0)
+    paths = case.image_paths if len(case.image_paths) > 1 else channel_files(case.image_paths[0])
+    image, meta = read_channels(paths, max_bytes=max_bytes)
     if not read_labels or case.mask_path is None:
         return image, None, meta
     mask, mask_meta = read_mask(case.mask_path, max_bytes=max_bytes)

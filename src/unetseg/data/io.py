@@ -191,7 +191,13 @@ def read_image(
         channel files of different sizes.
     """
     p = Path(path)
-    paths = channel_files(p) if group_channels else [p]
+    return read_channels(channel_files(p) if group_channels else [p], max_bytes=max_bytes)
+
+
+def read_channels(paths: list[Path], *, max_bytes: float | None = DEFAULT_MAX_BYTES
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read the files of one case (one per channel, or one holding them all) and stack their channels;
+    DataError when their sizes differ. The metadata is the first file's."""
     arrays, meta = [], {}
     for f in paths:
         arr, m = _decode(f, mask=False, max_bytes=max_bytes)

@@ -17,7 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unetseg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, SkipLog, channel_index, raise_or_skip, suffix_of
+from unetseg.data.io import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    SkipLog,
+    channel_index,
+    raise_or_skip,
+    suffix_of,
+    unsupported,
+)
 from unetseg.errors import DataError
 
 
@@ -111,7 +119,7 @@ def find_nnunet_cases(
     files = sorted(f for f in img_dir.iterdir() if f.is_file() and not f.name.startswith("."))
     for f in files:
         if suffix_of(f) not in IMAGE_SUFFIXES:
-            raise_or_skip(DataError(f"{f}: unsupported file type {suffix_of(f) or '(no extension)'}"), skip)
+            raise_or_skip(unsupported(f, IMAGE_SUFFIXES), skip)
     files = [f for f in files if suffix_of(f) in IMAGE_SUFFIXES]
     names = {(channel_index(f) or (f.name[: -len(suffix_of(f))],))[0] for f in files}
     groups = _group_channels(files, skip)

@@ -1,6 +1,6 @@
 """Segmenting files: one image or a folder of them, one mask per input (what ``unetseg predict`` runs).
 
-Outputs (CONTRACT.md): ``OUT/<stem>.png`` for 2D, ``OUT/<stem>.nii.gz`` (NIfTI inputs) or
+Outputs (README, "Use it on your data"): ``OUT/<stem>.png`` for 2D, ``OUT/<stem>.nii.gz`` (NIfTI inputs) or
 ``OUT/<stem>.tif`` (other 3D inputs) holding uint8 class indices (or the original mask values with
 ``mask_values="original"``), the input's spatial size and spacing; optionally ``OUT/<stem>_probs.tif``
 (float32 ``(C, *spatial)``) and ``OUT/<stem>_overlay.png``. Every output is planned before the first

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetseg.errors import ConfigError
-from unetseg.models.blocks import check_positive
-from unetseg.models.layers import check_choice, check_dims
+from unetseg.models.layers import check_choice, check_dims, check_positive
 from unetseg.models.sizes import (
     min_valid_input_size,
     nearest_valid_input_size,

@@ -17,16 +17,9 @@ from torch import nn
 
 from unetseg.errors import ConfigError
 from unetseg.models.init import InitSpec, init_children, init_module
-from unetseg.models.layers import LayerConfig, Steps, interp_mode, upsample
+from unetseg.models.layers import LayerConfig, Steps, check_positive, interp_mode, upsample
 
 BlockFactory = Callable[..., nn.Module]
-
-
-def check_positive(option: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` when it is an integer ``>= minimum``, else raise a :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{option}={value!r} is not allowed; give an integer >= {minimum}")
-    return value
 
 
 class ConvNormAct(nn.Sequential):

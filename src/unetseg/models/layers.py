@@ -26,6 +26,13 @@ def check_choice(option: str, value: object, allowed: Sequence[str]) -> str:
     return value
 
 
+def check_positive(option: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` when it is an integer ``>= minimum``, else raise a :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{option}={value!r} is not allowed; give an integer >= {minimum}")
+    return value
+
+
 def check_dims(spatial_dims: object) -> int:
     """Return ``spatial_dims`` when it is 2 or 3, else raise a :class:`ConfigError`."""
     if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):

@@ -8,7 +8,8 @@ from typing import Annotated
 
 from typing_extensions import Unpack
 
-from unetseg.models.blocks import RRCNNBlock, check_positive
+from unetseg.models.blocks import RRCNNBlock
+from unetseg.models.layers import check_positive
 from unetseg.models.unet import CommonOptions, EncoderDecoder
 
 Recurrence = Annotated[int, "an integer >= 1 (recurrent steps of each block)"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from unetseg.errors import ConfigError
+from unetseg.models.layers import check_positive
 
 Size = int | Sequence[int]
 
@@ -45,20 +46,15 @@ def _valid_chain(n: int, depth: int) -> int | None:
     return a
 
 
-def _check_depth(depth: int) -> None:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ConfigError(f"depth={depth!r} is not allowed; give an integer >= 1")
-
-
 def valid_border(depth: int) -> int:
     """Pixels lost on each side by the unpadded U-Net of ``depth`` (92 at depth 4: 572 -> 388)."""
-    _check_depth(depth)
+    check_positive("depth", depth)
     return 6 * 2**depth - 4
 
 
 def min_valid_input_size(depth: int) -> int:
     """The smallest input size the unpadded U-Net of ``depth`` accepts."""
-    _check_depth(depth)
+    check_positive("depth", depth)
     step, offset = 2**depth, 4 * (2**depth - 1)
     b = 1
     while _valid_chain(step * b + offset, depth) is None:
@@ -87,7 +83,7 @@ def valid_output_size(input_size: Size, depth: int) -> int | tuple[int, ...]:
     """
     if not isinstance(input_size, int):
         return tuple(int(valid_output_size(int(s), depth)) for s in input_size)
-    _check_depth(depth)
+    check_positive("depth", depth)
     out = _valid_chain(input_size, depth)
     if out is None:
         lo, up = min_valid_input_size(depth), nearest_valid_input_size(input_size, depth)

@@ -16,10 +16,10 @@ from typing_extensions import Unpack
 
 from unetseg.errors import ConfigError
 from unetseg.models.base import PADDINGS, SegmentationModel
-from unetseg.models.blocks import BlockFactory, DoubleConv, UpBlock, check_positive
+from unetseg.models.blocks import BlockFactory, DoubleConv, UpBlock
 from unetseg.models.encoder import Encoder
 from unetseg.models.init import INITS, InitSpec, init_children, init_weights
-from unetseg.models.layers import ACTIVATIONS, NORMS, UPSAMPLES, LayerConfig, conv
+from unetseg.models.layers import ACTIVATIONS, NORMS, UPSAMPLES, LayerConfig, check_positive, conv
 
 Norm = Literal[NORMS]  # type: ignore[valid-type]
 Activation = Literal[ACTIVATIONS]  # type: ignore[valid-type]
