@@ -13,8 +13,8 @@ from unetseg.data.ngff import (
     LabelZarrWriter,
     downsample_mode,
     pyramid_factors,
-    write_ome_tiff_from_zarr,
 )
+from unetseg.data.ometiff import write_ome_tiff_from_zarr
 from unetseg.errors import DataError
 
 
