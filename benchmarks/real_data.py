@@ -1,14 +1,17 @@
-"""unetseg's recipe against a plain MONAI reference on one real dataset: same split, minutes and metrics.
+"""unetseg's planner (no recipe), its recipe and a plain MONAI reference on one real dataset: same split,
+minutes and metrics.
 
 For ``NAME`` in isbi2012, dsb2018, drive, brats3d (dataset folders under ``../shared/datasets``):
 
 1. splits the dataset with unetseg's ``split_cases`` (the recipe's ``val_fraction`` and ``split_seed``) into
    ``WORK/split/{train,val}/{images,masks}`` folders of symlinks, so both tools train on the same cases and
    are scored on the same held-out ones (``WORK`` defaults to a folder under the system temp dir);
-2. trains unetseg with ``configs/NAME.yaml`` for ``--minutes`` (``python -m unetseg train --val-data``),
-   evaluates its last checkpoint (``unetseg evaluate``: JSON + HTML report) and writes its masks
-   (``unetseg predict``). ``RUN/last``, not ``RUN/best``: best is chosen on these same validation images,
-   which would flatter unetseg; the reference, too, is scored with its final weights;
+2. ``planner``: trains unetseg with no recipe and no class option (``unetseg train --data TRAIN --val-data
+   VAL --out RUN --max-minutes M``: the planner chooses everything); ``recipe``: with ``configs/NAME.yaml``;
+   each is evaluated from its last checkpoint (``unetseg evaluate``: JSON + HTML report) and writes its masks
+   with their original values (``unetseg predict --mask-values original``). ``RUN/last``, not
+   ``RUN/best``: best is chosen on these same validation images, which would flatter unetseg; the
+   reference, too, is scored with its final weights;
 3. trains and predicts with ``benchmarks/reference_monai.py`` (MONAI BasicUNet + DiceCELoss) for the
    same minutes;
 4. scores both sets of masks with the same code (``unetseg.metrics``): Dice and IoU per class (mean over
@@ -54,7 +57,7 @@ DATASETS = {  # recipe name -> (dataset folder, class names by mask value)
     "brats3d": ("brats2013_deepmedic_3d", {0: "background", 1: "necrosis", 2: "oedema",
                                            3: "non-enhancing", 4: "enhancing"}),
 }
-TOOLS = ("unetseg", "reference")
+TOOLS = ("planner", "recipe", "reference")
 
 
 def load_recipe(name: str) -> Config:
@@ -98,27 +101,29 @@ def run(cmd: list[str], log: Path) -> str:
     return text
 
 
-def run_unetseg(name: str, train: Path, val: Path, work: Path, minutes: float, extra: list[str]) -> dict:
-    """Train with the recipe (``extra``: more ``unetseg train`` options), evaluate (JSON + report), predict
-    the validation images."""
-    out = work / "unetseg"
+def run_unetseg(name: str, train: Path, val: Path, work: Path, minutes: float, extra: list[str],
+                planner: bool = False) -> dict:
+    """Train with the planner (no recipe) or the recipe (``extra``: more ``unetseg train`` options),
+    evaluate (JSON + report), predict the validation images with their original mask values."""
+    out = work / ("planner" if planner else "unetseg")
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a continuation of an older one
     py = [sys.executable, "-m", "unetseg"]
+    recipe = [] if planner else ["--config", f"configs/{name}.yaml"]
     t0 = time.monotonic()
-    run([*py, "train", "--config", f"configs/{name}.yaml", "--data", str(train), "--val-data", str(val),
-         "--out", str(out / "run"), "--max-minutes", str(minutes), *extra], work / "unetseg_train.log")
+    run([*py, "train", *recipe, "--data", str(train), "--val-data", str(val), "--out", str(out / "run"),
+         "--max-minutes", str(minutes), *extra], out.with_name(out.name + "_train.log"))
     t1 = time.monotonic()
     last = str(out / "run" / "last")
-    run([*py, "evaluate", "--checkpoint", last, "--data", str(val), "--out",
-         str(out / "evaluate.json"), "--report", str(out / "report.html")], work / "unetseg_evaluate.log")
+    run([*py, "evaluate", "--checkpoint", last, "--data", str(val), "--out", str(out / "evaluate.json"),
+         "--report", str(out / "report.html")], out.with_name(out.name + "_evaluate.log"))
     t2 = time.monotonic()
-    run([*py, "predict", "--checkpoint", last, "--input", str(val / "images"), "--output",
-         str(out / "pred")], work / "unetseg_predict.log")
+    run([*py, "predict", "--checkpoint", last, "--input", str(val / "images"), "--output", str(out / "pred"),
+         "--mask-values", "original"], out.with_name(out.name + "_predict.log"))
     with open(out / "run" / "metrics.csv") as f:
         final = list(csv.DictReader(f))[-1]
     return {"steps": int(final["step"]), "train_minutes": float(final["minutes"]),
             "wall_train_s": round(t1 - t0, 1), "predict_seconds": round(time.monotonic() - t2, 1),
-            "evaluate_seconds": round(t2 - t1, 1), "pred": str(out / "pred")}
+            "evaluate_seconds": round(t2 - t1, 1), "pred": str(out / "pred"), "pred_values": "original"}
 
 
 def run_reference(train: Path, val: Path, work: Path, minutes: float, values: list[float],
@@ -139,7 +144,8 @@ def class_name(group: list[float], labels: dict[int, str]) -> str:
     return "+".join(labels[int(v)] for v in group)
 
 
-def score(pred_dir: Path, cases: list, values: list, name: str, data: Path) -> dict[str, float]:
+def score(pred_dir: Path, cases: list, values: list, name: str, data: Path, original: bool = False
+          ) -> dict[str, float]:
     """Mean over the validation cases of every metric; keys like ``dice/membrane``, ``rand_error``."""
     cmap, labels = ClassMap(values), DATASETS[name][1]
     k = len(values)
@@ -151,7 +157,10 @@ def score(pred_dir: Path, cases: list, values: list, name: str, data: Path) -> d
     preds = {stem_of(p): p for p in pred_dir.iterdir()}
     for case in cases:
         truth = cmap.encode(read_mask(case.mask_path)[0], source=case.mask_path)
-        pred = read_mask(preds[case.name])[0].astype(np.int64)
+        raw = read_mask(preds[case.name])[0]
+        # mask values written back (unetseg) are scored through the same class map as the truth; the
+        # reference writes class indices in this map's order
+        pred = cmap.encode(raw) if original else raw.astype(np.int64)
         for c, (d, j) in enumerate(zip(dice(pred, truth, k), iou(pred, truth, k), strict=True)):
             add(f"dice/{class_name(cmap.groups[c], labels)}", d)
             add(f"iou/{class_name(cmap.groups[c], labels)}", j)
@@ -197,12 +206,12 @@ def _installed(package: str) -> bool:
         return False
 
 
-def _recipe_line(work: Path) -> str:
-    cfg_file = work / "unetseg" / "run" / "config.yaml"
+def _recipe_line(work: Path, folder: str = "unetseg", who: str = "recipe") -> str:
+    cfg_file = work / folder / "run" / "config.yaml"
     if not cfg_file.is_file():
         return ""
     c = apply_overrides(Config(), load_yaml(cfg_file))
-    return (f"unetseg: `{c.model.name}` base {c.model.base_channels} depth {c.model.depth} "
+    return (f"{who}: `{c.model.name}` base {c.model.base_channels} depth {c.model.depth} "
             f"{c.model.options or ''}, patch {c.data.patch_size}, batch {c.train.batch_size}, "
             f"loss {c.train.loss} {c.train.loss_options or ''}, {c.train.optimizer} lr {c.train.lr:g} "
             f"{c.train.schedule}, class values {c.data.class_values}.")
@@ -213,7 +222,8 @@ def section(name: str, args: argparse.Namespace, results: dict, val: list, n_tra
     folder = DATASETS[name][0]
     keys = list(dict.fromkeys(k for r in results.values() for k in r["scores"]))
     cols = [t for t in TOOLS if t in results]
-    title = {"unetseg": f"unetseg (`configs/{name}.yaml`)", "reference": "MONAI reference"}
+    title = {"planner": "unetseg planner (no recipe)", "recipe": f"unetseg recipe (`configs/{name}.yaml`)",
+             "reference": "MONAI reference"}
     lines = [
         f"### {folder}",
         "",
@@ -222,6 +232,7 @@ def section(name: str, args: argparse.Namespace, results: dict, val: list, n_tra
         f"Machine: {machine()}.  ",
         f"Split: {n_train} training / {len(val)} validation cases (`split_cases`, recipe val_fraction and "
         f"seed); validation: {', '.join(c.name if len(c.name) <= 24 else c.name[:12] for c in val)}.  ",
+        _recipe_line(work, "planner", "planner") + "  ",
         _recipe_line(work) + "  ",
         "Reference: MONAI BasicUNet (32,32,64,128,256,32) + DiceCELoss, random patches + flips/rot90, Adam "
         "1e-3, batch 4, sliding_window_inference (overlap 0.25, gaussian)."
@@ -277,18 +288,17 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_recipe(args.name)
     train, val, val_cases = write_split(data, cfg, work)
-    values = cfg.data.class_values or ClassMap.from_masks(
-        [c.mask_path for c in find_cases(train)]).values
-    values = ClassMap(values).values  # floats; a merged class stays a list
+    values = ClassMap(cfg.data.class_values).values  # the recipe's classes score everyone; merged stay lists
 
     results: dict[str, dict] = {}
     for tool in TOOLS:
         record = work / f"{tool}.json"
         if tool in args.tools:
-            info = (run_unetseg(args.name, train, val, work, args.minutes, shlex.split(args.unetseg_args))
-                    if tool == "unetseg" else
+            info = (run_unetseg(args.name, train, val, work, args.minutes, shlex.split(args.unetseg_args),
+                                planner=tool == "planner") if tool != "reference" else
                     run_reference(train, val, work, args.minutes, values, shlex.split(args.reference_args)))
-            info["scores"] = score(Path(info["pred"]), val_cases, values, args.name, data)
+            info["scores"] = score(Path(info["pred"]), val_cases, values, args.name, data,
+                                   original=info.get("pred_values") == "original")
             record.write_text(json.dumps(info, indent=2))
         elif record.is_file():
             info = json.loads(record.read_text())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Two test workers share two cores: one intra-op thread each keeps them from oversubscribing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Fingerprints are cached per user; the tests keep theirs out of the user's cache directory.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="unetseg-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"

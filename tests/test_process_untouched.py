@@ -22,7 +22,6 @@ def _process_state() -> dict:
 
 def test_predict_and_evaluate_change_nothing_in_the_callers_process(cells_2d, tmp_path):
     from inference.helpers import make_checkpoint
-
     from unetseg.evaluation import evaluate
 
     model = unetseg.build_model("res_unet", base_channels=4, depth=2).train()

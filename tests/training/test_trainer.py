@@ -99,6 +99,7 @@ def _train_args(data: Path, run: Path) -> list[str]:
         "0",
         "--seed",
         "3",
+        "--no-plan",  # the same recipe for both runs (a plan follows the measured speed)
     ]
 
 

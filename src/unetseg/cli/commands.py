@@ -20,8 +20,8 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as usage
 
-from unetseg.cli.parsing import expand_multi, resume_hint, size_option, train_sources
-from unetseg.config import build_config
+from unetseg.cli.parsing import TRAIN_KEYS, expand_multi, resume_hint, size_option, train_sources
+from unetseg.config import build_config, given_keys
 from unetseg.config.schema import choices
 from unetseg.errors import UnetsegError
 
@@ -133,12 +133,15 @@ def train(
     skip_bad: Annotated[bool, Opt("--skip-bad", help="report and skip bad image/mask pairs")] = False,
     resume: Annotated[bool, Opt("--resume", help="continue the run in --out from RUN/last")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier run in --out")] = False,
+    no_plan: Annotated[bool, Opt("--no-plan", help="built-in defaults instead of the planner")] = False,
 ) -> None:
-    """Train a segmentation model on a dataset folder."""
+    """Train a segmentation model on a dataset folder; every option not given (here or in --config) is
+    planned from the data, the device and the time budget (see `unetseg plan`)."""
     from unetseg.training import train as run_training
 
     opts = dict(locals())
-    cfg = build_config(train_sources(opts))
+    sources = train_sources(opts)
+    cfg = build_config(sources)
     if cfg.data.data is None:
         raise UnetsegError("train needs --data DIR (or data: in the YAML config)")
     if cfg.train.out is None:
@@ -148,8 +151,50 @@ def train(
         resume=resume,
         overwrite=overwrite,
         config_file=config,
+        given=None if no_plan else given_keys(sources),
         resume_hint=resume_hint((ctx.obj or {}).get("argv", sys.argv[1:])),
     )
+
+
+@app.command()
+@user_errors
+def plan(
+    data: Annotated[Path, Opt(help="dataset folder (images/ + masks/, or nnU-Net raw)")],
+    max_minutes: Annotated[float | None, Opt(help="the training budget to plan for")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N")] = None,
+    out: Annotated[Path | None, Opt(help="write the plan as a YAML recipe (train --config reads it)")] = None,
+    config: Annotated[Path | None, Opt(help="YAML recipe: its values are kept, the rest is planned")] = None,
+    classes: Annotated[
+        str | None, Opt(help="mask values in class order, e.g. 0,128,255; 0,1+2+3 merges")
+    ] = None,
+    task: Annotated[str | None, Opt(help=_one_of("data", "task"))] = None,
+    overwrite: Annotated[
+        bool, Opt("--overwrite", help="replace an --out file unetseg did not write")
+    ] = False,
+) -> None:
+    """Fingerprint a dataset and plan a recipe for it: every choice with its reason, as a table and YAML."""
+    from rich.console import Console
+
+    from unetseg.fileio import OutputGuard, record_written, write_text
+    from unetseg.planning import make_plan
+    from unetseg.planning.report import show_plan
+
+    opts = {name: None for name in TRAIN_KEYS} | {"patch_size": None, "option": None, "config": config}
+    opts.update(data=data, max_minutes=max_minutes, device=device, classes=classes, task=task)
+    sources = train_sources(opts)
+    cfg = build_config(sources)
+    if out is not None:
+        guard = OutputGuard()
+        guard.read(data, "--data")
+        guard.read(config, "--config")
+        guard.write(out, "--out")
+        guard.check(overwrite=overwrite)
+    result = make_plan(cfg, given_keys(sources))
+    result.apply(cfg)
+    show_plan(result, Console(stderr=True, width=None if sys.stderr.isatty() else 140))
+    if out is not None:
+        record_written([write_text(out, result.recipe(cfg))])
+        typer.echo(f"wrote {out}; train with: unetseg train --config {out} --out RUN")
 
 
 def _infer_overrides(

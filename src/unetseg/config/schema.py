@@ -63,7 +63,7 @@ Size = Annotated[list[PosInt], Field(min_length=2, max_length=3)]
 Range = Annotated[list[Float], Field(min_length=2, max_length=2)]
 Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
-ClassValue = Float | Annotated[list[Float], Field(min_length=1)]
+ClassValue = Int | Float | Annotated[list[Int | Float], Field(min_length=1)]
 
 
 def _show(value: Any) -> str:

@@ -101,11 +101,16 @@ def build_config(sources: Iterable[tuple[dict[str, Any], str]], base: Config | N
 
 
 def given_keys(sources: Iterable[tuple[dict[str, Any], str]]) -> set[str]:
-    """The dotted keys the sources set explicitly (what a plan must not override)."""
+    """The dotted keys the sources set explicitly (what a plan must not override); inside the dict options
+    (``model.options``, ``train.loss_options``) each key counts on its own (``model.options.norm``)."""
     keys: set[str] = set()
     for values, source in sources:
         for section, options in normalise_keys(values, source).items():
-            keys.update(f"{section}.{k}" for k in options)
+            for k, v in options.items():
+                if k in MERGED and isinstance(v, dict):
+                    keys.update(f"{section}.{k}.{sub}" for sub in v)
+                else:
+                    keys.add(f"{section}.{k}")
     return keys
 
 

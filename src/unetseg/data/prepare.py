@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.config import Config
+from unetseg.config import Config, DataConfig
 from unetseg.data import nnunet
 from unetseg.data.cases import Case, find_cases, read_pair, split_cases
 from unetseg.data.io import SkipLog, raise_or_skip
 from unetseg.data.labels import ClassMap, fmt_values, infer_class_values, unique_values
 from unetseg.data.normalize import Normalizer
-from unetseg.data.store import GIB, CaseStore, cache_budget
+from unetseg.data.resample import shape_after
+from unetseg.data.store import GIB, CaseStore, DiskCache, cache_budget, to_training_space
 from unetseg.errors import ConfigError, DataError
 
 PATCH_BUDGET = {2: 256 * 256, 3: 96 * 96 * 96}  # voxels of the default patch
@@ -76,6 +77,7 @@ class _Scan:
     values: np.ndarray
     mask_dtype: str
     arrays: tuple | None  # (normalised image, raw mask, meta) while kept for the store
+    spacing: tuple[float, ...] | None = None
 
 
 def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tuple[int, ...]:
@@ -90,7 +92,7 @@ def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tup
     return tuple(size)
 
 
-MAX_PADDING = 64  # a patch may hold at most this many times the voxels of the largest image (padding)
+MAX_PADDING = 4  # a patch may be at most this many times the largest image on any axis (the rest: padding)
 
 
 def _padded(extent: np.ndarray, depth: int) -> list[int]:
@@ -99,18 +101,18 @@ def _padded(extent: np.ndarray, depth: int) -> list[int]:
 
 
 def check_geometry(patch: tuple[int, ...], depth: int, shapes: list[tuple[int, ...]], source: str) -> None:
-    """Fail before training when the depth or the patch cannot work with these images (patches would be
-    mostly padding: more than :data:`MAX_PADDING` times the largest image's voxels), naming the largest value
-    that fits. Patches somewhat larger than small images are fine: the sampler pads them."""
+    """Fail before training when the depth or the patch cannot work with these images, naming the largest
+    value that fits: patches (at least 2**depth per axis) may be padded up to :data:`MAX_PADDING` times the
+    largest image on each axis; beyond that a step would be mostly padding (and a huge depth or patch
+    would run for ever on tiny images)."""
     extent = np.max(np.asarray(shapes), axis=0)
-    biggest, volume = "x".join(str(int(e)) for e in extent), float(np.prod(extent))
-    smallest_patch = [max(2**depth, p) for p in patch]
-    if np.prod(_padded(extent, depth), dtype=np.float64) > MAX_PADDING * volume:
-        fits = max([d for d in range(1, 13) if np.prod(_padded(extent, d), dtype=np.float64)
-                    <= MAX_PADDING * volume] or [1])
+    biggest = "x".join(str(int(e)) for e in extent)
+    limit = MAX_PADDING * extent
+    if np.any(2**depth > limit):
+        fits = int(np.floor(np.log2(limit.min())))
         raise ConfigError(f"--depth {depth} needs patches of at least {2**depth} px per axis, but the images "
                           f"of {source} are at most {biggest}; the largest depth that fits is {fits}")
-    if np.prod(smallest_patch, dtype=np.float64) > MAX_PADDING * volume:
+    if np.any(np.maximum(np.asarray(patch), 2**depth) > limit):
         raise ConfigError(f"--patch-size {' '.join(map(str, patch))} is larger than the images of {source} "
                           f"allow (at most {biggest}); the largest patch that fits is "
                           f"{' '.join(map(str, _padded(extent, depth)))}")
@@ -139,6 +141,7 @@ def _scan(
                 unique_values(mask),
                 str(meta.get("mask_dtype")),
                 (norm(image), mask, meta) if keep else None,
+                tuple(meta.get("spacing") or ()) or None,
             )
         )
     return out, room
@@ -207,14 +210,35 @@ def _split(cfg: Config, scans: list[_Scan], val_scans: list[_Scan]) -> tuple[lis
     return train, val
 
 
-def prepare_data(cfg: Config) -> PreparedData:
+def _training_shape(s: _Scan, d: DataConfig) -> tuple[int, ...]:
+    """A case's size in training space (at ``data.spacing`` when the images are resampled)."""
+    if d.spacing and s.spacing and len(s.spacing) == len(d.spacing):
+        return tuple(shape_after(s.shape, s.spacing, d.spacing))
+    return s.shape
+
+
+def _fill_store(store: CaseStore, scans: list[_Scan]) -> CaseStore:
+    """Encode (and resample) the arrays the scan kept, into the store; drop them from the scans."""
+    cm = store.class_map
+    for s in scans:
+        if s.arrays is not None:
+            image, mask, meta = s.arrays
+            labels = cm.encode(mask, s.case.mask_path, cm.compact_dtype())
+            store.put(s.case, *to_training_space(image, labels, meta, store.data_cfg, cm.num_classes))
+            s.arrays = None
+    return store
+
+
+def prepare_data(cfg: Config, cache_dir: str | Path | None = None) -> PreparedData:
     """Find, read and check every pair of ``cfg.data.data`` (and ``cfg.data.val_data``); split; store.
 
     The class values are ``cfg.data.class_values``, else the labels of an nnU-Net ``dataset.json``, else
     the sorted values of the ``--data`` masks; the patch size ``cfg.data.patch_size`` or
     :func:`default_patch_size` with multiples of ``2**cfg.model.depth``. With ``cfg.data.skip_bad`` every
     bad pair is reported on stderr and left out, and the count is printed at the end; otherwise the first one
-    raises :class:`DataError`. ``cfg`` is not changed (see :meth:`PreparedData.apply_to`).
+    raises :class:`DataError`. ``cfg`` is not changed (see :meth:`PreparedData.apply_to`). With
+    ``cache_dir`` (the trainer passes ``RUN/cache``) cases the memory budget cannot hold are kept resampled
+    and normalised on disk, memory-mapped.
     """
     d = cfg.data
     if d.data is None:
@@ -237,23 +261,19 @@ def prepare_data(cfg: Config) -> PreparedData:
     scans, val_scans = _check_values(scans, class_map, skip), _check_values(val_scans, class_map, skip)
     _require(scans, d.data, skip)
     train, val = _split(cfg, scans, val_scans)
-    store = CaseStore(d, class_map)
-    for s in [*train, *val]:
-        if s.arrays is not None:
-            image, mask, meta = s.arrays
-            store.put(
-                s.case, image, class_map.encode(mask, s.case.mask_path, class_map.compact_dtype()), meta
-            )
-            s.arrays = None
-    shapes = [s.shape for s in train]
-    default = default_patch_size(shapes, 2 ** int(cfg.model.depth))
+    store = _fill_store(
+        CaseStore(d, class_map, disk=DiskCache(cache_dir, d, class_map) if cache_dir else None),
+        [*train, *val],
+    )
+    space = {s.case.name: _training_shape(s, d) for s in [*scans, *val_scans]}
+    default = default_patch_size([space[s.case.name] for s in train], 2 ** int(cfg.model.depth))
     if d.patch_size is not None and len(d.patch_size) != len(ref.shape):
         raise ConfigError(
             f"--patch-size {' '.join(map(str, d.patch_size))} has {len(d.patch_size)} sizes "
             f"but the images of {d.data} are {len(ref.shape)}D"
         )
     patch = tuple(d.patch_size) if d.patch_size is not None else default
-    check_geometry(patch, int(cfg.model.depth), [s.shape for s in [*scans, *val_scans]], d.data)
+    check_geometry(patch, int(cfg.model.depth), list(space.values()), d.data)
     if skip is not None:
         skip.summary()
     return PreparedData(

@@ -1,7 +1,13 @@
-"""Reading a case into training arrays, and the in-memory store of one prepared dataset's cases."""
+"""Reading a case into training arrays (normalised, encoded and, with a target spacing, resampled), and the
+store of one prepared dataset's cases: in memory up to a budget, the rest memory-mapped from a disk cache
+beside the run, keyed by everything that shapes the arrays (files, normalisation, spacing, class map)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +16,9 @@ from unetseg.config import DataConfig
 from unetseg.data.cases import Case, read_pair
 from unetseg.data.labels import ClassMap
 from unetseg.data.normalize import Normalizer
+from unetseg.data.resample import resample_image, resample_mask
 from unetseg.errors import DataError
+from unetseg.fileio import atomic_write, ensure_dir, write_json
 
 GIB = 2**30
 
@@ -21,21 +29,102 @@ def cache_budget(data_cfg: DataConfig) -> float:
     return {"lazy": 0.0, "memory": float("inf")}.get(data_cfg.cache, float(data_cfg.cache_gib) * GIB)
 
 
-def load_case(case: Case, data_cfg: DataConfig, class_map: ClassMap | None, *, compact: bool = False
-              ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Read, check, normalise and encode one case.
+def needs_resampling(meta: dict[str, Any], data_cfg: DataConfig) -> bool:
+    """True when ``data.spacing`` asks for another grid than the image's own (3D)."""
+    target, own = data_cfg.spacing, meta.get("spacing")
+    return bool(target) and own is not None and len(own) == len(target) and not np.allclose(own, target)
+
+
+def to_training_space(
+    image: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any], data_cfg: DataConfig, num_classes: int
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Resample a normalised image (third-order spline) and its class indices to ``data.spacing``."""
+    if not needs_resampling(meta, data_cfg):
+        return image, labels, meta
+    own, target = tuple(meta["spacing"]), tuple(data_cfg.spacing)
+    image = resample_image(image, own, target)
+    if labels is not None:
+        labels = resample_mask(labels, own, target, num_classes).astype(labels.dtype, copy=False)
+    return image, labels, {**meta, "spacing": target, "original_shape": meta.get("shape")}
+
+
+def load_case(
+    case: Case,
+    data_cfg: DataConfig,
+    class_map: ClassMap | None,
+    *,
+    compact: bool = False,
+    resample: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Read, check, normalise and encode one case (and with ``resample``, bring it to ``data.spacing``).
 
     Returns ``(image (C, *spatial) float32 normalised, labels (*spatial) class indices or None, meta)``;
     labels are None without a mask or without ``class_map``; int64, or the map's compact dtype with
     ``compact``. Raises DataError naming the file.
     """
-    raw, mask, meta = read_pair(case, read_labels=class_map is not None,
-                                max_bytes=data_cfg.max_image_gib * GIB)
+    raw, mask, meta = read_pair(
+        case, read_labels=class_map is not None, max_bytes=data_cfg.max_image_gib * GIB
+    )
     labels = None
     if mask is not None and class_map is not None:
-        labels = class_map.encode(mask, source=case.mask_path,
-                                  dtype=class_map.compact_dtype() if compact else np.int64)
-    return Normalizer.from_config(data_cfg)(raw), labels, meta
+        labels = class_map.encode(
+            mask, source=case.mask_path, dtype=class_map.compact_dtype() if compact else np.int64
+        )
+    image = Normalizer.from_config(data_cfg)(raw)
+    if resample and class_map is not None:
+        return to_training_space(image, labels, meta, data_cfg, class_map.num_classes)
+    return image, labels, meta
+
+
+class DiskCache:
+    """Training arrays memory-mapped from ``folder/<key>/`` (``.npy`` files written atomically): cases the
+    memory budget cannot hold are resampled and normalised once, never per epoch. ``key`` hashes what
+    shapes the arrays (normalisation, spacing, class map); a case's files also carry its files' sizes and
+    times, so a changed image or plan is read afresh; older keys' folders are removed."""
+
+    def __init__(self, folder: str | Path, data_cfg: DataConfig, class_map: ClassMap) -> None:
+        recipe = {
+            "norm": [data_cfg.normalization, data_cfg.percentiles, data_cfg.window, data_cfg.intensity_stats],
+            "spacing": data_cfg.spacing,
+            "classes": class_map.groups,
+        }
+        self.key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.root = Path(folder)
+        self.dir = self.root / self.key  # made on the first write: most datasets fit in memory
+
+    def _open(self) -> Path:
+        if not self.dir.is_dir():
+            if self.root.is_dir():
+                for old in self.root.iterdir():
+                    if old.is_dir() and old.name != self.key:
+                        shutil.rmtree(old, ignore_errors=True)  # another plan's arrays
+            ensure_dir(self.dir)
+        return self.dir
+
+    def _name(self, case: Case) -> str:
+        files = [*case.image_paths, *([case.mask_path] if case.mask_path else [])]
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:20]
+
+    def get(self, case: Case) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+        name = self._name(case)
+        try:
+            meta = json.loads((self.dir / f"{name}.json").read_text())
+            return (
+                np.load(self.dir / f"{name}.image.npy", mmap_mode="c"),
+                np.load(self.dir / f"{name}.labels.npy", mmap_mode="c"),
+                meta,
+            )
+        except (OSError, ValueError):
+            return None
+
+    def put(self, case: Case, image: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
+        name = self._name(case)
+        self._open()
+        atomic_write(self.dir / f"{name}.image.npy", lambda p: np.save(p, image))
+        atomic_write(self.dir / f"{name}.labels.npy", lambda p: np.save(p, labels))
+        plain = {k: v for k, v in meta.items() if k != "affine"}
+        write_json(self.dir / f"{name}.json", json.loads(json.dumps(plain, default=list)))  # last: the marker
 
 
 class CaseStore:
@@ -46,8 +135,14 @@ class CaseStore:
     use. DataLoader workers forked after it is filled share its arrays copy-on-write.
     """
 
-    def __init__(self, data_cfg: DataConfig, class_map: ClassMap, budget: float | None = None) -> None:
-        self.data_cfg, self.class_map = data_cfg, class_map
+    def __init__(
+        self,
+        data_cfg: DataConfig,
+        class_map: ClassMap,
+        budget: float | None = None,
+        disk: DiskCache | None = None,
+    ) -> None:
+        self.data_cfg, self.class_map, self.disk = data_cfg, class_map, disk
         self.budget = cache_budget(data_cfg) if budget is None else float(budget)
         self.items: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
         self.nbytes = 0
@@ -71,12 +166,12 @@ class CaseStore:
     def get(self, case: Case, *, keep: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """``(image, labels in the compact dtype, meta)``: from memory, or read now (and kept when
         ``keep`` and the budget allows)."""
-        hit = self.items.get(self.key(case))
+        hit = self.items.get(self.key(case)) or (self.disk.get(case) if self.disk is not None else None)
         if hit is not None:
             return hit
-        image, labels, meta = load_case(case, self.data_cfg, self.class_map, compact=True)
+        image, labels, meta = load_case(case, self.data_cfg, self.class_map, compact=True, resample=True)
         if labels is None:
             raise DataError(f"{case.image_paths[0]}: no mask (every training case needs one)")
-        if keep:
-            self.put(case, image, labels, meta)
+        if keep and not self.put(case, image, labels, meta) and self.disk is not None:
+            self.disk.put(case, image, labels, meta)
         return image, labels, meta

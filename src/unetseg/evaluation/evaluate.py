@@ -24,7 +24,7 @@ from unetseg.data.store import load_case
 from unetseg.errors import DataError
 from unetseg.evaluation.result import EvaluationResult, ImageResult
 from unetseg.fileio import OutputGuard, printable, record_written, write_json
-from unetseg.inference.api import predictor_for
+from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import load_engine
 from unetseg.inference.predictor import Predictor
 from unetseg.metrics import compute_metrics
@@ -125,7 +125,7 @@ def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: P
     """Predict one case and measure it (and draw its overlay)."""
     class_map = ClassMap(cfg.data.class_values)
     image, labels, meta = load_case(case, cfg.data, class_map)
-    pred = predictor.predict(image)
+    pred, _ = predict_image(predictor, image, meta.get("spacing"), cfg)
     m = compute_metrics(pred, labels, class_map.num_classes, spacing=meta.get("spacing"))
     row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()})
     if overlay_dir:

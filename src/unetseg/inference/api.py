@@ -17,9 +17,16 @@ from unetseg.inference.engines import Engine, as_engine, load_engine
 from unetseg.inference.predictor import Predictor
 
 
-def predictor_for(engine: Engine, config: Config | None, *, tile: Sequence[int] | None = None,
-                  overlap: float | None = None, blend: str | None = None, batch_size: int | None = None,
-                  tta: bool | None = None) -> Predictor:
+def predictor_for(
+    engine: Engine,
+    config: Config | None,
+    *,
+    tile: Sequence[int] | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    batch_size: int | None = None,
+    tta: bool | None = None,
+) -> Predictor:
     """A :class:`Predictor` with the config's inference settings, each overridden when given (not None).
 
     Defaults: tile = ``config.infer.tile`` or the training patch size (``None`` without a config: the whole
@@ -39,14 +46,42 @@ def predictor_for(engine: Engine, config: Config | None, *, tile: Sequence[int] 
     )
 
 
+def predict_image(
+    predictor: Predictor,
+    image: np.ndarray,
+    spacing: Sequence[float] | None,
+    config: Config | None,
+    *,
+    probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels, probabilities or None)`` of a normalised ``(C, *spatial)`` image, on the image's own grid.
+
+    When the model was trained at ``config.data.spacing`` and the image's ``spacing`` differs (3D), the
+    image is resampled to the training spacing (third-order spline), predicted there, and the
+    probabilities are resampled back to the image's grid (linear) before the argmax, as nnU-Net does."""
+    target = config.data.spacing if config is not None else None
+    if not target or spacing is None or len(spacing) != len(target) or np.allclose(spacing, target):
+        if probabilities:
+            return predictor.predict_both(image)
+        return predictor.predict(image), None
+    from unetseg.data.resample import resample_image, resample_probabilities
+
+    probs = predictor.predict_proba(resample_image(image, tuple(spacing), tuple(target)))
+    probs = resample_probabilities(probs, tuple(image.shape[1:]))
+    labels = probs.argmax(axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+    return labels, probs if probabilities else None
+
+
 def as_channels_first(image: np.ndarray | torch.Tensor, engine: Engine, source: str = "image") -> np.ndarray:
     """``(*spatial)`` (one-channel models) or ``(C, *spatial)`` -> ``(C, *spatial)``; DataError otherwise."""
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     dims = engine.spatial_dims
     if arr.ndim == dims:
         if engine.in_channels != 1:
-            raise DataError(f"{source}: shape {arr.shape} has no channel axis but the model expects "
-                            f"{engine.in_channels} channels; pass (C, *spatial)")
+            raise DataError(
+                f"{source}: shape {arr.shape} has no channel axis but the model expects "
+                f"{engine.in_channels} channels; pass (C, *spatial)"
+            )
         arr = arr[None]
     if arr.ndim != dims + 1:
         raise DataError(f"{source}: shape {arr.shape} is not a {dims}D image ((*spatial) or (C, *spatial))")
@@ -73,6 +108,7 @@ def predict(
     device: str | torch.device | None = None,
     precision: str = "auto",
     return_probabilities: bool = False,
+    spacing: Sequence[float] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image; returns class indices with the image's spatial shape (uint8).
 
@@ -88,6 +124,8 @@ def predict(
             also applies when the config asks for it.
         device: where a module runs (``None``: where it is); precision: ``auto|fp32|bf16|fp16``.
         return_probabilities: also return the ``(max(2, C), *spatial)`` float32 probabilities.
+        spacing: the image's voxel spacing (3D): with a config trained at another spacing the image is
+            resampled for the network and the result brought back to the image's grid.
     """
     if isinstance(model_or_engine, (str, Path)):
         engine, file_config = load_engine(model_or_engine, device or "auto", precision)
@@ -99,8 +137,14 @@ def predict(
         from unetseg.data.normalize import normalize
 
         arr = normalize(arr, config.data)
-    predictor = predictor_for(engine, config, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
-                              tta=True if tta else None)
-    if return_probabilities:
-        return predictor.predict_both(arr)
-    return predictor.predict(arr)
+    predictor = predictor_for(
+        engine,
+        config,
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        batch_size=batch_size,
+        tta=True if tta else None,
+    )
+    labels, probs = predict_image(predictor, arr, spacing, config, probabilities=return_probabilities)
+    return (labels, probs) if return_probabilities else labels

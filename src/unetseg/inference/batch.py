@@ -30,7 +30,7 @@ from unetseg.data.labels import ClassMap
 from unetseg.data.normalize import normalize
 from unetseg.errors import ConfigError, DataError, UnetsegError
 from unetseg.fileio import OutputGuard, ensure_dir, record_written
-from unetseg.inference.api import predictor_for
+from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.predictor import Predictor
 
@@ -92,8 +92,8 @@ def predict_one(path: Path, outputs: list[Path], job: PredictJob) -> list[Path]:
         x = normalize(match_channels(image, engine.in_channels, path), job.config.data)
         if not job.overlay:
             del image  # large images: keep only the normalised copy while predicting
-        pred = job.predictor
-        labels, probs = pred.predict_both(x) if job.probabilities else (pred.predict(x), None)
+        labels, probs = predict_image(job.predictor, x, meta.get("spacing"), job.config,
+                                      probabilities=job.probabilities)
     except UnetsegError as e:
         raise type(e)(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
     values = job.class_map.decode(labels) if job.class_map is not None else labels

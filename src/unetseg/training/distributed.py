@@ -73,6 +73,15 @@ def broadcast_values(values: list[float], info: DistInfo) -> list[float]:
     return [float(v) for v in t.tolist()]
 
 
+def broadcast_object(value: object, info: DistInfo) -> object:
+    """Rank 0's ``value`` (a plain dict of the job's own making, e.g. the plan) on every rank."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_value(value: float, info: DistInfo) -> float:
     """Rank 0's ``value`` on every rank (see :func:`broadcast_values`)."""
     return broadcast_values([value], info)[0]

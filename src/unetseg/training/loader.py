@@ -33,10 +33,10 @@ class EpochSampler(Sampler[int]):
         return range(base + self.info.rank, base + self.n, self.info.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.skip:])
+        return iter(self._indices()[self.skip :])
 
     def __len__(self) -> int:
-        return len(self._indices()[self.skip:])
+        return len(self._indices()[self.skip :])
 
 
 class WithWeightMap(Dataset):
@@ -67,8 +67,13 @@ def build_loader(data: PreparedData, cfg: Config, device: torch.device, info: Di
     """Patches for one epoch per pass (``iters_per_epoch * batch_size`` samples across all ranks)."""
     per_epoch = cfg.train.iters_per_epoch * cfg.train.batch_size * info.world_size
     dataset: Dataset = PatchDataset(
-        data.train_cases, cfg.data.patch_size, data_cfg=cfg.data, augment_cfg=cfg.augment,
-        samples_per_epoch=per_epoch, seed=cfg.train.seed, store=data.store,
+        data.train_cases,
+        cfg.data.patch_size,
+        data_cfg=cfg.data,
+        augment_cfg=cfg.augment,
+        samples_per_epoch=per_epoch,
+        seed=cfg.train.seed,
+        store=data.store,
     )
     wm = weight_map_options(cfg)
     if wm is not None:

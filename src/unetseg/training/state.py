@@ -67,9 +67,11 @@ class Clock:
             stop,
         )
 
-    def read(self) -> tuple[float, bool]:
+    def read(self, reserve: float = 0.0) -> tuple[float, bool, float]:
+        """``(minutes, stop requested, reserve)``: rank 0's values on every rank (``reserve``: minutes the
+        caller keeps back, e.g. the last validation's length, which each rank measures itself)."""
         minutes = self.before + (time.monotonic() - self.start) / 60
         if not self.info.enabled:
-            return minutes, self.stop.requested
-        minutes, stop = broadcast_values([minutes, float(self.stop.requested)], self.info)
-        return minutes, stop > 0
+            return minutes, self.stop.requested, reserve
+        minutes, stop, reserve = broadcast_values([minutes, float(self.stop.requested), reserve], self.info)
+        return minutes, stop > 0, reserve

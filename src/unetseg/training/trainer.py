@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from unetseg import checkpoint as ckpt
 from unetseg.config import Config, dump_yaml
 from unetseg.data.prepare import prepare_data
 from unetseg.errors import CheckpointError, TrainingError
-from unetseg.fileio import write_text
+from unetseg.fileio import ensure_dir, write_text
 from unetseg.losses import DeepSupervisionLoss, build_loss
 from unetseg.models import build_model
 from unetseg.runtime import (
@@ -35,6 +36,7 @@ from unetseg.runtime import (
 from unetseg.training.distributed import (
     DistInfo,
     average_buffers,
+    broadcast_object,
     cleanup,
     init_distributed,
 )
@@ -56,11 +58,15 @@ def train(
     overwrite: bool = False,
     config_file: str | Path | None = None,
     resume_hint: str | None = None,
+    given: set[str] | None = None,
 ) -> Path:
     """Train the model ``cfg`` describes on ``cfg.data.data``; return the run folder.
 
     ``resume`` continues ``RUN/last``; ``overwrite`` replaces an earlier run in ``cfg.train.out`` (kept until
     the new run's first checkpoint); ``config_file`` is the recipe the config came from (never rewritten).
+    ``given``: the dotted keys the user set (command line and YAML); when it is not None, the planner
+    (:mod:`unetseg.planning`) chooses every other option from the data, the device and the time budget,
+    prints its table and writes ``RUN/plan.yaml``.
     Under ``torchrun`` every process calls this; DDP, sharded sampling and synchronised validation follow
     from the environment, and only rank 0 writes files. Ctrl-C or SIGTERM raise
     :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
@@ -74,6 +80,8 @@ def train(
         inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
         run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
         configure_process(device)
+        if given is not None and not resume:
+            _plan(cfg, given, run, info, quiet)
         with termination() as stop:
             trainer = Trainer(cfg, device, info, run, resume=resume, quiet=quiet, stop=stop, hint=resume_hint)
             try:
@@ -88,6 +96,27 @@ def train(
         raise
     finally:
         cleanup(info)
+
+
+def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: bool) -> None:
+    """Plan what the user did not give (rank 0 plans; under torchrun every rank applies rank 0's values,
+    so the replicas are the same network); print the table; keep the recipe in RUN/plan.yaml."""
+    from rich.console import Console
+
+    from unetseg.planning import make_plan
+    from unetseg.planning.plan import apply_values
+    from unetseg.planning.report import show_plan
+
+    plan = make_plan(cfg, given) if info.is_main else None
+    planned = broadcast_object(plan.planned() if plan is not None else None, info)
+    apply_values(cfg, planned)
+    check_config(cfg, "the plan")
+    if plan is not None:
+        show_plan(plan, Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140))
+        target = run.path / "plan.yaml"
+        if run.may_write(target):
+            ensure_dir(run.path, "--out")
+            write_text(target, plan.recipe(cfg))
 
 
 class Trainer:
@@ -118,14 +147,14 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         random.seed(cfg.train.seed)
-        self.data = prepare_data(cfg)
+        self.data = prepare_data(cfg, cache_dir=self.run / "cache")
         self.data.apply_to(cfg)
         self.log.log(
             f"data: {len(self.data.train_cases)} training and {len(self.data.val_cases)} validation cases"
         )
         self._build(cfg, device, info)
         self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0
-        self.batch_in_epoch, self.save_seconds = 0, 0.0
+        self.batch_in_epoch, self.save_seconds, self.val_minutes = 0, 0.0, 0.0
         if found is not None:
             self._load_state(found[0], found[2], found[3])
 
@@ -273,14 +302,15 @@ class Trainer:
         cfg = self.cfg.train
         self.net.train()
         self.loader.sampler.set_epoch(self.epoch, self.batch_in_epoch)
-        t0, losses, (now, _) = time.monotonic(), [], clock.read()
+        t0, losses, (now, _, _) = time.monotonic(), [], clock.read()
         out_of_time = speed = 0.0
         for batch in self.loader:
             losses.append(self._train_step(batch, now))
             self.batch_in_epoch += 1
             speed = cfg.batch_size * self.info.world_size * len(losses) / (time.monotonic() - t0)
-            now, stop = clock.read()
-            out_of_time = bool(cfg.max_minutes) and now >= cfg.max_minutes
+            now, stop, reserve = clock.read(self.val_minutes)
+            # stop early enough for the final validation (as long as the last one took) inside the budget
+            out_of_time = bool(cfg.max_minutes) and now + reserve >= cfg.max_minutes
             bar.update(
                 task,
                 advance=1,
@@ -331,7 +361,9 @@ class Trainer:
         }
         metrics: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
         if validate and self.data.val_cases:
+            t0 = time.monotonic()
             per_class = self.validator.run(self.model)
+            self.val_minutes = (time.monotonic() - t0) / 60
             score = float(np.mean(per_class[1:])) if len(per_class) > 1 else float(per_class[0])
             row["val_dice"] = round(score, 5)
             row["val_dice_per_class"] = " ".join(f"{d:.4f}" for d in per_class)

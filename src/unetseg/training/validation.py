@@ -21,8 +21,15 @@ class Validator:
     store could not hold are read each time.
     """
 
-    def __init__(self, data: PreparedData, cfg: Config, device: torch.device, info: DistInfo,
-                 precision: str, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        cfg: Config,
+        device: torch.device,
+        info: DistInfo,
+        precision: str,
+        channels_last: bool = False,
+    ) -> None:
         self.cfg, self.device, self.info, self.precision = cfg, device, info, precision
         self.num_classes = data.class_map.num_classes
         self.cases = data.val_cases[info.rank :: info.world_size]

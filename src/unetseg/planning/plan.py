@@ -1,0 +1,276 @@
+"""``make_plan``: the fingerprint, the device and the time budget become a recipe, each value with its
+reason; values the user gave (command line > YAML) are kept and the rules build on them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetseg.config import Config, build_config, dump_yaml
+from unetseg.data.cases import find_cases
+from unetseg.data.fingerprint import Fingerprint
+from unetseg.data.fingerprint_cache import cached_fingerprint
+from unetseg.data.prepare import check_geometry
+from unetseg.data.resample import shape_after
+from unetseg.planning import rules
+from unetseg.planning.rules import Decision, Device
+from unetseg.planning.timing import Timing, measure, measure_tile
+from unetseg.runtime import resolve_device
+
+MIN_STEPS = {2: 800, 3: 500}  # optimizer steps a width must reach in the budget to be chosen (see README)
+WIDTHS = {"cpu": [8, 16, 32], "cuda": [16, 32, 48]}
+BATCH = {("cpu", 2): 4, ("cpu", 3): 2, ("cuda", 2): 12, ("cuda", 3): 2}
+STEP_OVERHEAD = 1.2  # data loading and logging on top of the timed model step (measured on 2 CPU cores)
+VAL_SHARE = 0.1  # validation may take at most this share of the budget
+
+
+@dataclass
+class Plan:
+    """The planned recipe: ``decisions`` in the order they were made (given values included, marked)."""
+
+    fingerprint: Fingerprint
+    device: Device
+    decisions: list[Decision] = field(default_factory=list)
+    given: set[str] = field(default_factory=set)
+    timing: Timing = field(default_factory=Timing)
+    estimate: str = ""
+
+    def planned(self) -> dict[str, Any]:
+        """The values the planner chose (not the ones the user gave), as dotted keys."""
+        return {d.key: d.value for d in self.decisions if d.key not in self.given}
+
+    def apply(self, cfg: Config) -> Config:
+        """``cfg`` with the planned values set (validated); what the user gave is left alone."""
+        return apply_values(cfg, self.planned())
+
+    def recipe(self, cfg: Config) -> str:
+        """A YAML recipe ``train --config`` accepts: every planned value with its reason as a comment."""
+        lines = [
+            f"# {d.key}: {d.reason}" + (" (given)" if d.key in self.given else "") for d in self.decisions
+        ]
+        head = "\n".join(["unetseg plan: " + self.estimate, *[ln[2:] for ln in lines]])
+        return dump_yaml(cfg, head)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        return [
+            (d.key, _show(d.value), d.reason + (" [given]" if d.key in self.given else ""))
+            for d in self.decisions
+        ]
+
+
+def apply_values(cfg: Config, planned: dict[str, Any]) -> Config:
+    """Set planned values (dotted keys) on ``cfg`` in place, validated."""
+    merged = build_config([(_nested(planned), "plan")], base=cfg)
+    for section in ("model", "data", "augment", "train", "infer"):
+        setattr(cfg, section, getattr(merged, section))
+    return cfg
+
+
+def _show(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> the nested form, ``model.options.X`` merged into ``model.options``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        if parts[:2] == ["model", "options"]:
+            opts = out.setdefault("model", {}).setdefault("options", {})
+            if value is not None:
+                opts[parts[2]] = value
+            continue
+        out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+class _Work:
+    """The config as decided so far: given values win, planned ones fill the rest."""
+
+    def __init__(self, cfg: Config, given: set[str]) -> None:
+        self.cfg, self.given, self.decisions = cfg.copy_deep(), given, []
+
+    def get(self, key: str) -> Any:
+        parts = key.split(".")
+        obj = getattr(self.cfg, parts[0])
+        if parts[1] == "options":
+            return obj.options.get(parts[2])
+        return getattr(obj, parts[1])
+
+    def take(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if d.key in self.given:
+                self.decisions.append(Decision(d.key, self.get(d.key), "given"))
+                continue
+            if isinstance(d.value, dict):  # a dict option: the keys the user gave stay theirs
+                mine = {k for g in self.given if g.startswith(d.key + ".") for k in [g[len(d.key) + 1 :]]}
+                d = Decision(
+                    d.key,
+                    {**self.get(d.key), **{k: v for k, v in d.value.items() if k not in mine}},
+                    d.reason,
+                )
+            self.decisions.append(d)
+            parts = d.key.split(".")
+            obj = getattr(self.cfg, parts[0])
+            if parts[1] == "options":
+                opts = {k: v for k, v in obj.options.items() if k != parts[2]}
+                obj.options = {**opts, **({parts[2]: d.value} if d.value is not None else {})}
+            else:
+                setattr(obj, parts[1], d.value)
+
+
+def device_of(cfg: Config) -> tuple[torch.device, Device]:
+    dev = resolve_device(cfg.train.device)
+    mem = torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else 0.0
+    return dev, Device(dev.type, mem)
+
+
+def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = None) -> Plan:
+    """Plan every option of ``cfg`` that is not in ``given`` from ``cfg.data.data``'s fingerprint, the
+    device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or a default for the device)."""
+    cases = find_cases(cfg.data.data, skip_bad=cfg.data.skip_bad)
+    fp = cached_fingerprint(
+        cfg.data.data,
+        cases,
+        cache_dir=cache_dir,
+        class_values=cfg.data.class_values,
+        max_bytes=cfg.data.max_image_gib * 2**30,
+    )
+    torch_dev, device = device_of(cfg)
+    work = _Work(cfg, given)
+    work.take([Decision("model.spatial_dims", fp.spatial_dims, "the data"),
+               Decision("model.in_channels", fp.channels, "the data")])
+    work.cfg.model.num_classes = max(2, len(cfg.data.class_values or fp.class_values))
+    work.take(rules.normalization(fp))
+    work.take(rules.spacing(fp))
+    work.take(rules.geometry(fp, device, work.get("data.spacing")))
+    patch = list(work.get("data.patch_size"))
+    target = work.get("data.spacing")
+    pairs = zip(fp.shapes, fp.spacings, strict=True)
+    shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
+    check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(cfg.data.data))  # given values
+    work.take(rules.sampling(fp, patch))
+    work.take(rules.loss(fp))
+    work.take(rules.augmentation(fp))
+    divisor = _divisor(work)
+    work.take(rules.inference(fp, device, patch, divisor))
+    work.take(
+        [
+            Decision(
+                "train.batch_size",
+                BATCH[(device.kind, fp.spatial_dims)],
+                "at least 2; " + ("nnU-Net's" if device.gpu else "what a CPU step affords"),
+            )
+        ]
+    )
+    work.take([rules.default_budget(fp, device)])
+    plan = Plan(fp, device, given=given)
+    _width_and_schedule(work, plan, torch_dev)
+    plan.decisions = work.decisions
+    return plan
+
+
+def _divisor(work: _Work) -> list[int]:
+    strides = work.get("model.options.strides") or [[2] * work.cfg.model.spatial_dims] * work.cfg.model.depth
+    return [math.prod(s[a] for s in strides) for a in range(work.cfg.model.spatial_dims)]
+
+
+def _width_and_schedule(work: _Work, plan: Plan, device: torch.device) -> None:
+    """Time the candidate widths, choose the widest that still reaches MIN_STEPS in the budget, then the
+    epoch length, the validation interval and TTA so validation stays within VAL_SHARE of the budget."""
+    cfg, fp = work.cfg, plan.fingerprint
+    minutes = float(cfg.train.max_minutes)
+    given_width = "model.base_channels" in work.given
+    widths = [cfg.model.base_channels] if given_width else WIDTHS[plan.device.kind]
+    plan.timing = measure(cfg, widths, device)
+    if not plan.timing.step_s:  # not even the narrowest fits in memory: plan it anyway, say so
+        plan.timing.step_s[widths[0]] = float("inf")
+    base, steps, why = choose_width(plan.timing.step_s, minutes, fp.spatial_dims)
+    work.take([Decision("model.base_channels", base, why)])
+    cap = rules.MAX_WIDTH[fp.spatial_dims]
+    capped = any(base * 2**i > cap for i in range(cfg.model.depth + 1))
+    channels = [min(base * 2**i, cap) for i in range(cfg.model.depth + 1)] if capped else None
+    why = f"widths capped at {cap} (nnU-Net)" if capped else "base doubled per level"
+    work.take([Decision("model.options.channels", channels, why)])
+    measure_tile(work.cfg, work.cfg.model.base_channels, device, plan.timing)
+    _schedule(work, plan, steps)
+
+
+def choose_width(step_s: dict[int, float], minutes: float, dims: int) -> tuple[int, int, str]:
+    """The widest measured width whose steps in the budget reach MIN_STEPS (else the fastest), the steps it
+    makes, and the reason. A width is worth more than steps only once training has enough steps to
+    converge: a few hundred optimizer steps (BENCHMARKS.md: the recipes' 600 steps beat MONAI)."""
+    usable = minutes * 60 * (1 - VAL_SHARE)
+    steps = {b: int(usable / (t * STEP_OVERHEAD)) if t < float("inf") else 0 for b, t in step_s.items()}
+    need = MIN_STEPS[dims]
+    fit = [b for b, n in steps.items() if n >= need]
+    base = max(fit) if fit else min(steps, key=lambda b: step_s[b])
+    timed = ", ".join(f"base {b}: {t:.2f} s/step" for b, t in step_s.items())
+    why = (
+        f"{timed}; the widest with >= {need} steps in {minutes:g} min"
+        if fit
+        else f"{timed}; none reaches {need} steps in {minutes:g} min: the fastest"
+    )
+    return base, steps[base], why
+
+
+def _schedule(work: _Work, plan: Plan, steps: int) -> None:
+    cfg, fp = work.cfg, plan.fingerprint
+    minutes = float(cfg.train.max_minutes)
+    iters = int(np.clip(round(steps / 12), 20, 250))
+    epochs = max(1, math.ceil(steps / iters))
+    tiles = _tiles_per_image(fp, cfg)
+    n_val = max(1, round(fp.n_cases * cfg.data.val_fraction)) if cfg.data.val_fraction > 0 else 0
+    val_s = n_val * tiles * plan.timing.tile_s * 1.3
+    flips = 2**fp.spatial_dims
+    tta = val_s * flips <= 0.01 * minutes * 60
+    val_s *= flips if tta else 1
+    interval = max(1, math.ceil(epochs * val_s / (VAL_SHARE * minutes * 60))) if val_s else 1
+    work.take(
+        [
+            Decision("train.iters_per_epoch", iters, f"~{steps} steps in the budget: about 12 epochs"),
+            Decision("train.epochs", 3 * epochs, "an upper bound: the clock ends the run"),
+            Decision("train.lr", 2e-3, "AdamW 2e-3, poly decay that follows the clock to 0 at the deadline"),
+            Decision("train.schedule", "poly", "nnU-Net's schedule"),
+            Decision(
+                "train.warmup_epochs",
+                1 if iters <= 0.02 * steps else 0,
+                "a warm-up of at most 2% of the steps",
+            ),
+            Decision(
+                "train.val_interval",
+                interval,
+                f"{n_val} validation image(s), ~{val_s:.0f} s each time: "
+                f"<= {100 * VAL_SHARE:.0f}% of the budget",
+            ),
+            Decision(
+                "infer.tta",
+                tta,
+                "flip TTA: validation with it stays under 1% of the budget"
+                if tta
+                else "no TTA: it would cost more than 1% of the budget per validation",
+            ),
+        ]
+    )
+    step_s = plan.timing.step_s.get(cfg.model.base_channels, 0.0) * STEP_OVERHEAD
+    plan.estimate = (
+        f"about {minutes:g} min on {plan.device.kind}: ~{steps} steps of {step_s:.2f} s "
+        f"(timing took {plan.timing.seconds:.0f} s) and a validation every {interval} epoch(s)"
+    )
+
+
+def _tiles_per_image(fp: Fingerprint, cfg: Config) -> int:
+    tile = cfg.infer.tile or cfg.data.patch_size
+    overlap = cfg.infer.overlap if cfg.infer.overlap is not None else (0.25 if fp.spatial_dims == 2 else 0.5)
+    median = np.median(np.asarray(fp.shapes), axis=0)
+    return int(
+        math.prod(
+            max(1, math.ceil((m - t) / max(1, t * (1 - overlap)))) + (m > t)
+            for m, t in zip(median, tile, strict=True)
+        )
+    )

@@ -1,0 +1,42 @@
+"""The plan as a person reads it: a fingerprint summary and a table of every choice with its reason."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from unetseg.data.fingerprint import Fingerprint
+from unetseg.planning.plan import Plan
+
+
+def fingerprint_lines(fp: Fingerprint) -> list[str]:
+    inten = fp.intensity[0]
+    objects = "; ".join(
+        f"class {k}: {o['count']} objects, median {o['median_voxels']:.0f} voxels"
+        for k, o in fp.objects.items()
+        if o.get("count")
+    )
+    return [
+        f"{fp.n_cases} cases, {fp.spatial_dims}D, {fp.channels} channel(s), median size {fp.median_shape}, "
+        f"median spacing {[round(s, 3) for s in fp.median_spacing]}, pixel types {sorted(set(fp.dtypes))}",
+        f"intensity (channel 0): {inten['min']:g} .. {inten['max']:g}, mean {inten['mean']:.3g}, "
+        f"std {inten['std']:.3g}; foreground {100 * fp.foreground_fraction:.1f}% of voxels",
+        f"mask values {fp.class_values}; {objects or 'no objects'}",
+    ]
+
+
+def show_plan(plan: Plan, console: Console) -> None:
+    """Print the fingerprint, the table of decisions and the estimate of the run's length."""
+    console.rule("[bold]plan")
+    for line in fingerprint_lines(plan.fingerprint):
+        console.print(line, highlight=False)
+    table = Table(show_header=True, header_style="bold", expand=False)
+    table.add_column("option", no_wrap=True)
+    table.add_column("value", overflow="fold", max_width=32)
+    table.add_column("why", overflow="fold")
+    for key, value, why in plan.rows():
+        table.add_row(key, value, why)
+    console.print(table)
+    for note in plan.timing.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"this run: {plan.estimate}", highlight=False)

@@ -1,0 +1,160 @@
+"""The planner end to end: precedence command line > YAML > plan, the plan written into the run and read
+back by ``train --config``, and a 3D anisotropic set resampled, pooled per axis and predicted back on each
+image's own grid with its own affine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from reliability.helpers import run_inprocess
+from unetseg.data.io import write_image, write_mask
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    from unetseg.data.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("plan") / "cells", n=6, size=(64, 64), kind="cells", seed=3)
+
+
+def _saved(run: Path) -> dict:
+    return json.loads((run / "best" / "config.json").read_text())
+
+
+def test_command_line_beats_yaml_beats_the_plan(cells, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train: {lr: 0.01, batch_size: 3}\naugment: {flip_prob: 0.1}\n")
+    run = tmp_path / "RUN"
+    code, err = run_inprocess(
+        "train",
+        "--data",
+        cells,
+        "--out",
+        run,
+        "--config",
+        recipe,
+        "--batch-size",
+        "2",
+        "--max-minutes",
+        "0.1",
+        "--workers",
+        "0",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    saved = _saved(run)
+    assert saved["train"]["batch_size"] == 2  # command line
+    assert saved["train"]["lr"] == 0.01 and saved["augment"]["flip_prob"] == 0.1  # YAML
+    assert saved["data"]["patch_size"] == [64, 64] and saved["model"]["depth"] == 3  # the plan
+    assert "option" in err and "why" in err and "this run: about" in err  # the table and the estimate
+    plan = (run / "plan.yaml").read_text()
+    assert "# train.lr: given" in plan and "# data.patch_size: median image [64, 64]" in plan
+
+
+def test_the_plan_in_the_run_is_a_recipe_train_reads_back(cells, tmp_path, capsys):
+    first, second = tmp_path / "A", tmp_path / "B"
+    assert (
+        run_inprocess(
+            "train", "--data", cells, "--out", first, "--max-minutes", "0.1", "--workers", "0", capsys=capsys
+        )[0]
+        == 0
+    )
+    code, err = run_inprocess(
+        "train",
+        "--config",
+        first / "plan.yaml",
+        "--data",
+        cells,
+        "--out",
+        second,
+        "--max-minutes",
+        "0.1",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    a, b = _saved(first), _saved(second)
+    for section in ("model", "augment"):
+        assert a[section] == b[section]
+    for key in ("patch_size", "normalization", "foreground_fraction"):
+        assert a["data"][key] == b["data"][key]
+    assert yaml.safe_load((first / "plan.yaml").read_text())["train"]["max_minutes"] == 0.1
+
+
+def test_plan_command_writes_a_recipe_and_refuses_to_replace_a_users_file(cells, tmp_path, capsys):
+    out = tmp_path / "plan.yaml"
+    code, err = run_inprocess("plan", "--data", cells, "--max-minutes", "5", "--out", out, capsys=capsys)
+    assert code == 0, err
+    recipe = yaml.safe_load(out.read_text())
+    assert recipe["train"]["max_minutes"] == 5 and recipe["data"]["patch_size"] == [64, 64]
+    assert run_inprocess("plan", "--data", cells, "--out", out, capsys=capsys)[0] == 0  # our own file again
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("# my notes\n")
+    code, err = run_inprocess("plan", "--data", cells, "--out", mine, capsys=capsys)
+    assert code == 2 and "unetseg did not write" in err and mine.read_text() == "# my notes\n"
+
+
+@pytest.mark.parametrize("extra, needle", [(["--depth", "12"], "the largest depth that fits is 8"),
+                                           (["--patch-size", "4096", "4096"], "the largest patch that fits")])
+def test_options_that_cannot_work_fail_before_the_plan_is_shown(extra, needle, cells, tmp_path, capsys):
+    from reliability.helpers import assert_refused
+
+    code, err = run_inprocess("train", "--data", cells, "--out", tmp_path / "R", *extra, capsys=capsys)
+    assert_refused(code, err, needle)
+    assert not (tmp_path / "R").exists()
+
+
+def _aniso(root: Path, spacings: list[tuple[float, float, float]]) -> Path:
+    rng = np.random.default_rng(0)
+    for i, sp in enumerate(spacings):
+        z = int(round(40 / sp[0]))
+        grid = np.indices((z, 48, 48)).astype(np.float32)
+        grid[0] *= sp[0]
+        ball = ((grid[0] - 20) ** 2 + (grid[1] - 24) ** 2 + (grid[2] - 24) ** 2) < 12**2
+        image = (ball * 100 + rng.normal(0, 5, ball.shape)).astype(np.float32)
+        meta = {"spatial_dims": 3, "spacing": sp}
+        write_image(root / "images" / f"c{i}.nii.gz", image, meta)
+        write_mask(root / "masks" / f"c{i}.nii.gz", ball.astype(np.uint8), meta)
+    return root
+
+
+def test_an_anisotropic_volume_is_resampled_pooled_per_axis_and_predicted_back_on_its_grid(tmp_path, capsys):
+    data = _aniso(tmp_path / "aniso", [(4.0, 1.0, 1.0), (4.0, 1.0, 1.0), (5.0, 1.0, 1.0), (4.0, 1.0, 1.0)])
+    run = tmp_path / "RUN"
+    code, err = run_inprocess(
+        "train", "--data", data, "--out", run, "--max-minutes", "0.15", "--workers", "0", capsys=capsys
+    )
+    assert code == 0, err
+    cfg = _saved(run)
+    assert cfg["data"]["spacing"][1:] == [1.0, 1.0] and cfg["data"]["spacing"][0] == pytest.approx(
+        4.0, abs=0.3
+    )
+    assert cfg["model"]["options"]["strides"][0] == [1, 2, 2]  # the coarse z is not pooled at first
+    test = _aniso(tmp_path / "test", [(5.0, 1.0, 1.0)]) / "images" / "c0.nii.gz"
+    out = tmp_path / "pred"
+    code, err = run_inprocess("predict", "--checkpoint", run, "--input", test, "--output", out, capsys=capsys)
+    assert code == 0, err
+    src, pred = nib.load(str(test)), nib.load(str(out / "c0.nii.gz"))
+    assert pred.shape == src.shape  # back on the image's own grid (8 slices of 5 mm), not the training one
+    np.testing.assert_allclose(pred.affine, src.affine)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "brats2013_deepmedic_3d" / "images").is_dir(), reason="BraTS not present")
+def test_brats_is_isotropic_and_keeps_its_grid():
+    from unetseg.data.cases import find_cases
+    from unetseg.data.fingerprint import compute_fingerprint
+    from unetseg.planning import rules
+
+    fp = compute_fingerprint(find_cases(SHARED / "brats2013_deepmedic_3d")[:2])
+    assert rules.spacing(fp)[0].value is None
+    d = {x.key: x.value for x in rules.geometry(fp, rules.Device("cpu"), None)}
+    assert d["model.options.strides"] is None  # 2 on every axis
