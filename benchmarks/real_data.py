@@ -132,11 +132,13 @@ def run_reference(train: Path, val: Path, work: Path, minutes: float, values: li
     pred = work / "reference" / "pred"
     shutil.rmtree(pred, ignore_errors=True)
     t0 = time.monotonic()
+    # every mask value its own class (a plain reference does not merge classes); scored through the map
+    flat = sorted({float(x) for v in values for x in (v if isinstance(v, list) else [v])})
     text = run([sys.executable, "benchmarks/reference_monai.py", "--train", str(train), "--predict",
                 str(val / "images"), "--out", str(pred), "--minutes", str(minutes), "--class-values",
-                *[f"{v:g}" for v in values], *extra], work / "reference.log")
+                *[f"{v:g}" for v in flat], *extra], work / "reference.log")
     summary = json.loads(text.split("REFERENCE ", 1)[1].splitlines()[0])
-    return {**summary, "wall_s": round(time.monotonic() - t0, 1), "pred": str(pred)}
+    return {**summary, "wall_s": round(time.monotonic() - t0, 1), "pred": str(pred), "flat_values": flat}
 
 
 def class_name(group: list[float], labels: dict[int, str]) -> str:
@@ -144,8 +146,8 @@ def class_name(group: list[float], labels: dict[int, str]) -> str:
     return "+".join(labels[int(v)] for v in group)
 
 
-def score(pred_dir: Path, cases: list, values: list, name: str, data: Path, original: bool = False
-          ) -> dict[str, float]:
+def score(pred_dir: Path, cases: list, values: list, name: str, data: Path, original: bool = False,
+          flat: list[float] | None = None) -> dict[str, float]:
     """Mean over the validation cases of every metric; keys like ``dice/membrane``, ``rand_error``."""
     cmap, labels = ClassMap(values), DATASETS[name][1]
     k = len(values)
@@ -159,8 +161,10 @@ def score(pred_dir: Path, cases: list, values: list, name: str, data: Path, orig
         truth = cmap.encode(read_mask(case.mask_path)[0], source=case.mask_path)
         raw = read_mask(preds[case.name])[0]
         # mask values written back (unetseg) are scored through the same class map as the truth; the
-        # reference writes class indices in this map's order
-        pred = cmap.encode(raw) if original else raw.astype(np.int64)
+        # reference writes indices into ``flat`` (every mask value its own class)
+        if flat is not None:
+            raw = np.asarray(flat)[raw.astype(np.int64)]
+        pred = cmap.encode(raw) if original or flat is not None else raw.astype(np.int64)
         for c, (d, j) in enumerate(zip(dice(pred, truth, k), iou(pred, truth, k), strict=True)):
             add(f"dice/{class_name(cmap.groups[c], labels)}", d)
             add(f"iou/{class_name(cmap.groups[c], labels)}", j)
@@ -297,8 +301,9 @@ def main() -> None:
             info = (run_unetseg(args.name, train, val, work, args.minutes, shlex.split(args.unetseg_args),
                                 planner=tool == "planner") if tool != "reference" else
                     run_reference(train, val, work, args.minutes, values, shlex.split(args.reference_args)))
-            info["scores"] = score(Path(info["pred"]), val_cases, values, args.name, data,
-                                   original=info.get("pred_values") == "original")
+            original = info.get("pred_values") == "original"
+            info["scores"] = score(Path(info["pred"]), val_cases, values, args.name, data, original=original,
+                                   flat=info.get("flat_values"))
             record.write_text(json.dumps(info, indent=2))
         elif record.is_file():
             info = json.loads(record.read_text())

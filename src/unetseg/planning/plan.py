@@ -22,7 +22,7 @@ from unetseg.planning.rules import Decision, Device
 from unetseg.planning.timing import Timing, measure, measure_tile
 from unetseg.runtime import resolve_device
 
-MIN_STEPS = {2: 800, 3: 500}  # optimizer steps a width must reach in the budget to be chosen (see README)
+MIN_STEPS = {2: 800, 3: 800}  # optimizer steps a width must reach in the budget to be chosen (see README)
 WIDTHS = {"cpu": [8, 16, 32], "cuda": [16, 32, 48]}
 BATCH = {("cpu", 2): 4, ("cpu", 3): 2, ("cuda", 2): 12, ("cuda", 3): 2}
 STEP_OVERHEAD = 1.2  # data loading and logging on top of the timed model step (measured on 2 CPU cores)

@@ -188,7 +188,7 @@ def sampling(fp: Fingerprint, patch: list[int]) -> list[Decision]:
     small = [o["median_voxels"] for o in fp.objects.values() if o["count"]]
     tiny = bool(small) and min(small) < 0.002 * math.prod(patch)
     if tiny:
-        share = min(0.9, share + 0.17)
+        share = min(0.67, share + 0.17)  # more would starve the background of patches (false positives)
     why = f"foreground {100 * fg:.1f}% of voxels" + ("; small objects (<0.2% of a patch)" if tiny else "")
     return [Decision("data.foreground_fraction", round(share, 2), why)]
 
