@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
+STARDIST_VENV := .venv-stardist
+STARDIST_STAMP := $(STARDIST_VENV)/.installed
+CELLPOSE_VENV := .venv-cellpose
+CELLPOSE_STAMP := $(CELLPOSE_VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
@@ -39,8 +43,26 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) $(STARDIST_STAMP) $(CELLPOSE_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/run.py
 
+# The instance benchmark's peers (benchmarks/instances.py), each in its own venv: StarDist on TensorFlow
+# (2.15: the last with Keras 2, which stardist/csbdeep are written for), Cellpose 3 on the pinned CPU torch.
+# An install that fails leaves no venv and its reason in .venv-NAME.log; instances.py reports it.
+$(STARDIST_STAMP):
+	rm -rf $(STARDIST_VENV) && $(PY) -m venv $(STARDIST_VENV)
+	( $(STARDIST_VENV)/bin/python -m pip install -q --upgrade pip && \
+	  $(STARDIST_VENV)/bin/python -m pip install -q "tensorflow-cpu==2.15.*" "numpy<2" "stardist>=0.9" \
+	  "csbdeep>=0.7" pillow tifffile ) > $(STARDIST_VENV).log 2>&1 && touch $@ || \
+	  { echo "stardist: install failed, see $(STARDIST_VENV).log"; rm -rf $(STARDIST_VENV); }
+
+$(CELLPOSE_STAMP):
+	rm -rf $(CELLPOSE_VENV) && $(PY) -m venv $(CELLPOSE_VENV)
+	( $(CELLPOSE_VENV)/bin/python -m pip install -q --upgrade pip && \
+	  $(CELLPOSE_VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0 && \
+	  $(CELLPOSE_VENV)/bin/python -m pip install -q -c constraints.txt "cellpose>=3,<4" pillow ) \
+	  > $(CELLPOSE_VENV).log 2>&1 && touch $@ || \
+	  { echo "cellpose: install failed, see $(CELLPOSE_VENV).log"; rm -rf $(CELLPOSE_VENV); }
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(STARDIST_VENV) $(CELLPOSE_VENV) build dist src/*.egg-info

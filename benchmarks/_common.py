@@ -158,3 +158,16 @@ def machine_facts(threads: int) -> dict[str, str]:
         ),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+
+
+def replace_section(path: Path, tag: str, text: str) -> None:
+    """Replace the block between ``<!-- TAG:start -->`` and ``<!-- TAG:end -->`` in ``path`` (appended when
+    absent), leaving the rest of the file alone."""
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.is_file() else "# Benchmarks\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)

@@ -221,6 +221,18 @@ def _recipe_line(work: Path, folder: str = "unetseg", who: str = "recipe") -> st
             f"{c.train.schedule}, class values {c.data.class_values}.")
 
 
+def _command(name: str, args: argparse.Namespace, work: Path) -> list[str]:
+    """The command that (re)runs every tool of the table (``--tools`` only narrows a rerun)."""
+    cmd = [".venv-bench/bin/python", "benchmarks/real_data.py", name, "--minutes", f"{args.minutes:g}"]
+    return cmd + ["--work", str(work)]
+
+
+def _finished(work: Path, tools: list[str]) -> str:
+    """When the newest result of the table was recorded (a section rewritten later keeps its runs' date)."""
+    newest = max((work / f"{t}.json").stat().st_mtime for t in tools)
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(newest))
+
+
 def section(name: str, args: argparse.Namespace, results: dict, val: list, n_train: int, work: Path) -> str:
     """The markdown block for BENCHMARKS.md."""
     folder = DATASETS[name][0]
@@ -231,8 +243,8 @@ def section(name: str, args: argparse.Namespace, results: dict, val: list, n_tra
     lines = [
         f"### {folder}",
         "",
-        f"Command: `{shlex.join(['.venv-bench/bin/python', 'benchmarks/real_data.py', *sys.argv[1:]])}`  ",
-        f"Budget: {args.minutes:g} training minutes per tool; run {time.strftime('%Y-%m-%d %H:%M')}.  ",
+        f"Command: `{shlex.join(_command(name, args, work))}`  ",
+        f"Budget: {args.minutes:g} training minutes per tool; run {_finished(work, cols)}.  ",
         f"Machine: {machine()}.  ",
         f"Split: {n_train} training / {len(val)} validation cases (`split_cases`, recipe val_fraction and "
         f"seed); validation: {', '.join(c.name if len(c.name) <= 24 else c.name[:12] for c in val)}.  ",
@@ -277,8 +289,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="training minutes per tool")
     ap.add_argument("--data-root", type=Path, default=DATA_ROOT)
     ap.add_argument("--work", type=Path, default=None, help="runs and split (default: temp dir)")
-    ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
-                    help="tools to (re)run; earlier results of the other one in WORK are reused")
+    ap.add_argument("--tools", nargs="*", choices=TOOLS, default=list(TOOLS),
+                    help="tools to (re)run; earlier results of the others in WORK are reused (none: only "
+                         "write the section again)")
     ap.add_argument("--unetseg-args", default="", help="extra `unetseg train` options (trials, smoke tests)")
     ap.add_argument("--reference-args", default="", help="extra reference_monai.py options")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md")

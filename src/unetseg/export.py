@@ -242,6 +242,22 @@ def _export_torchscript(model: nn.Module, config: Config, path: Path) -> float:
         return parity(model, lambda x: _eager(loaded, x), sizes[1:])
 
 
+def _check_request(checkpoint: str | Path, fmt: str, output: Path, opset: int, overwrite: bool) -> None:
+    """Every option checked, and the output against the checkpoint's files, before any work."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx" and opset < 17:
+        raise ConfigError(f"--opset {opset}: unetseg exports ONNX opset 17 or newer")
+    suffixes = (".onnx",) if fmt == "onnx" else TORCHSCRIPT_SUFFIXES
+    if output.suffix.lower() not in suffixes:  # predict picks the engine by the extension
+        raise ConfigError(f"--output {output}: a {fmt} file must end in {' or '.join(suffixes)}")
+    guard = OutputGuard()
+    guard.read(checkpoint, "--checkpoint")
+    guard.read(find_checkpoint(checkpoint), "--checkpoint")
+    guard.write(output, "--output")
+    guard.check(overwrite=overwrite)
+
+
 def export_model(
     checkpoint: str | Path,
     fmt: str,
@@ -269,20 +285,8 @@ def export_model(
     Returns:
         The max abs difference, which is also printed. Raises :class:`UnetsegError` above ``atol``.
     """
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if fmt == "onnx" and opset < 17:
-        raise ConfigError(f"--opset {opset}: unetseg exports ONNX opset 17 or newer")
-    output = Path(output)
-    suffixes = (".onnx",) if fmt == "onnx" else TORCHSCRIPT_SUFFIXES
-    if output.suffix.lower() not in suffixes:  # predict picks the engine by the extension
-        raise ConfigError(f"--output {output}: a {fmt} file must end in {' or '.join(suffixes)}")
-    guard = OutputGuard()
-    guard.read(checkpoint, "--checkpoint")
-    guard.read(find_checkpoint(checkpoint), "--checkpoint")
-    guard.write(output, "--output")
-    guard.check(overwrite=overwrite)
+    fmt, output = fmt.lower(), Path(output)
+    _check_request(checkpoint, fmt, output, opset, overwrite)
     model, config = load_checkpoint(checkpoint, "cpu")
     model = model.float().eval()
     ensure_dir(output.parent, "--output")

@@ -156,9 +156,15 @@ def record_written(paths: Iterable[str | Path]) -> None:
             pass  # the log only relaxes later checks; losing it never loses data
 
 
+def is_store(path: Path) -> bool:
+    """An output that is a folder by nature (an OME-Zarr store), owned and replaced as a whole."""
+    return path.name.lower().endswith(".zarr")
+
+
 def is_ours(path: Path, known: dict[str, tuple[int, int]] | None = None) -> bool:
-    """True when ``path`` is a file unetseg wrote and nobody changed since (size and mtime as logged)."""
-    if path.is_symlink() or not path.is_file():
+    """True when ``path`` is a file (or an OME-Zarr store) unetseg wrote and nobody changed since (size and
+    mtime as logged)."""
+    if path.is_symlink() or not (path.is_file() or (is_store(path) and path.is_dir())):
         return False
     known = written_by_us(path.parent) if known is None else known
     name = os.fsencode(path.name).decode("utf-8", "replace")
@@ -204,9 +210,11 @@ class OutputGuard:
                               f"choose another {option}")
         self.outputs[key] = (p, option, str(source or ""))
 
-    def check(self, *, overwrite: bool = False) -> None:
-        """Refuse (before any work) what would destroy an input, an earlier result or a user's file."""
+    def check(self, *, overwrite: bool = False, among: Iterable[str | Path] | None = None) -> None:
+        """Refuse (before any work) what would destroy an input, an earlier result or a user's file.
+        ``among``: check existing files only for these outputs (the inputs are checked for all)."""
         known: dict[Path, dict[str, tuple[int, int]]] = {}
+        mine = None if among is None else {os.path.join(_real(Path(a).parent), Path(a).name) for a in among}
         for key, (p, option, _) in self.outputs.items():
             hit = self.files.get(key) or self.files.get(_real(p))
             if hit is not None:
@@ -216,9 +224,9 @@ class OutputGuard:
             if inside is not None:
                 raise OutputError(f"{p}: {option} points into {printable(inside[0])}, which this command "
                                   f"reads ({inside[1]}); choose another {option}")
-            if overwrite or not (p.exists() or p.is_symlink()):
+            if overwrite or (mine is not None and key not in mine) or not (p.exists() or p.is_symlink()):
                 continue
-            if p.is_dir() and not p.is_symlink():
+            if p.is_dir() and not p.is_symlink() and not is_store(p):
                 raise OutputError(f"{p}: a folder is in the way of an output file; choose another {option}")
             folder_log = known.setdefault(p.parent, written_by_us(p.parent))
             if not is_ours(p, folder_log):

@@ -86,6 +86,16 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
+def rank_device(name: str = "auto") -> str:
+    """Under ``torchrun`` (WORLD_SIZE > 1) ``auto`` / ``cuda`` mean this process's GPU,
+    ``cuda:LOCAL_RANK`` (round robin when there are fewer GPUs); anything else as given."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or name not in ("auto", "cuda"):
+        return name
+    if not torch.cuda.is_available():
+        return name
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU runs bf16 convolutions natively (AVX-512-bf16 or AMX), so bf16 is the fast path

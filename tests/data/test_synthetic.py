@@ -70,6 +70,6 @@ def test_3d_dataset_keeps_spacing(tmp_path, ext):
 
 def test_bad_kind_or_size():
     with pytest.raises(ConfigError, match="choose one of"):
-        make_image("nuclei")
+        make_image("blobs")
     with pytest.raises(ConfigError, match="must be 3D"):
         make_image("cells3d", (64, 64))

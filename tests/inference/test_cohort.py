@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from unetseg.errors import ConfigError
 from unetseg.inference import predict_files
@@ -17,7 +18,7 @@ from .helpers import make_checkpoint
 
 distributed = pytest.importorskip("distributed")
 
-from unetseg.inference.cohort import predict_cohort  # noqa: E402 - after the importorskip
+from unetseg.inference.cohort import predict_cohort, split_rows  # noqa: E402 - after the importorskip
 
 
 @pytest.fixture()
@@ -79,3 +80,32 @@ def test_a_task_that_keeps_failing_is_retried_then_reported_not_fatal(cohort, tm
     assert result.done == [] and result.model_loads == 0 and len(result.failed) == 5
     path, line = result.failed[0]
     assert line.startswith(path) and "failed after 2 attempt(s)" in line and "CUDA" in line
+
+
+def test_the_regions_of_one_slide_are_shared_by_the_workers(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", "unet")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(folder / "slide.ome.tif", rng.integers(0, 255, (2100, 160), dtype=np.uint8), ome=True,
+                     tile=(64, 64))  # 5 chunk rows of 512
+    settings = {"tile": [32, 32], "device": "cpu", "precision": "fp32"}
+    single = predict_files(ckpt, folder, tmp_path / "single", progress=False, **settings)
+    assert [Path(p).name for p in single.written] == ["slide.ome.zarr"]
+    result = predict_cohort(ckpt, folder, tmp_path / "cluster", cluster="local:2", **settings)
+    assert result.done == [str(folder / "slide.ome.tif")] and result.failed == result.skipped == []
+    assert result.tasks >= 2  # parts of at least two chunk rows: (0, 2), (2, 4), (4, 5) with 2 workers
+    a, b = zarr.open_group(str(tmp_path / "single" / "slide.ome.zarr"), mode="r"), zarr.open_group(
+        str(tmp_path / "cluster" / "slide.ome.zarr"), mode="r")
+    assert sorted(a.array_keys()) == sorted(b.array_keys()) and len(list(a.array_keys())) >= 2
+    for key in a.array_keys():
+        np.testing.assert_array_equal(a[key][...], b[key][...])
+    assert dict(a.attrs) == dict(b.attrs)
+    assert not list((tmp_path / "cluster").glob(".*.tmp"))
+
+
+def test_split_rows_cuts_runs_of_pending_rows():
+    assert split_rows([0, 1, 2, 3, 4], 4) == [(0, 2), (2, 4), (4, 5)]
+    assert split_rows([0, 1, 2, 3, 4, 5, 6, 7], 2) == [(0, 4), (4, 8)]
+    assert split_rows([1, 2, 5, 6, 7], 1) == [(1, 3), (5, 8)]  # resume: only the rows still missing
+    assert split_rows([], 3) == []

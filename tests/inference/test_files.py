@@ -15,6 +15,7 @@ from unetseg.cli import app, expand_multi
 from unetseg.data.io import list_images, read_image, read_mask
 from unetseg.errors import DataError, OutputError
 from unetseg.inference import load_engine, predict, predict_files
+from unetseg.inference.batch import Routing
 
 from .helpers import make_checkpoint
 
@@ -121,3 +122,30 @@ def test_cli_predict(ckpt, images, tmp_path):
     assert len(list(out.glob("*.png"))) == 3
     missing = CliRunner().invoke(app, expand_multi([*args[:4], str(tmp_path / "nope"), *args[5:7]]))
     assert missing.exit_code == 2 and "nope" in missing.output
+
+
+def test_torchrun_shards_the_inputs_across_processes(ckpt, cells_2d, tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in sorted((cells_2d / "images").iterdir())[:5]:
+        shutil.copy(f, folder / f.name)
+    single = predict_files(ckpt, folder, tmp_path / "single", device="cpu", precision="fp32", progress=False)
+    out = tmp_path / "sharded"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "unetseg", "predict", "--checkpoint", str(ckpt), "--input", str(folder), "--output", str(out),
+         "--device", "cpu", "--precision", "fp32"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    counts = sorted(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("wrote "))
+    assert counts == [2, 3]  # every 2nd input from RANK: 3 for rank 0, 2 for rank 1
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(Path(p).name for p in single.written)
+    for p in map(Path, single.written):
+        np.testing.assert_array_equal(read_mask(out / p.name)[0], read_mask(p)[0])
+    again = predict_files(ckpt, folder, out, device="cpu", precision="fp32", progress=False, routing=Routing(
+        resume=True))
+    assert len(again.complete) == 5  # both processes recorded their outputs as unetseg's own

@@ -16,13 +16,8 @@ from unetseg.data.ngff import LabelZarrWriter
 from unetseg.data.normalize import Normalizer
 from unetseg.errors import DataError
 from unetseg.inference import Engine, Predictor, load_engine
-from unetseg.inference.stream import (
-    ChannelStats,
-    StreamPredictor,
-    image_statistics,
-    stream_normalizer,
-    tissue_skip,
-)
+from unetseg.inference.regions import ChannelStats, image_statistics, stream_normalizer, tissue_skip
+from unetseg.inference.stream import StreamPredictor
 
 from .helpers import make_checkpoint, tiny_config
 
@@ -243,3 +238,48 @@ def test_tiles_without_tissue_are_background(engines, tmp_path):
             untouched[p[0] : p[0] + 64, p[1] : p[1] + 64] = False
     assert untouched.sum() > 64 * 64
     np.testing.assert_array_equal(labels[untouched], pred.predict(norm(image))[untouched])
+
+
+def test_parts_of_one_store_give_the_single_process_labels(engines, tmp_path):
+    shape = (300, 200)
+    image = _image(shape, seed=5)
+    norm = _stats(image)
+    pred = Predictor(engines["2d"], tile=(64, 64), overlap=0.25, batch_size=4)
+    want = pred.predict(norm(image))
+    source = open_lazy(_tiff(tmp_path / "image.tif", image))
+    path = tmp_path / "out.ome.zarr"
+    writer = LabelZarrWriter(path, shape, chunks=(64, 64))  # 5 chunk rows
+    writer.record_rows([0, 1])  # nothing on disk yet: not recorded
+    assert writer.completed_rows() == []
+    computed = 0
+    for part in [(3, 5), (0, 1), (1, 3)]:  # any order, as workers finish
+        piece = LabelZarrWriter(path, shape, chunks=(64, 64), part=part)
+        result = StreamPredictor(pred).predict_to(source, piece, normalize=norm)
+        assert piece.part_rows() == list(range(*part))
+        assert result.rows_written == min(300, 64 * part[1]) - 64 * part[0]
+        computed += result.run
+        writer.record_rows(piece.part_rows())
+        with pytest.raises(RuntimeError, match="cannot finish"):
+            piece.finish()
+    assert computed > pred.plan(shape).num_tiles  # tiles on a cut run on both sides
+    out = writer.finish()
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[...], want)
+
+
+def test_the_valid_unet_gives_the_same_prediction_for_any_tile_size(engines, tmp_path):
+    """Overlap-tile with the unpadded U-Net: every output pixel sees the same input context whatever the
+    tiling, so the probabilities agree to float rounding and the labels wherever they are not a tie."""
+    shape = (150, 190)
+    image = _image(shape, seed=9)
+    x = _stats(image)(image)
+    eng = engines["valid"]
+    whole = Predictor(eng, tile=None).predict_proba(x)
+    margin = np.abs(whole[1] - whole[0]) > 1e-4
+    assert margin.mean() > 0.99
+    for tile in [(44, 44), (60, 92), (100, 76)]:
+        pred = Predictor(eng, tile=tile, overlap=0.25, batch_size=2)
+        assert pred.plan(shape).num_tiles > 4
+        np.testing.assert_allclose(pred.predict_proba(x), whole, atol=1e-5)
+        writer = MemoryWriter(shape, rows=50)
+        StreamPredictor(pred).predict_to(ArraySource(image), writer, normalize=_stats(image))
+        np.testing.assert_array_equal(writer.labels[margin], whole.argmax(0)[margin])

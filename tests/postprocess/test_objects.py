@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unetseg.errors import DataError
-from unetseg.postprocess.objects import object_table, table_to_csv_text
+from unetseg.postprocess.objects import ObjectAccumulator, object_table, table_to_csv_text
 
 LABELS = np.array([
     [2, 2, 0, 0, 0],
@@ -77,3 +77,20 @@ def test_bad_input() -> None:
         object_table(LABELS.astype(float))
     with pytest.raises(DataError):
         table_to_csv_text({"a": np.arange(2), "b": np.arange(3)})
+
+
+@pytest.mark.parametrize("shape,cuts", [((60, 45), [0, 7, 8, 30, 60]), ((12, 20, 16), [0, 5, 12])])
+def test_the_table_accumulated_in_slabs_equals_the_whole_image_table(shape, cuts) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 9, shape).astype(np.uint32) * (rng.random(shape) < 0.5)
+    labels[labels == 4] = 0  # an id that is absent
+    image = rng.random((2, *shape))
+    spacing = (0.5,) * len(shape)
+    acc = ObjectAccumulator(len(shape), 2, spacing)
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        acc.add(labels[a:b], (a, *(0,) * (len(shape) - 1)), image[:, a:b])
+    got, want = acc.table(), object_table(labels, image, spacing)
+    assert list(got) == list(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, err_msg=key)
+    assert list(ObjectAccumulator(2).table()) == list(object_table(np.zeros((3, 3), np.uint8)))

@@ -164,26 +164,31 @@ def test_a_bad_nnunet_dataset_json(labels, channels, needle, tmp_path, capsys):
 
 @pytest.fixture(scope="session")
 def bomb(tmp_path_factory) -> Path:
-    """A 2 MB zlib TIFF that declares 46000 x 46000 pixels (7.9 GiB as float32)."""
-    path = tmp_path_factory.mktemp("bomb") / "images" / "slide.tif"
-    path.parent.mkdir()
+    """A 2 MB zlib TIFF that declares 46000 x 46000 pixels (7.9 GiB as float32), as image and mask."""
+    root = tmp_path_factory.mktemp("bomb")
     tile = np.zeros((2048, 2048), np.uint8)
     count = (-(-46000 // 2048)) ** 2
-    tiles = (tile for _ in range(count))
-    tifffile.imwrite(path, tiles, shape=(46000, 46000), dtype=np.uint8, tile=(2048, 2048), compression="zlib")
-    return path
+    for folder in ("images", "masks"):
+        (root / folder).mkdir()
+        tifffile.imwrite(root / folder / "slide.tif", (tile for _ in range(count)), shape=(46000, 46000),
+                         dtype=np.uint8, tile=(2048, 2048), compression="zlib")
+    return root / "images" / "slide.tif"
 
 
-def test_a_decompression_bomb_is_refused_from_its_header(bomb, ckpt, tmp_path, capsys):
+def test_a_decompression_bomb_is_refused_from_its_header(bomb, tmp_path, capsys):
+    """Readers that decode whole images refuse it before decoding; predict streams it instead (flat
+    memory, tests/inference/test_slide.py), so there it is a slide, not a bomb."""
     assert bomb.stat().st_size < 4e6
-    code, err = run_inprocess("predict", "--checkpoint", ckpt, "--input", bomb, "--output", tmp_path / "o",
-                              capsys=capsys)
-    assert_refused(code, err, str(bomb), "46000x46000", "7.9 GiB", "--max-image-gib")
+    code, err = run_inprocess(*train_args(bomb.parent.parent, tmp_path / "RUN"), capsys=capsys)
+    assert_refused(code, err, "slide.tif", "46000x46000", "7.9 GiB", "--max-image-gib")
+    assert not (tmp_path / "RUN").exists()
     from unetseg.data.io import read_image
     from unetseg.errors import DataError
+    from unetseg.inference.slide import is_streamed
 
     with pytest.raises(DataError, match="over the 2 GiB limit"):
         read_image(bomb)  # every reader: the budget is the decoded float32 bytes, before decoding
+    assert is_streamed(bomb, "auto")
 
 
 def test_mask_values_that_suggest_a_mistake_are_reported_with_the_files(data, tmp_path, capsys):

@@ -261,23 +261,36 @@ def evaluate(
 @user_errors
 def predict(
     checkpoint: Annotated[Path, Opt(help="checkpoint folder, run folder (-> best/) or .onnx file")],
-    input: Annotated[Path, Opt(help="an image file or a folder of images")],
+    input: Annotated[Path, Opt(help="an image file, an OME-Zarr store or a folder of images")],
     output: Annotated[Path, Opt(help="folder for the masks")],
     tile: Annotated[list[int] | None, Opt(help="tile size H W or D H W; default: training patch")] = None,
     overlap: Annotated[float | None, Opt(help="tile overlap in [0, 1); default 0.25 (2D), 0.5 (3D)")] = None,
     blend: Annotated[str | None, Opt(help=_one_of("infer", "blend"))] = None,
     tta: Annotated[bool, Opt("--tta", help="average over flips")] = False,
-    probabilities: Annotated[bool, Opt("--probabilities", help="also write per-class float TIFFs")] = False,
+    probabilities: Annotated[bool, Opt("--probabilities", help="also write per-class probabilities")] = False,
     overlay: Annotated[bool, Opt("--overlay", help="also write a coloured overlay PNG")] = False,
     mask_values: Annotated[str, Opt(help="index (0..C-1) | original (the training mask values)")] = "index",
     batch_size: Annotated[int | None, Opt(help="tiles per forward pass")] = None,
     device: Annotated[str, Opt(help="auto | cpu | cuda")] = "auto",
     precision: Annotated[str, Opt(help=_one_of("train", "precision"))] = "auto",
+    output_format: Annotated[
+        str, Opt(help="auto (big and OME inputs -> OME-Zarr) | ome-zarr | ome-tiff")
+    ] = "auto",
+    level: Annotated[
+        int | None, Opt(help="pyramid level to predict (default: the training pixel size's)")
+    ] = None,
+    skip_background: Annotated[
+        bool, Opt("--skip-background", help="no tiles over glass (whole slides)")
+    ] = False,
+    resume: Annotated[
+        bool, Opt("--resume", help="continue interrupted slides; keep finished outputs")
+    ] = False,
+    dask: Annotated[str | None, Opt(help="local:N (worker processes) or tcp://HOST:PORT (a cluster)")] = None,
     skip_bad: Annotated[bool, Opt("--skip-bad", help="report unreadable inputs and go on")] = False,
     overwrite: Annotated[
         bool, Opt("--overwrite", help="replace existing outputs unetseg did not write")
     ] = False,
-    max_image_gib: Annotated[float | None, Opt(help="largest image to decode, as float32 GiB")] = None,
+    max_image_gib: Annotated[float | None, Opt(help="largest image to decode in memory, float32 GiB")] = None,
     trust_torchscript: Annotated[
         bool,
         Opt(
@@ -286,29 +299,25 @@ def predict(
         ),
     ] = False,
 ) -> None:
-    """Segment an image or a folder of images of any size with sliding-window inference."""
+    """Segment an image or a folder of images of any size with sliding-window inference; whole slides and
+    huge volumes are streamed in flat memory to OME-Zarr; `--dask` spreads a cohort over a cluster."""
     from unetseg.inference import predict_files
+    from unetseg.inference.batch import Routing
 
     if max_image_gib is not None:
         build_config([({"data.max_image_gib": max_image_gib}, "command line")])
+    if level is not None and level < 0:
+        raise UnetsegError(f"--level {level}: expected a level >= 0")
+    routing = Routing(output_format, level, skip_background, resume)
     result = predict_files(
-        checkpoint,
-        input,
-        output,
-        tta=tta,
-        probabilities=probabilities,
-        overlay=overlay,
-        mask_values=mask_values,
-        device=device,
-        precision=precision,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        trust_torchscript=trust_torchscript,
-        max_image_gib=max_image_gib,
+        checkpoint, input, output, skip_bad=skip_bad, overwrite=overwrite, routing=routing, dask=dask,
+        tta=tta, probabilities=probabilities, overlay=overlay, mask_values=mask_values, device=device,
+        precision=precision, trust_torchscript=trust_torchscript, max_image_gib=max_image_gib,
         **_infer_overrides(tile, overlap, batch_size, blend),
     )
-    done = result.images - len(result.skipped)
-    typer.echo(f"wrote {done} mask(s){' with probabilities' if probabilities else ''} to {result.output}")
+    extra = f"; {len(result.complete)} complete already" if result.complete else ""
+    what = " with probabilities" if probabilities else ""
+    typer.echo(f"wrote {len(result.done)} output(s){what} to {result.output}{extra}")
 
 
 @app.command()

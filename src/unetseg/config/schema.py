@@ -146,6 +146,7 @@ class DataConfig(Section):
     window: Range | None = None
     intensity_stats: Range | None = None  # [mean, std] for "ct"
     spacing: list[Annotated[Float, Field(gt=0)]] | None = None  # target spacing (3D resampling), z y x
+    pixel_size: list[Annotated[Float, Field(gt=0)]] | None = None  # of the training images, micrometres
     patch_size: Size | None = None
     foreground_fraction: Prob = 0.33
     cache: Literal["auto", "memory", "lazy"] = "auto"
@@ -245,6 +246,9 @@ class InferConfig(Section):
     blend: Literal["gaussian", "constant"] = "gaussian"
     batch_size: Annotated[PosInt, Field(le=4096)] = 4
     tta: bool = False
+    # instance models: objects by seeded watershed of the interior probability
+    interior_threshold: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.5
+    min_object_size: Annotated[Int, Field(ge=0)] = 10  # pixels (voxels in 3D); smaller objects are dropped
 
 
 class Config(Section):

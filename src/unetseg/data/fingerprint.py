@@ -18,18 +18,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-from skimage.measure import label as label_components
 
 from unetseg.data.cases import Case, read_pair
+from unetseg.data.fingerprint_stats import PERCENTILES, _Classes, _Intensity, _value_counts
 from unetseg.data.labels import ClassMap
 from unetseg.errors import DataError
 
 FORMAT_VERSION = 1  # bump when the fields or their meaning change: cached fingerprints are then recomputed
-SAMPLES_PER_CASE = 10_000
 SEED = 1234  # nnU-Net's
-PERCENTILES = (0.5, 50.0, 99.5)
-_CHUNK = 1 << 22  # voxels per float64 chunk of the exact moments (bounds the temporary memory)
 
 
 @dataclass
@@ -109,138 +105,11 @@ def class_label(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ statistics
-def _combine(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
-    """Merge (count, mean, sum of squared deviations) of two parts (Chan et al.'s parallel variance)."""
-    n = a[0] + b[0]
-    if n == 0:
-        return 0, 0.0, 0.0
-    delta = b[1] - a[1]
-    return n, a[1] + delta * b[0] / n, a[2] + b[2] + delta * delta * a[0] * b[0] / n
-
-
-def _moments(x: np.ndarray) -> tuple[int, float, float]:
-    """Exact float64 (count, mean, M2) of ``x``, in chunks so the float64 copy stays small."""
-    flat, acc = x.ravel(), (0, 0.0, 0.0)
-    for start in range(0, flat.size, _CHUNK):
-        c = flat[start : start + _CHUNK].astype(np.float64)
-        m = float(c.mean())
-        acc = _combine(acc, (c.size, m, float(np.square(c - m).sum())))
-    return acc
-
-
-class _Intensity:
-    """Running statistics of one channel over a set of voxels (all, or the foreground)."""
-
-    def __init__(self) -> None:
-        self.moments: tuple[int, float, float] = (0, 0.0, 0.0)
-        self.lo, self.hi = np.inf, -np.inf
-        self.samples: list[np.ndarray] = []
-
-    def add(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-        """Add one case's voxels; returns its sample (None when it has none)."""
-        if values.size == 0:
-            return None
-        self.moments = _combine(self.moments, _moments(values))
-        self.lo, self.hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
-        sample = values[rng.integers(0, values.size, SAMPLES_PER_CASE)]
-        self.samples.append(sample)
-        return sample
-
-    def summary(self) -> dict[str, Any]:
-        n, mean, m2 = self.moments
-        if n == 0:
-            empty = dict.fromkeys(("mean", "std", "min", "max", "p0.5", "median", "p99.5"))
-            return empty | {"voxels": 0}
-        p_lo, med, p_hi = np.percentile(np.concatenate(self.samples), PERCENTILES)
-        return {
-            "mean": mean,
-            "std": float(np.sqrt(m2 / n)),
-            "min": self.lo,
-            "max": self.hi,
-            "p0.5": float(p_lo),
-            "median": float(med),
-            "p99.5": float(p_hi),
-            "voxels": n,
-        }
-
-
-def _value_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values and their counts (a histogram for 8/16-bit arrays)."""
-    if arr.dtype in (np.uint8, np.uint16, np.bool_):
-        counts = np.bincount(arr.ravel())
-        values = np.flatnonzero(counts)
-        return values, counts[values]
-    return np.unique(arr, return_counts=True)
-
-
-def _objects(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Face-connected components of equal non-zero value: (value, size in voxels, extent per axis) each."""
-    comp = label_components(labels, background=0, connectivity=1)
-    n = int(comp.max())
-    if n == 0:
-        return np.zeros(0, labels.dtype), np.zeros(0, np.int64), np.zeros((0, labels.ndim), np.int64)
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
-    value = np.zeros(n + 1, labels.dtype)
-    value[comp.ravel()] = labels.ravel()  # every voxel of a component holds its value: any one will do
-    extents = np.array([[s.stop - s.start for s in box] for box in ndimage.find_objects(comp)])
-    return value[1:], sizes, extents
-
-
-class _Classes:
-    """Voxel counts, case counts and objects per class key (a mask value, or a class index of a map)."""
-
-    def __init__(self) -> None:
-        self.voxels: dict[float, int] = {}
-        self.cases: dict[float, int] = {}
-        self.sizes: dict[float, list[np.ndarray]] = {}
-        self.volumes: dict[float, list[np.ndarray]] = {}
-        self.extents: dict[float, list[np.ndarray]] = {}
-
-    def add(self, labels: np.ndarray, voxel_volume: float) -> None:
-        for v, c in zip(*_value_counts(labels), strict=True):
-            key = float(v)
-            self.voxels[key] = self.voxels.get(key, 0) + int(c)
-            self.cases[key] = self.cases.get(key, 0) + 1
-        values, sizes, extents = _objects(labels)
-        for v in np.unique(values[values > 0]):
-            pick = values == v
-            key = float(v)
-            self.sizes.setdefault(key, []).append(sizes[pick])
-            self.volumes.setdefault(key, []).append(sizes[pick] * voxel_volume)
-            self.extents.setdefault(key, []).append(extents[pick])
-
-    def object_stats(self, key: float) -> dict[str, Any]:
-        if key not in self.sizes:
-            return {"count": 0} | dict.fromkeys(
-                (
-                    "median_voxels",
-                    "p10_voxels",
-                    "min_voxels",
-                    "max_voxels",
-                    "median_volume",
-                    "p10_volume",
-                    "median_extent",
-                )
-            )
-        sizes, volumes = np.concatenate(self.sizes[key]), np.concatenate(self.volumes[key])
-        return {
-            "count": int(sizes.size),
-            "median_voxels": float(np.median(sizes)),
-            "p10_voxels": float(np.percentile(sizes, 10)),
-            "min_voxels": int(sizes.min()),
-            "max_voxels": int(sizes.max()),
-            "median_volume": float(np.median(volumes)),
-            "p10_volume": float(np.percentile(volumes, 10)),
-            "median_extent": np.median(np.concatenate(self.extents[key]), axis=0).tolist(),
-        }
-
-
-# ---------------------------------------------------------------------------------------------- the pass
 class _Pass:
     """Everything gathered case by case; :meth:`result` makes the Fingerprint."""
 
-    def __init__(self, cmap: ClassMap | None) -> None:
-        self.cmap = cmap
+    def __init__(self, cmap: ClassMap | None, instances: bool = False) -> None:
+        self.cmap, self.instances = cmap, instances
         self.cases: list[dict[str, Any]] = []
         self.all: list[_Intensity] = []
         self.fg: list[_Intensity] = []
@@ -261,7 +130,9 @@ class _Pass:
         spacing = spacing if len(spacing) == dims else [1.0] * dims
         cmap = self.cmap
         labels = mask if cmap is None else cmap.encode(mask, case.mask_path, dtype=cmap.compact_dtype())
-        self.found.update(float(v) for v in _value_counts(mask)[0])
+        if self.instances:
+            labels = (mask > 0).astype(np.uint8)
+        self.found.update(float(v) for v in _value_counts(labels if self.instances else mask)[0])
         fg = labels > 0
         rng = np.random.default_rng([SEED, zlib.crc32(case.name.encode("utf-8", "surrogatepass"))])
         while len(self.all) < channels:
@@ -272,7 +143,7 @@ class _Pass:
             sample = self.all[c].add(image[c].ravel(), rng)
             self.fg[c].add(image[c][fg], rng)
             ranges.append(np.percentile(sample, [PERCENTILES[0], PERCENTILES[2]]).tolist())
-        self.classes.add(labels, float(np.prod(spacing)))
+        self.classes.add(labels, float(np.prod(spacing)), objects=mask if self.instances else None)
         self.total += int(mask.size)
         self.foreground += int(np.count_nonzero(fg))
         dtype = str(meta.get("dtype"))
@@ -324,7 +195,8 @@ class _Pass:
 
 
 def compute_fingerprint(
-    cases: list[Case], *, max_bytes: float | None = None, class_values: list[Any] | None = None
+    cases: list[Case], *, max_bytes: float | None = None, class_values: list[Any] | None = None,
+    instances: bool = False,
 ) -> Fingerprint:
     """The fingerprint of a training set, reading each case once.
 
@@ -335,13 +207,15 @@ def compute_fingerprint(
             foreground statistics are then per class of the map (merged values form one class and their
             touching regions one object; the foreground is every class but class 0) instead of per raw
             mask value (foreground: mask > 0). Mask values outside the map raise DataError.
+        instances: the masks are instance label images (one id per object): the statistics are those of
+            one foreground class "1", whose objects are the instances (touching ones stay apart).
     Raises:
         DataError: no cases, a case without a mask, unreadable files, images of different dimensionality or
         channel count, mask values outside ``class_values``.
     """
     if not cases:
         raise DataError("no cases: the fingerprint needs at least one labelled case")
-    acc = _Pass(ClassMap(class_values) if class_values is not None else None)
+    acc = _Pass(ClassMap(class_values) if class_values is not None else None, instances)
     for case in cases:
         if case.mask_path is None:
             raise DataError(f"{case.image_paths[0]}: no mask; the fingerprint needs labelled cases")

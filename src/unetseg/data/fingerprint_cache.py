@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.data.cases import Case
-from unetseg.data.fingerprint import FORMAT_VERSION, SAMPLES_PER_CASE, Fingerprint, compute_fingerprint
+from unetseg.data.fingerprint import FORMAT_VERSION, Fingerprint, compute_fingerprint
+from unetseg.data.fingerprint_stats import SAMPLES_PER_CASE
 from unetseg.data.io import channel_files
 from unetseg.data.labels import ClassMap
 from unetseg.errors import DataError, OutputError
@@ -39,7 +40,7 @@ def _case_files(case: Case) -> list[Path]:
     return [*images, *([case.mask_path] if case.mask_path is not None else [])]
 
 
-def cache_key(cases: list[Case], class_values: list[Any] | None = None) -> str:
+def cache_key(cases: list[Case], class_values: list[Any] | None = None, instances: bool = False) -> str:
     """A hash of everything the fingerprint depends on: the format version, the sample size, the class
     map and each case's name and files (absolute path, size, mtime_ns). DataError for a missing file."""
     files = []
@@ -54,7 +55,8 @@ def cache_key(cases: list[Case], class_values: list[Any] | None = None) -> str:
         files.append(entry)
     cmap = ClassMap(class_values).config_values() if class_values is not None else None
     text = json.dumps(
-        {"version": FORMAT_VERSION, "samples": SAMPLES_PER_CASE, "class_values": cmap, "cases": files},
+        {"version": FORMAT_VERSION, "samples": SAMPLES_PER_CASE, "class_values": cmap, "cases": files,
+         **({"instances": True} if instances else {})},
         default=str,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -84,7 +86,7 @@ def cached_fingerprint(
     a cache inside it is not used. A cache that cannot be written only warns; the fingerprint is returned.
     ``kw``: ``max_bytes``, ``class_values`` as for :func:`compute_fingerprint`.
     """
-    key = cache_key(cases, kw.get("class_values"))
+    key = cache_key(cases, kw.get("class_values"), bool(kw.get("instances")))
     path = cache_path(folder, cache_dir)
     usable = not _inside(path, folder)
     if usable and (fp := _load(path, key)) is not None:

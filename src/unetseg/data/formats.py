@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from unetseg.data.physical import tiff_pixel_size
+
 GIB = 2**30
 
 
@@ -132,6 +134,7 @@ def read_tiff(path: Path, *, mask: bool, max_bytes: float | None = None) -> tupl
         arr = series.asarray()
         spacing_yx = _tiff_resolution(tif.pages[0])
         z_spacing = float((tif.imagej_metadata or {}).get("spacing", 1.0))
+        pixel_size = tiff_pixel_size(tif, 2) if len([a for a in axes if a in _DEPTH_AXES]) == 0 else None
     # Singleton axes other than Y/X carry no information (ImageJ hyperstacks have many of them).
     keep = [i for i, a in enumerate(axes) if a in "YX" or shape[i] > 1]
     arr = arr.reshape([shape[i] for i in keep])
@@ -150,6 +153,8 @@ def read_tiff(path: Path, *, mask: bool, max_bytes: float | None = None) -> tupl
     spatial_dims = arr.ndim - 1
     spacing = (z_spacing, *spacing_yx) if spatial_dims == 3 else spacing_yx
     meta = {"spacing": spacing, "spatial_dims": spatial_dims, "format": "tiff"}
+    if pixel_size is not None and spatial_dims == 2:
+        meta["pixel_size"] = pixel_size  # micrometres, when the file says so (OME, ImageJ, resolution unit)
     if depth and axes[depth[0]] in "QI":
         meta["planes_unlabelled"] = True
     return arr, meta
@@ -180,7 +185,9 @@ def write_tiff(path: Path, array: np.ndarray, *, spacing: tuple | None = None,
         tifffile.imwrite(path, array, imagej=True, metadata={"axes": "ZYX", "spacing": sp[0]},
                          resolution=(1.0 / sp[-1], 1.0 / sp[-2]))
     else:
-        tifffile.imwrite(path, array, metadata={"axes": axes}, resolution=(1.0 / sp[-1], 1.0 / sp[-2]))
+        # Unit NONE: the spacing is carried as a ratio; tifffile's default (inch) would claim a physical size.
+        tifffile.imwrite(path, array, metadata={"axes": axes}, resolution=(1.0 / sp[-1], 1.0 / sp[-2]),
+                         resolutionunit=1)
 
 
 # ---------------------------------------------------------------------------------------------- NIfTI

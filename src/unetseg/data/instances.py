@@ -170,3 +170,40 @@ def instance_weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 
         near[...] = np.minimum(near, dist)
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
     return (weights + np.where(target != INTERIOR, border, 0.0)).astype(np.float32)
+
+
+class InstanceLabels:
+    """The labels of an instance task, where a :class:`~unetseg.data.labels.ClassMap` would stand: masks
+    hold one id per object; training arrays keep the ids (made consecutive, int32), and the network learns
+    the 3-class target (background, interior, boundary) derived from them after augmentation, so elastic
+    deformations keep targets and ids consistent."""
+
+    values = [BACKGROUND, INTERIOR, BOUNDARY]
+    groups = [[float(BACKGROUND)], [float(INTERIOR)], [float(BOUNDARY)]]
+    num_classes = 3
+    resample_classes = None  # ids are resampled by nearest neighbour, never through a one-hot
+
+    def encode(self, mask: np.ndarray, source: object = None, dtype: object = np.int32) -> np.ndarray:
+        try:
+            return relabel_sequential(mask)
+        except DataError as e:
+            raise DataError(f"{source or 'mask'}: {e}") from None
+
+    def check_values(self, found: Sequence[float], source: object) -> None:
+        if len(found) and min(float(v) for v in found) < 0:
+            raise DataError(f"{source}: negative instance ids; expected 0 (background) and one id per object")
+
+    def compact_dtype(self) -> type:
+        return np.int32
+
+    def config_values(self) -> list[int]:
+        return list(self.values)
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(indices)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InstanceLabels)
+
+    def __repr__(self) -> str:
+        return "InstanceLabels()"

@@ -48,8 +48,14 @@ def suffix_of(path: str | Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+_COMPOUND = (".ome.tiff", ".ome.tif", ".ome.zarr", ".nii.gz")
+
+
 def _plain_stem(path: Path) -> str:
-    return path.name[: len(path.name) - len(suffix_of(path))] if suffix_of(path) else path.name
+    """The name without its extension; ``slide.ome.tif`` -> ``slide`` (double OME extensions count as one)."""
+    low = path.name.lower()
+    cut = next((len(s) for s in _COMPOUND if low.endswith(s)), len(suffix_of(path)))
+    return path.name[: len(path.name) - cut] if cut else path.name
 
 
 def channel_index(path: str | Path) -> tuple[str, int] | None:
@@ -101,9 +107,12 @@ def list_images(folder_or_file: str | Path) -> list[Path]:
     if p.is_file():
         check_suffix(p, IMAGE_SUFFIXES)
         return [p]
+    if p.is_dir() and p.name.lower().endswith(".zarr"):
+        return [p]  # an OME-Zarr image (a folder by nature)
     if not p.is_dir():
         raise DataError(f"{p}: no such file or folder")
-    files = [f for f in _visible_files(p) if suffix_of(f) in IMAGE_SUFFIXES]
+    stores = [f for f in p.iterdir() if f.is_dir() and f.name.lower().endswith(".zarr") and f.name[0] != "."]
+    files = sorted([f for f in _visible_files(p) if suffix_of(f) in IMAGE_SUFFIXES] + stores)
     if not files:
         for sub in ("images", "imagesTs", "imagesTr"):
             if (p / sub).is_dir():
@@ -259,6 +268,14 @@ def write_mask(path: str | Path, labels: np.ndarray, meta: dict[str, Any] | None
     if suffix in (".tif", ".tiff"):
         return atomic_write(p, lambda tmp: formats.write_tiff(tmp, arr, spacing=(meta or {}).get("spacing")))
     return atomic_write(p, lambda tmp: formats.write_nifti(tmp, arr, meta=meta))
+
+
+def write_instances(path: str | Path, ids: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
+    """Write object ids as a TIFF: uint16, or uint32 when there are more than 65535 objects (atomically)."""
+    arr = np.asarray(ids)
+    arr = arr.astype(np.uint16 if arr.size == 0 or int(arr.max()) <= 65535 else np.uint32, copy=False)
+    spacing = (meta or {}).get("spacing")
+    return atomic_write(Path(path), lambda tmp: formats.write_tiff(tmp, arr, spacing=spacing))
 
 
 def write_image(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None = None) -> Path:

@@ -17,7 +17,6 @@ None. Lower TIFF levels scale level 0 by the shape ratio (OME-XML describes leve
 from __future__ import annotations
 
 import math
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,29 +25,12 @@ from typing import Any
 import numpy as np
 
 from unetseg.data import formats
+from unetseg.data.physical import tiff_pixel_size, um
 from unetseg.data.tissue import mask_scale, region_has_tissue, tissue_mask
 from unetseg.errors import DataError
 
 __all__ = ["LazyImage", "choose_level", "header_nbytes", "mask_scale", "open_lazy", "region_has_tissue",
            "tissue_mask"]
-
-_UM_PER_UNIT = {
-    "m": 1e6, "meter": 1e6, "cm": 1e4, "centimeter": 1e4, "mm": 1e3, "millimeter": 1e3,
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-    "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "å": 1e-4, "angstrom": 1e-4, "pm": 1e-6,
-    "picometer": 1e-6,
-}
-_RESUNIT_UM = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}  # TIFF inch, cm; tifffile's mm and µm extensions
-
-
-def _um(value: Any, unit: Any) -> float | None:
-    factor = _UM_PER_UNIT.get(str(unit).strip().lower()) if unit is not None else None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v * factor if factor and v > 0 and math.isfinite(v) else None
-
 
 class _View:
     """A stored array seen as channel-first ``(C, *spatial)``: slicing maps to the stored axis order.
@@ -210,31 +192,6 @@ def _tiff_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[list[int 
     return order, fixed, nchan
 
 
-def _tiff_pixel_size(tif: Any, spatial_dims: int) -> tuple[float, ...] | None:
-    if tif.ome_metadata:
-        try:
-            px = next(e for e in ET.fromstring(tif.ome_metadata).iter() if e.tag.endswith("Pixels"))
-            sizes = [_um(px.get(f"PhysicalSize{a}"), px.get(f"PhysicalSize{a}Unit", "µm")) for a in "ZYX"]
-            sizes = sizes[3 - spatial_dims:]
-            if all(sizes):
-                return tuple(sizes)
-        except (ET.ParseError, StopIteration):
-            pass
-    page = tif.pages.first
-    xres, yres = page.resolution
-    ij = tif.imagej_metadata or {}
-    if ij.get("unit") and xres > 1e-12 and yres > 1e-12:
-        sizes = [_um(1.0 / yres, ij["unit"]), _um(1.0 / xres, ij["unit"])]
-        if spatial_dims == 3:
-            sizes.insert(0, _um(ij.get("spacing", 1.0), ij["unit"]))
-    elif int(page.resolutionunit) in _RESUNIT_UM and xres > 1e-12 and yres > 1e-12 and spatial_dims == 2:
-        f = _RESUNIT_UM[int(page.resolutionunit)]
-        sizes = [f / yres, f / xres]
-    else:
-        return None
-    return tuple(sizes) if all(sizes) else None
-
-
 def _open_tiff(path: Path) -> LazyImage:
     import tifffile
     import zarr
@@ -251,7 +208,7 @@ def _open_tiff(path: Path) -> LazyImage:
                 raise DataError(f"{path}: pyramid level {i} has shape {arr.shape}, expected {lvl.shape}")
             levels.append(_View(arr, order, fixed, nchan))
         spatial_dims = len(order) - 1
-        px0 = _tiff_pixel_size(tif, spatial_dims)
+        px0 = tiff_pixel_size(tif, spatial_dims)
     except BaseException:
         tif.close()
         raise
@@ -299,7 +256,7 @@ def _open_zarr(path: Path) -> LazyImage:
         levels.append(_View(arr, [chan[0] if chan else None, *space], fixed))
         scale = [a * b for a, b in zip(_ngff_scale(ds.get("coordinateTransformations"), len(axes)), outer,
                                         strict=True)]
-        sizes = [_um(scale[i], axes[i].get("unit")) for i in space]
+        sizes = [um(scale[i], axes[i].get("unit")) for i in space]
         pixel_sizes.append(tuple(sizes) if all(sizes) else None)
     image = LazyImage(path, len(space), levels[0].shape[0], levels[0].dtype, levels, pixel_sizes,
                       meta={"format": "ome-zarr", "ngff_version": ms.get("version") or ome.get("version"),
@@ -330,7 +287,7 @@ def _open_nifti(path: Path) -> LazyImage:
     view = _View(img.dataobj, order)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial_dims])[::-1]
     unit = img.header.get_xyzt_units()[0]
-    sizes = [_um(z, "mm" if unit in (None, "unknown") else unit) for z in zooms]
+    sizes = [um(z, "mm" if unit in (None, "unknown") else unit) for z in zooms]
     meta = {"format": "nifti", "spacing": zooms, "affine": np.asarray(img.affine, dtype=np.float64)}
     return LazyImage(path, spatial_dims, view.shape[0], np.dtype(img.get_data_dtype()), [view],
                      [tuple(sizes) if all(sizes) else None], meta=meta)

@@ -22,6 +22,12 @@ small JSON manifest replaced atomically. ``resume=True`` trusts a recorded row o
 its chunk files exists and is non-empty (level 0 stores even all-background chunks for that reason).
 Everything is written under ``.<name>.tmp`` beside the output and renamed into place by ``finish``.
 The record survives a killed process, not a power cut (nothing is fsynced but the manifest).
+
+**Parts** (one slide on many processes): ``part=(a, b)`` opens the temporary store another writer
+created and writes chunk rows ``a..b-1`` only (the others count as complete, so a
+:class:`~unetseg.inference.stream.StreamPredictor` computes just the tiles those rows need). Parts never
+touch the manifest; the creating writer records their rows with :meth:`LabelZarrWriter.record_rows`
+(verified on disk) and finishes the store.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 
 from unetseg.data.pyramid import downsample_mean, downsample_mode, pyramid_factors
 from unetseg.errors import DataError
+from unetseg.fileio import write_json
 
 __all__ = ["MANIFEST", "LabelZarrWriter", "downsample_mean", "downsample_mode", "pyramid_factors"]
 
@@ -48,15 +55,6 @@ _LABEL_DTYPES = ("uint8", "uint16", "uint32")
 def _chunk_slices(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[slice, ...]]:
     for idx in np.ndindex(*(math.ceil(s / c) for s, c in zip(shape, chunks, strict=True))):
         yield tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape, strict=True))
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    part = path.with_name(path.name + ".part")
-    with open(part, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(part, path)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -83,13 +81,15 @@ class LabelZarrWriter:
         resume: reopen an interrupted temporary store and keep its verified rows.
         probabilities: number of probability channels written beside the labels (0: none).
         prob_dtype: ``"uint8"`` (``p * 255``) or ``"float16"``.
+        part: ``(first, stop)`` chunk rows: write into the existing temporary store (see the module doc).
     """
 
     def __init__(self, path: str | Path, shape: Sequence[int], dtype: Any = "uint8",
                  pixel_size: Sequence[float] | None = None, chunks: Sequence[int] | None = None,
                  levels: int | None = None, resume: bool = False, *, probabilities: int = 0,
                  prob_dtype: str = "uint8", unit: str = "micrometer", version: str = "0.4",
-                 name: str | None = None, colors: dict[int, Sequence[int]] | None = None) -> None:
+                 name: str | None = None, colors: dict[int, Sequence[int]] | None = None,
+                 part: tuple[int, int] | None = None) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.shape = tuple(int(s) for s in shape)
@@ -111,7 +111,10 @@ class LabelZarrWriter:
         self._done: set[int] = set()
         self._finished = False
         self._arrs: list[tuple[Any, int]] = []
-        if resume and (self.tmp / MANIFEST).is_file():
+        self.part = None if part is None else (int(part[0]), int(part[1]))
+        if self.part is not None:
+            self._attach(self.part)
+        elif resume and (self.tmp / MANIFEST).is_file():
             self._reopen()
         else:
             self._create()
@@ -150,16 +153,45 @@ class LabelZarrWriter:
                 dtype=self.prob_dtype, fill_value=0, config=cfg, **kw), 1))
         self._save_manifest()
 
-    def _reopen(self) -> None:
+    def _saved(self, action: str) -> dict[str, Any]:
+        """The manifest of the temporary store, checked against this writer's settings."""
         try:
             saved = json.loads((self.tmp / MANIFEST).read_text())
         except (OSError, ValueError) as e:
-            raise DataError(f"{self.tmp}: cannot resume: unreadable progress record ({e})") from None
+            raise DataError(f"{self.tmp}: cannot {action}: unreadable progress record ({e})") from None
         mine = self._settings()
         diff = [f"{k} {saved.get(k)} != {v}" for k, v in mine.items() if saved.get(k) != v]
         if diff:
-            raise DataError(f"{self.tmp}: cannot resume: written with other settings ({'; '.join(diff)});"
+            raise DataError(f"{self.tmp}: cannot {action}: written with other settings ({'; '.join(diff)});"
                             " delete it or run without resume")
+        return saved
+
+    def _attach(self, part: tuple[int, int]) -> None:
+        first, stop = part
+        if not 0 <= first < stop <= self._grid[0]:
+            raise ValueError(f"part {part}: chunk rows must lie in 0..{self._grid[0]}")
+        self._saved("write a part")
+        self._arrs = self._open_arrays()
+        self._done = set(range(first)) | set(range(stop, self._grid[0]))
+        for row in self._done:
+            self._written[row] = True
+
+    def record_rows(self, rows: Sequence[int]) -> None:
+        """Record chunk rows that parts wrote, each only if all its chunk files are on disk."""
+        for row in rows:
+            if 0 <= row < self._grid[0] and all(self._row_on_disk(a, row, lead) for a, lead in self._arrs):
+                self._done.add(int(row))
+                self._written[row] = True
+        self._save_manifest()
+
+    def part_rows(self) -> list[int]:
+        """The rows a part writer has written (its own range only)."""
+        if self.part is None:
+            return self.completed_rows()
+        return [r for r in range(*self.part) if r in self._done]
+
+    def _reopen(self) -> None:
+        saved = self._saved("resume")
         self._arrs = self._open_arrays()
         for row in saved.get("rows_done", []):
             if 0 <= row < self._grid[0] and all(self._row_on_disk(a, row, lead) for a, lead in self._arrs):
@@ -185,7 +217,9 @@ class LabelZarrWriter:
         return True
 
     def _save_manifest(self) -> None:
-        _write_json_atomic(self.tmp / MANIFEST, {**self._settings(), "rows_done": sorted(self._done)})
+        if self.part is not None:
+            return  # the creating writer owns the manifest
+        write_json(self.tmp / MANIFEST, {**self._settings(), "rows_done": sorted(self._done)})
 
     # ------------------------------------------------------------------ progress
     @property
@@ -248,6 +282,8 @@ class LabelZarrWriter:
         """Build the pyramid chunk by chunk, write the NGFF metadata and move the store into place."""
         import zarr
 
+        if self.part is not None:
+            raise RuntimeError(f"{self.path}: a part writer cannot finish the store")
         missing = self.pending_rows()
         if missing:
             raise DataError(f"{self.path}: cannot finish: {len(missing)} of {self.n_rows} chunk row(s) not "

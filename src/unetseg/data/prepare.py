@@ -18,6 +18,7 @@ import numpy as np
 from unetseg.config import Config, DataConfig
 from unetseg.data import nnunet
 from unetseg.data.cases import Case, find_cases, read_pair, split_cases
+from unetseg.data.instances import InstanceLabels
 from unetseg.data.io import SkipLog, raise_or_skip
 from unetseg.data.labels import ClassMap, fmt_values, infer_class_values, unique_values
 from unetseg.data.normalize import Normalizer
@@ -44,6 +45,7 @@ class PreparedData:
     store: CaseStore
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     skipped: int = 0
+    pixel_size: tuple[float, ...] | None = None  # µm, when every 2D training image records one
 
     def summary(self) -> str:
         """One line for the log."""
@@ -66,6 +68,8 @@ class PreparedData:
         cfg.model.num_classes = self.class_map.num_classes
         cfg.data.class_values = self.class_map.config_values()
         cfg.data.patch_size = list(self.patch_size)
+        if cfg.data.pixel_size is None and self.pixel_size is not None:
+            cfg.data.pixel_size = list(self.pixel_size)  # predict picks the matching pyramid level
         return cfg
 
 
@@ -78,6 +82,7 @@ class _Scan:
     mask_dtype: str
     arrays: tuple | None  # (normalised image, raw mask, meta) while kept for the store
     spacing: tuple[float, ...] | None = None
+    pixel_size: tuple[float, ...] | None = None
 
 
 def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tuple[int, ...]:
@@ -90,6 +95,19 @@ def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tup
     while int(np.prod(size)) > PATCH_BUDGET[d] and max(size) > multiple:
         size[int(np.argmax(size))] -= multiple
     return tuple(size)
+
+
+def common_pixel_size(scans: list[_Scan], tolerance: float = 0.25) -> tuple[float, ...] | None:
+    """The median physical pixel size of the training images when all record one and none differs
+    from it by more than ``tolerance`` (relative); else None (unknown, or a mix of magnifications)."""
+    sizes = [s.pixel_size for s in scans]
+    if not sizes or any(p is None for p in sizes) or len({len(p) for p in sizes}) != 1:
+        return None
+    arr = np.asarray(sizes, dtype=np.float64)
+    median = np.median(arr, axis=0)
+    if np.any(np.abs(arr / median - 1.0) > tolerance):
+        return None
+    return tuple(float(m) for m in median)
 
 
 MAX_PADDING = 4  # a patch may be at most this many times the largest image on any axis (the rest: padding)
@@ -142,6 +160,7 @@ def _scan(
                 str(meta.get("mask_dtype")),
                 (norm(image), mask, meta) if keep else None,
                 tuple(meta.get("spacing") or ()) or None,
+                meta.get("pixel_size"),
             )
         )
     return out, room
@@ -186,8 +205,10 @@ def _require(scans: list[_Scan], folder: str, skip: SkipLog | None) -> None:
         raise DataError(f"{folder}: no usable image/mask pairs")
 
 
-def _class_map(cfg: Config, scans: list[_Scan]) -> ClassMap:
+def _class_map(cfg: Config, scans: list[_Scan]) -> ClassMap | InstanceLabels:
     d = cfg.data
+    if d.task == "instances":
+        return InstanceLabels()  # ids per object: no class values to infer
     values: list[Any] | None = d.class_values
     if values is None and nnunet.is_nnunet_dataset(d.data):
         values = nnunet.class_values_from_json(
@@ -224,7 +245,8 @@ def _fill_store(store: CaseStore, scans: list[_Scan]) -> CaseStore:
         if s.arrays is not None:
             image, mask, meta = s.arrays
             labels = cm.encode(mask, s.case.mask_path, cm.compact_dtype())
-            store.put(s.case, *to_training_space(image, labels, meta, store.data_cfg, cm.num_classes))
+            store.put(s.case, *to_training_space(image, labels, meta, store.data_cfg,
+                                                 getattr(cm, "resample_classes", cm.num_classes)))
             s.arrays = None
     return store
 
@@ -287,4 +309,5 @@ def prepare_data(cfg: Config, cache_dir: str | Path | None = None) -> PreparedDa
         store=store,
         shapes={s.case.name: s.shape for s in [*scans, *val_scans]},
         skipped=skip.count if skip is not None else 0,
+        pixel_size=common_pixel_size(train),
     )

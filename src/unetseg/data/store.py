@@ -14,6 +14,7 @@ import numpy as np
 
 from unetseg.config import DataConfig
 from unetseg.data.cases import Case, read_pair
+from unetseg.data.instances import InstanceLabels
 from unetseg.data.labels import ClassMap
 from unetseg.data.normalize import Normalizer
 from unetseg.data.resample import resample_image, resample_mask
@@ -21,6 +22,11 @@ from unetseg.errors import DataError
 from unetseg.fileio import atomic_write, ensure_dir, write_json
 
 GIB = 2**30
+
+
+def label_map(data_cfg: DataConfig) -> ClassMap | InstanceLabels:
+    """How a trained model's masks are read: its class map, or object ids for an instance model."""
+    return InstanceLabels() if data_cfg.task == "instances" else ClassMap(data_cfg.class_values)
 
 
 def cache_budget(data_cfg: DataConfig) -> float:
@@ -44,8 +50,13 @@ def to_training_space(
     own, target = tuple(meta["spacing"]), tuple(data_cfg.spacing)
     image = resample_image(image, own, target)
     if labels is not None:
-        labels = resample_mask(labels, own, target, num_classes).astype(labels.dtype, copy=False)
+        labels = resample_mask(labels, own, target, num_classes or None).astype(labels.dtype, copy=False)
     return image, labels, {**meta, "spacing": target, "original_shape": meta.get("shape")}
+
+
+def _resample_classes(class_map: Any) -> int | None:
+    """Classes for resampling masks through a one-hot map; None (nearest) for instance ids."""
+    return getattr(class_map, "resample_classes", class_map.num_classes)
 
 
 def load_case(
@@ -72,7 +83,7 @@ def load_case(
         )
     image = Normalizer.from_config(data_cfg)(raw)
     if resample and class_map is not None:
-        return to_training_space(image, labels, meta, data_cfg, class_map.num_classes)
+        return to_training_space(image, labels, meta, data_cfg, _resample_classes(class_map))
     return image, labels, meta
 
 

@@ -9,6 +9,8 @@ Kinds:
   0 = membrane.
 * ``cells3d``: a 3D stack of touching ellipsoidal cells with a brighter nucleus. Mask values
   {0 background, 1 cytoplasm, 2 nucleus}; z spacing 2 (anisotropic, like confocal stacks).
+* ``nuclei``: the ``cells`` images with instance masks (0 background, ids 1..N, one per blob): the
+  instance task's data, touching objects included.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from unetseg.data.augment import elastic_displacement, rotation_matrix
 from unetseg.data.io import write_image, write_mask
 from unetseg.errors import ConfigError
 
-KINDS = ("cells", "membranes", "cells3d")
-DEFAULT_SIZE = {"cells": (256, 256), "membranes": (256, 256), "cells3d": (32, 64, 64)}
+KINDS = ("cells", "membranes", "cells3d", "nuclei")
+DEFAULT_SIZE = {"cells": (256, 256), "membranes": (256, 256), "cells3d": (32, 64, 64), "nuclei": (256, 256)}
 SPACING_3D = (2.0, 1.0, 1.0)
 
 
@@ -74,6 +76,19 @@ def _finish(signal: np.ndarray, rng: np.random.Generator, blur: float, noise: fl
 
 
 def _cells(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    image, owner = _cell_image(shape, rng)
+    return image, np.where(owner >= 0, 255, 0).astype(np.uint8)
+
+
+def _nuclei(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    image, owner = _cell_image(shape, rng)
+    _, ids = np.unique(owner, return_inverse=True)  # -1 (outside) -> 0, the blobs present -> 1..N
+    ids = ids.reshape(shape) + (0 if (owner < 0).any() else 1)
+    return image, ids.astype(np.uint16)
+
+
+def _cell_image(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The ``cells`` image and the blob owning each pixel (-1 outside)."""
     area = float(np.prod(shape))
     r = (5.0, 16.0)
     n = max(3, int(area * 0.45 / (np.pi * 10.0**2)))
@@ -86,7 +101,7 @@ def _cells(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray
     cell = bright[owner[inside]] * (1.0 - 0.35 * q[inside] ** 2) * texture[inside]  # brighter centres
     signal[inside] += cell.astype(np.float32)
     image = _finish(signal, rng, blur=rng.uniform(0.8, 1.6), noise=0.03, peak=255)
-    return image, np.where(inside, 255, 0).astype(np.uint8)
+    return image, owner
 
 
 def _spread_points(shape: tuple[int, ...], n: int, min_dist: float, rng: np.random.Generator) -> np.ndarray:
@@ -140,12 +155,12 @@ def make_image(kind: str = "cells", size: tuple[int, ...] | None = None, *,
     """One synthetic image and its exact mask.
 
     Args:
-        kind: ``cells``, ``membranes`` (2D) or ``cells3d`` (3D).
+        kind: ``cells``, ``membranes``, ``nuclei`` (2D) or ``cells3d`` (3D).
         size: spatial size; default 256x256 (2D) or 32x64x64 (3D).
         seed: an int or a numpy Generator.
     Returns:
         ``(image, mask)``: image uint8 (2D) / uint16 (3D, 12-bit) of shape ``size``; mask uint8 with the
-        kind's original values (see the module docstring).
+        kind's original values (see the module docstring), uint16 object ids for ``nuclei``.
     """
     if kind not in KINDS:
         raise ConfigError(f"synthetic kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -154,7 +169,8 @@ def make_image(kind: str = "cells", size: tuple[int, ...] | None = None, *,
         want = "3D" if kind == "cells3d" else "2D"
         raise ConfigError(f"synthetic {kind}: size {list(shape)} must be {want}, each side >= 8")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return {"cells": _cells, "membranes": _membranes, "cells3d": _cells3d}[kind](shape, rng)
+    make = {"cells": _cells, "membranes": _membranes, "cells3d": _cells3d, "nuclei": _nuclei}[kind]
+    return make(shape, rng)
 
 
 def make_dataset(out: str | Path, *, n: int = 8, size: tuple[int, ...] | None = None, kind: str = "cells",

@@ -18,16 +18,17 @@ from rich.table import Table
 from unetseg.config import Config
 from unetseg.data.cases import Case, find_cases
 from unetseg.data.io import SkipLog
-from unetseg.data.labels import ClassMap
 from unetseg.data.overlay import save_overlay
-from unetseg.data.store import load_case
+from unetseg.data.store import label_map, load_case
 from unetseg.errors import DataError
 from unetseg.evaluation.result import EvaluationResult, ImageResult
 from unetseg.fileio import OutputGuard, printable, record_written, write_json
 from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import load_engine
+from unetseg.inference.instances import instances_of
 from unetseg.inference.predictor import Predictor
 from unetseg.metrics import compute_metrics
+from unetseg.metrics.instances import instance_metrics
 
 
 def _middle_slice(a: np.ndarray, spatial_dims: int) -> np.ndarray:
@@ -122,19 +123,30 @@ def evaluate(
 
 
 def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: Path | None) -> ImageResult:
-    """Predict one case and measure it (and draw its overlay)."""
-    class_map = ClassMap(cfg.data.class_values)
-    image, labels, meta = load_case(case, cfg.data, class_map)
-    pred, _ = predict_image(predictor, image, meta.get("spacing"), cfg)
-    m = compute_metrics(pred, labels, class_map.num_classes, spacing=meta.get("spacing"))
-    row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()})
+    """Predict one case and measure it (and draw its overlay). An instance model is measured on its
+    objects (DSB score, AP/F1 at 0.5, PQ, AJI) and on the foreground they cover (Dice etc., 2 classes)."""
+    labels_of = label_map(cfg.data)
+    image, labels, meta = load_case(case, cfg.data, labels_of)
+    instances = cfg.data.task == "instances"
+    pred, probs = predict_image(predictor, image, meta.get("spacing"), cfg, probabilities=instances)
+    objects, shown = None, pred
+    if instances:
+        shown = instances_of(probs, cfg)
+        objects = instance_metrics(shown, labels)
+        pred, truth = (shown > 0).astype(np.int64), (np.asarray(labels) > 0).astype(np.int64)
+        m = compute_metrics(pred, truth, 2, spacing=meta.get("spacing"))
+    else:
+        m = compute_metrics(pred, labels, labels_of.num_classes, spacing=meta.get("spacing"))
+    row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()}, objects=objects)
     if overlay_dir:
         sd = cfg.model.spatial_dims
+        shown = instances_of(probs, cfg) if instances else pred
         png = save_overlay(
             overlay_dir / f"{case.name}.png",
             _middle_slice(image, sd),
-            _middle_slice(pred, sd),
+            _middle_slice(shown, sd),
             truth=_middle_slice(labels, sd),
+            objects=instances,
         )
         record_written([png])
         row.overlay = str(png)

@@ -1,11 +1,12 @@
-"""Segmenting files: one image or a folder of them, one mask per input (what ``unetseg predict`` runs).
+"""Segmenting files: one image or a folder of them, one output per input (what ``unetseg predict`` runs).
 
 Outputs (README, "Use it on your data"): ``OUT/<stem>.png`` for 2D, ``OUT/<stem>.nii.gz`` (NIfTI inputs) or
 ``OUT/<stem>.tif`` (other 3D inputs) holding uint8 class indices (or the original mask values with
 ``mask_values="original"``), the input's spatial size and spacing; optionally ``OUT/<stem>_probs.tif``
-(float32 ``(C, *spatial)``) and ``OUT/<stem>_overlay.png``. Every output is planned before the first
-image is read: none may replace an input, two inputs may not produce the same file, and files in ``OUT``
-that unetseg did not write are kept unless ``overwrite``.
+(float32 ``(C, *spatial)``) and ``OUT/<stem>_overlay.png``. Big and OME inputs are streamed instead
+(:mod:`unetseg.inference.slide`): ``OUT/<stem>.ome.zarr`` (or ``.ome.tif``). Every output is planned before
+the first image is read: none may replace an input, two inputs may not produce the same file, and files in
+``OUT`` that unetseg did not write are kept unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -17,25 +18,39 @@ from typing import Any
 
 from unetseg.config import Config
 from unetseg.data.io import (
-    SkipLog,
-    list_images,
     match_channels,
     read_image,
     stem_of,
     suffix_of,
+    write_instances,
     write_mask,
     write_probabilities,
 )
 from unetseg.data.labels import ClassMap
 from unetseg.data.normalize import normalize
 from unetseg.errors import ConfigError, DataError, UnetsegError
-from unetseg.fileio import OutputGuard, ensure_dir, record_written
+from unetseg.fileio import OutputGuard
 from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.predictor import Predictor
+from unetseg.inference.slide import is_streamed, predict_slide, slide_output
+from unetseg.runtime import rank_device
 
 MASK_VALUES = ("index", "original")
 GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How inputs become outputs: ``output_format`` (``auto``: big and OME inputs are streamed to
+    OME-Zarr, the rest written as today; ``ome-zarr`` / ``ome-tiff``: every input streamed), the pyramid
+    ``level`` (None: the one matching the training pixel size), ``skip_background`` and ``resume``
+    (continue interrupted slides; inputs whose outputs are complete are not redone)."""
+
+    output_format: str = "auto"
+    level: int | None = None
+    skip_background: bool = False
+    resume: bool = False
 
 
 def output_name(path: Path, spatial_dims: int) -> str:
@@ -47,11 +62,22 @@ def output_name(path: Path, spatial_dims: int) -> str:
 
 
 def outputs_of(
-    path: Path, out_dir: Path, spatial_dims: int, *, probabilities: bool, overlay: bool
+    path: Path,
+    out_dir: Path,
+    spatial_dims: int,
+    *,
+    probabilities: bool,
+    overlay: bool,
+    routing: Routing = Routing(),
+    instances: bool = False,
 ) -> list[Path]:
-    """Every file ``predict`` writes for input ``path``, mask first."""
+    """Every file ``predict`` writes for input ``path``, the labels first (an instance model: ``<stem>.tif``
+    with the object ids, then ``<stem>_objects.csv``)."""
     stem = stem_of(path)
-    names = [output_name(path, spatial_dims)]
+    if is_streamed(path, routing.output_format):
+        objects = [out_dir / f"{stem}_objects.csv"] if instances else []
+        return [slide_output(stem, out_dir, routing.output_format), *objects]
+    names = [f"{stem}.tif", f"{stem}_objects.csv"] if instances else [output_name(path, spatial_dims)]
     names += [f"{stem}_probs.tif"] if probabilities else []
     names += [f"{stem}_overlay.png"] if overlay else []
     return [out_dir / n for n in names]
@@ -62,6 +88,8 @@ def _decoder(config: Config, mask_values: str) -> ClassMap | None:
         raise ConfigError(f"--mask-values {mask_values!r}: expected one of {', '.join(MASK_VALUES)}")
     if mask_values == "index":
         return None
+    if config.data.task == "instances":
+        raise ConfigError("--mask-values does not apply to an instance model: its outputs are object ids")
     if not config.data.class_values:
         raise ConfigError("this checkpoint does not record its mask values; use --mask-values index")
     return ClassMap(list(config.data.class_values))
@@ -78,27 +106,73 @@ class PredictJob:
     probabilities: bool = False
     overlay: bool = False
     max_bytes: float | None = None
+    routing: Routing = field(default_factory=Routing)
+
+
+def make_job(
+    checkpoint: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    trust_torchscript: bool = False,
+    tile: Sequence[int] | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    batch_size: int | None = None,
+    tta: bool = False,
+    probabilities: bool = False,
+    overlay: bool = False,
+    mask_values: str = "index",
+    max_image_gib: float | None = None,
+    routing: Routing = Routing(),
+) -> PredictJob:
+    """Load the model and fix every setting of a prediction run (the CLI, the cohort workers)."""
+    device = rank_device(device)  # torchrun: one GPU per process
+    engine, config = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
+    predictor = predictor_for(
+        engine,
+        config,
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        batch_size=batch_size,
+        tta=True if tta else None,
+    )
+    return PredictJob(
+        engine,
+        config,
+        predictor,
+        _decoder(config, mask_values),
+        probabilities,
+        overlay,
+        (max_image_gib or config.data.max_image_gib) * GIB,
+        routing,
+    )
 
 
 def predict_one(path: Path, outputs: list[Path], job: PredictJob) -> list[Path]:
-    """Read, normalise, predict and write the outputs of one image; returns the files written.
-    Any user-facing problem is raised as an UnetsegError whose message starts with ``path``."""
+    """Read, normalise, predict and write the outputs of one image held in memory; returns the files
+    written. Any user-facing problem is raised as an UnetsegError whose message starts with ``path``."""
     engine = job.engine
     image, meta = read_image(path, max_bytes=job.max_bytes)
     dims = int(meta.get("spatial_dims", image.ndim - 1))
     if dims != engine.spatial_dims or image.ndim != dims + 1:
         raise DataError(f"{path}: a {dims}D image, but the model is {engine.spatial_dims}D")
+    instances = job.config.data.task == "instances"
     try:
         x = normalize(match_channels(image, engine.in_channels, path), job.config.data)
-        if not job.overlay:
+        if not (job.overlay or instances):
             del image  # large images: keep only the normalised copy while predicting
-        labels, probs = predict_image(job.predictor, x, meta.get("spacing"), job.config,
-                                      probabilities=job.probabilities)
+        labels, probs = predict_image(
+            job.predictor, x, meta.get("spacing"), job.config, probabilities=job.probabilities or instances
+        )
     except UnetsegError as e:
         raise type(e)(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    if instances:
+        return _write_instances(path, outputs, job, image, meta, probs)
     values = job.class_map.decode(labels) if job.class_map is not None else labels
     written = [write_mask(outputs[0], values, meta)]
-    if probs is not None:
+    if job.probabilities:
         written.append(write_probabilities(outputs[1], probs, meta))
     if job.overlay:
         from unetseg.data.overlay import save_overlay
@@ -107,131 +181,51 @@ def predict_one(path: Path, outputs: list[Path], job: PredictJob) -> list[Path]:
     return written
 
 
-@dataclass
-class PredictResult:
-    output: str
-    images: int
-    written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+def _write_instances(
+    path: Path, outputs: list[Path], job: PredictJob, image: Any, meta: dict[str, Any], probs: Any
+) -> list[Path]:
+    """The object ids (uint16, uint32 when needed), the per-object table and the optional extras."""
+    from unetseg.inference.instances import instances_of, write_objects_csv
 
-    def __getitem__(self, key: str) -> Any:  # the dict interface of earlier versions
-        return getattr(self, key)
+    ids = instances_of(probs, job.config)
+    written = [
+        write_instances(outputs[0], ids, meta),
+        write_objects_csv(outputs[1], ids, image, meta.get("spacing")),
+    ]
+    if job.probabilities:
+        written.append(write_probabilities(outputs[2], probs, meta))
+    if job.overlay:
+        from unetseg.data.overlay import save_overlay
 
-
-def predict_files(
-    checkpoint: str | Path,
-    input: str | Path,
-    output: str | Path,
-    *,
-    tile: Sequence[int] | None = None,
-    overlap: float | None = None,
-    blend: str | None = None,
-    tta: bool = False,
-    probabilities: bool = False,
-    overlay: bool = False,
-    mask_values: str = "index",
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    skip_bad: bool = False,
-    progress: bool = True,
-    overwrite: bool = False,
-    trust_torchscript: bool = False,
-    max_image_gib: float | None = None,
-) -> PredictResult:
-    """Segment an image or every image of a folder with a checkpoint / ``.onnx`` / TorchScript model.
-
-    Args:
-        checkpoint: checkpoint folder, run folder (-> ``best/``), ``.onnx`` or (trusted) TorchScript file.
-        input: an image file or a folder of images (nnU-Net ``_0000`` channel files are grouped per case).
-        output: folder for the outputs (created).
-        tile, overlap, blend, tta, batch_size: sliding-window settings; ``None`` takes the checkpoint's.
-        probabilities: also write ``<stem>_probs.tif`` (float32, one plane per class).
-        overlay: also write ``<stem>_overlay.png``.
-        mask_values: ``index`` (0..C-1) or ``original`` (the training mask values, e.g. 0/255).
-        device, precision: where and how the model runs.
-        skip_bad: report unreadable inputs, go on, and print how many were skipped (exit status stays 0);
-            otherwise the first bad input stops with a DataError naming it.
-        progress: show a progress bar.
-        overwrite: replace existing output files that unetseg did not write (never an input).
-        trust_torchscript: allow a TorchScript file (it is code; see :mod:`unetseg.inference.engines`).
-        max_image_gib: the largest float32 image to decode (default: the checkpoint's data.max_image_gib).
-    """
-    engine, config = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
-    files = list_images(input)
-    out_dir = Path(output)
-    plan = _plan_outputs(files, out_dir, engine.spatial_dims, checkpoint, input, probabilities, overlay)
-    plan[1].check(overwrite=overwrite)
-    job = PredictJob(
-        engine,
-        config,
-        predictor_for(
-            engine,
-            config,
-            tile=tile,
-            overlap=overlap,
-            blend=blend,
-            batch_size=batch_size,
-            tta=True if tta else None,
-        ),
-        _decoder(config, mask_values),
-        probabilities,
-        overlay,
-        (max_image_gib or config.data.max_image_gib) * GIB,
-    )
-    ensure_dir(out_dir, "--output")
-    result = PredictResult(str(out_dir), len(files))
-    _run(files, plan[0], job, result, skip_bad, progress)
-    return result
+        written.append(save_overlay(outputs[-1], image, ids, objects=True))
+    return written
 
 
-def _run(
-    files: list[Path],
-    outputs: dict[Path, list[Path]],
-    job: PredictJob,
-    result: PredictResult,
-    skip_bad: bool,
-    progress: bool,
-) -> None:
-    """Every input in turn, under a progress bar; bad inputs are reported and skipped with ``skip_bad``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def predict_path(path: Path, outputs: list[Path], job: PredictJob, progress: Any = None) -> list[Path]:
+    """One input, in memory or streamed (see :class:`Routing`)."""
+    r = job.routing
+    if is_streamed(path, r.output_format):
+        fmt = "ome-tiff" if r.output_format == "ome-tiff" else "ome-zarr"
+        options = {"output_format": fmt, "level": r.level, "skip_background": r.skip_background,
+                   "resume": r.resume, "progress": progress}
+        try:
+            if job.config.data.task == "instances":
+                from unetseg.inference.slide_instances import predict_slide_instances
 
-    log = SkipLog()
-    columns = (
-        TextColumn("predict"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("", total=len(files))
-        for path in files:
-            bar.update(task, description=path.name)
-            try:
-                written = predict_one(path, outputs[path], job)
-                record_written(written)
-                result.written += [str(p) for p in written]
-            except UnetsegError as e:
-                if not skip_bad:
-                    raise
-                log.skip(e)
-            bar.advance(task)
-    result.skipped = list(log.messages)
-    log.summary("input")
+                return predict_slide_instances(path, outputs, job, **options)
+            return predict_slide(path, outputs[0], job, **options)
+        except UnetsegError as e:
+            raise type(e)(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    return predict_one(path, outputs, job)
 
 
-def _plan_outputs(
-    files: list[Path],
-    out_dir: Path,
-    dims: int,
-    checkpoint: str | Path,
-    input: str | Path,
-    probabilities: bool,
-    overlay: bool,
+def plan_outputs(
+    files: list[Path], out_dir: Path, job: PredictJob, checkpoint: str | Path, input: str | Path | None
 ) -> tuple[dict[Path, list[Path]], OutputGuard]:
+    """Every output of every input, and the guard that checks them against the inputs (before any work)."""
     guard = OutputGuard()
-    guard.read(input, "--input")
+    if input is not None:
+        guard.read(input, "--input")
     guard.read_all(files, "--input")
     guard.read_all({f.parent for f in files}, "--input")
     guard.read(checkpoint, "--checkpoint")
@@ -239,7 +233,15 @@ def _plan_outputs(
         guard.read_all([p for p in Path(checkpoint).rglob("*") if p.is_dir()], "--checkpoint")
     outputs: dict[Path, list[Path]] = {}
     for f in files:
-        outputs[f] = outputs_of(f, out_dir, dims, probabilities=probabilities, overlay=overlay)
+        outputs[f] = outputs_of(
+            f,
+            out_dir,
+            job.engine.spatial_dims,
+            probabilities=job.probabilities,
+            overlay=job.overlay,
+            routing=job.routing,
+            instances=job.config.data.task == "instances",
+        )
         for o in outputs[f]:
             guard.write(o, "--output", f)
     return outputs, guard

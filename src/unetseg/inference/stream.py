@@ -25,32 +25,28 @@ normalised image bit for bit. Why it is exact, and flat:
 * **Threads.** Bounded queues (2 items); an exception in a thread is re-raised in the caller as the
   original exception; both threads are always joined.
 
-Normalisation is per region, so it must use fixed, whole-image statistics: :func:`stream_normalizer`
-computes them in a first streaming pass (see :func:`image_statistics`).
+Normalisation is per region, so it must use fixed, whole-image statistics:
+:func:`unetseg.inference.regions.stream_normalizer` computes them in a first streaming pass.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from unetseg.data.normalize import Normalizer
 from unetseg.errors import ConfigError, DataError
+from unetseg.inference.pipes import Pipe
 from unetseg.inference.predictor import Predictor
 from unetseg.inference.tiling import Plan, axis_weight_sum, box, gaussian_1d
 from unetseg.inference.tta import predict_probs
 
 Region = tuple[slice, ...]
 RUN, SKIP, DONE = 0, 1, 2  # tile states: computed; background (no tissue); rows already written (resume)
-_END = object()
 
 
 @dataclass
@@ -149,8 +145,8 @@ class _Pass:
         self.counts = {"computed": 0, "batches": 0, "done": 0}
 
     def execute(self, progress: Callable | None) -> StreamResult:
-        prefetch = _Pipe.reading(iter(self.reader))
-        out = self.sink.out = _Pipe.writing(self.writer)
+        prefetch = Pipe.reading(iter(self.reader))
+        out = self.sink.out = Pipe.writing(self.writer)
         ok = False
         try:
             self._loop(prefetch, progress)
@@ -162,7 +158,7 @@ class _Pass:
         return StreamResult(len(s), int((s == RUN).sum()), int((s == SKIP).sum()), int((s == DONE).sum()),
                             c["computed"], c["batches"], self.reader.bytes_read, self.sink.written)
 
-    def _loop(self, prefetch: _Pipe, progress: Callable | None) -> None:
+    def _loop(self, prefetch: Pipe, progress: Callable | None) -> None:
         total = int((self.states == RUN).sum())
         for batch, runs in zip(self.batches, self.run_batch, strict=True):
             tiles = self._compute(batch, prefetch) if runs else None
@@ -182,7 +178,7 @@ class _Pass:
             if runs and progress is not None:
                 progress(self.counts["done"], total, self.reader.bytes_read)
 
-    def _compute(self, batch: range, prefetch: _Pipe) -> torch.Tensor:
+    def _compute(self, batch: range, prefetch: Pipe) -> torch.Tensor:
         """The weighted probabilities of one batch on the host (as ``Predictor._accumulate``)."""
         pred, plan = self.pred, self.plan
         first, last = batch.start // self.per_band, (batch.stop - 1) // self.per_band
@@ -325,7 +321,7 @@ class _RowSink:
         self.probabilities = int(getattr(writer, "probabilities", 0) or 0)
         self.pieces: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []
         self.start = self.written = 0
-        self.out: _Pipe | None = None
+        self.out: Pipe | None = None
 
     def wanted(self, lo: int, hi: int) -> bool:
         return not bool(self.done[lo:hi].all())
@@ -357,171 +353,3 @@ class _RowSink:
             self.out.put(((self.start, *(0 for _ in self.shape[1:])), labels, probs))
             self.written += end - self.start
         self.start = end
-
-
-class _Pipe:
-    """A helper thread and its bounded queue (2 items). The thread's exception is kept and re-raised in
-    the caller, as the original exception, by :meth:`get` / :meth:`put` / :meth:`close`."""
-
-    def __init__(self, name: str, target: Callable[[_Pipe], None]) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, args=(target,), name=name, daemon=True)
-        self.thread.start()
-
-    def _main(self, target: Callable[[_Pipe], None]) -> None:
-        try:
-            target(self)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            self.error = e
-
-    @classmethod
-    def reading(cls, items: Iterator) -> _Pipe:
-        """A thread running ``items`` ahead of the caller's :meth:`get`."""
-        def produce(pipe: _Pipe) -> None:
-            try:
-                for item in items:
-                    if pipe.stop.is_set():
-                        return
-                    pipe.queue.put(item)
-            except BaseException as e:  # noqa: BLE001 - kept before the end mark, so get() raises it
-                pipe.error = e
-            pipe.queue.put(_END)
-        return cls("unetseg-prefetch", produce)
-
-    @classmethod
-    def writing(cls, writer: Any) -> _Pipe:
-        """A thread calling ``writer.write(*item)`` for every :meth:`put` item; after an error it keeps
-        draining the queue, so a put never blocks for good."""
-        def consume(pipe: _Pipe) -> None:
-            while (item := pipe.queue.get()) is not _END:
-                if pipe.error is None:
-                    try:
-                        writer.write(*item)
-                    except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-                        pipe.error = e
-        return cls("unetseg-writer", consume)
-
-    def get(self) -> Any:
-        item = self.queue.get()
-        if item is _END:
-            self.queue.put(_END)  # later calls see the end too
-            raise self.error or RuntimeError("the band reader ended early")
-        return item
-
-    def put(self, item: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(item)
-
-    def close(self, *, drain: bool, raise_error: bool = False) -> None:
-        """Join the thread: a reader is stopped and drained; a writer first writes what is queued."""
-        if drain:
-            self.stop.set()
-            while self.thread.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    self.queue.get(timeout=0.05)
-        else:
-            self.queue.put(_END)
-        self.thread.join()
-        if raise_error and self.error is not None:
-            raise self.error
-
-
-# ------------------------------------------------------------------------------------------ normalisation
-@dataclass(frozen=True)
-class ChannelStats:
-    """Fixed per-channel statistics applied to any region: ``(clip(x, lo, hi) - mean) / max(std, 1e-8)``,
-    with exactly :class:`~unetseg.data.normalize.Normalizer`'s arithmetic (so equal statistics give
-    bit-identical inputs). ``clip``: per-channel ``(lo, hi)`` for ``percentile``, None for ``zscore``."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    clip: tuple[tuple[float, float], ...] | None = None
-
-    def __call__(self, region: np.ndarray) -> np.ndarray:
-        x = np.asarray(region, dtype=np.float32)
-        out = np.empty_like(x)
-        for c in range(x.shape[0]):
-            out[c] = (self._clip(x[c], c) - self.mean[c]) / max(self.std[c], 1e-8)
-        return out
-
-    def _clip(self, ch: np.ndarray, c: int) -> np.ndarray:
-        if self.clip is None:
-            return ch
-        lo, hi = self.clip[c]
-        return np.clip(ch, np.float64(lo), np.float64(hi))  # float64 bounds, as np.percentile gives
-
-
-def image_statistics(source: Any, method: str = "zscore", *, percentiles: Sequence[float] = (0.5, 99.5),
-                     level: int = 0, sample: int = 1 << 20, block: int = 1 << 22) -> ChannelStats:
-    """Whole-image normalisation statistics of a lazy image, in flat memory.
-
-    ``zscore``: the exact mean and (population) std per channel, from one pass over blocks of about
-    ``block`` pixels, combined in float64 (Chan et al.); they equal the in-memory statistics up to
-    summation order (~1e-12 relative). ``percentile``: the clip bounds are the percentiles of a regular
-    subsample of at most ``sample`` pixels per channel (every k-th pixel along each axis; a stepped read,
-    which :class:`~unetseg.data.lazy.LazyImage` supports), then mean and std of the clipped image in one
-    full pass. Peak memory: one block (float64 per channel) and the subsample.
-    """
-    if method not in ("zscore", "percentile"):
-        raise ConfigError(f"normalization {method!r} needs no image statistics (zscore, percentile do)")
-    shape = tuple(int(s) for s in source.shape(level))
-    clip = _sample_clip(source, shape, level, percentiles, sample) if method == "percentile" else None
-    stats = ChannelStats((), (), clip)
-    rows = max(1, block // max(1, math.prod(shape[1:])))
-    count, mean, m2 = 0, np.zeros(0), np.zeros(0)
-    for r in range(0, shape[0], rows):
-        x = source.read((slice(r, min(shape[0], r + rows)), *(slice(0, s) for s in shape[1:])), level)
-        if count == 0:
-            mean, m2 = np.zeros(x.shape[0]), np.zeros(x.shape[0])
-        n = x[0].size
-        for c in range(x.shape[0]):
-            ch = stats._clip(np.asarray(x[c], dtype=np.float32), c)
-            mb = float(ch.mean(dtype=np.float64))
-            dev = np.subtract(ch, mb, dtype=np.float64)
-            mb2 = float(np.dot(dev.ravel(), dev.ravel()))
-            delta, total = mb - mean[c], count + n
-            mean[c] += delta * n / total
-            m2[c] += mb2 + delta * delta * count * n / total
-        count += n
-    std = np.sqrt(m2 / max(count, 1))
-    return ChannelStats(tuple(float(m) for m in mean), tuple(float(s) for s in std), clip)
-
-
-def _sample_clip(source: Any, shape: tuple[int, ...], level: int, percentiles: Sequence[float],
-                 sample: int) -> tuple[tuple[float, float], ...]:
-    step = max(1, math.ceil((math.prod(shape) / max(1, sample)) ** (1.0 / len(shape))))
-    inner = tuple(slice(0, s, step) for s in shape[1:])
-    rows = step * max(1, (1 << 22) // max(1, math.prod(-(-s // step) for s in shape[1:])))
-    parts = [source.read((slice(r, min(shape[0], r + rows), step), *inner), level)
-             for r in range(0, shape[0], rows)]
-    flat = np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
-    return tuple((float(lo), float(hi)) for lo, hi in (np.percentile(ch, percentiles) for ch in flat))
-
-
-def stream_normalizer(source: Any, data_cfg: Any, *, level: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """The region normaliser for ``data_cfg.normalization``: whole-image statistics from
-    :func:`image_statistics` for ``zscore`` / ``percentile``; the config's fixed mapping otherwise
-    (``window``, ``ct``, ``none`` are per pixel already)."""
-    method = data_cfg.normalization
-    if method in ("zscore", "percentile"):
-        return image_statistics(source, method, percentiles=data_cfg.percentiles, level=level)
-    return Normalizer.from_config(data_cfg)
-
-
-def tissue_skip(image: Any, level: int = 0, *, min_side: int = 512) -> Callable[[Region], bool]:
-    """A ``skip`` for :meth:`StreamPredictor.predict_to`: True for tiles whose region (in ``level``
-    pixels) touches no tissue in :func:`~unetseg.data.lazy.tissue_mask` of a low pyramid level."""
-    from unetseg.data.lazy import mask_scale, region_has_tissue, tissue_mask
-
-    mask, _ = tissue_mask(image, min_side=min_side)
-    to_mask, to_level0 = mask_scale(image, mask), image.level_scale(level)
-
-    def skip(region: Region) -> bool:
-        level0 = tuple(slice(math.floor(s.start * f), math.ceil(s.stop * f))
-                       for s, f in zip(region, to_level0, strict=True))
-        return not region_has_tissue(mask, to_mask, level0)
-
-    return skip

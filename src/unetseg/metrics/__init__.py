@@ -3,6 +3,15 @@ instance metrics (:mod:`.instances`). ``unetseg.metrics.dice`` etc. are the stab
 
 from __future__ import annotations
 
+from unetseg.metrics.instances import (
+    aggregated_jaccard_index,
+    average_precision,
+    dsb_score,
+    f1_score,
+    instance_metrics,
+    match_objects,
+    panoptic_quality,
+)
 from unetseg.metrics.semantic import (
     compute_metrics,
     confusion_matrix,
@@ -19,6 +28,8 @@ from unetseg.metrics.semantic import (
 )
 
 __all__ = [
+    "aggregated_jaccard_index", "average_precision", "dsb_score", "f1_score", "instance_metrics",
+    "match_objects", "panoptic_quality",
     "compute_metrics", "confusion_matrix", "dice", "hd95", "instances_from_membranes", "iou",
     "mean_surface_distance", "pixel_error", "precision", "rand_error", "recall", "surface_distances",
 ]

@@ -134,18 +134,24 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     """Plan every option of ``cfg`` that is not in ``given`` from ``cfg.data.data``'s fingerprint, the
     device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or a default for the device)."""
     cases = find_cases(cfg.data.data, skip_bad=cfg.data.skip_bad)
+    instances = cfg.data.task == "instances"
     fp = cached_fingerprint(
         cfg.data.data,
         cases,
         cache_dir=cache_dir,
-        class_values=cfg.data.class_values,
+        class_values=None if instances else cfg.data.class_values,
         max_bytes=cfg.data.max_image_gib * 2**30,
+        instances=instances,
     )
     torch_dev, device = device_of(cfg)
     work = _Work(cfg, given)
-    work.take([Decision("model.spatial_dims", fp.spatial_dims, "the data"),
-               Decision("model.in_channels", fp.channels, "the data")])
-    work.cfg.model.num_classes = max(2, len(cfg.data.class_values or fp.class_values))
+    work.take(
+        [
+            Decision("model.spatial_dims", fp.spatial_dims, "the data"),
+            Decision("model.in_channels", fp.channels, "the data"),
+        ]
+    )
+    work.cfg.model.num_classes = 3 if instances else max(2, len(cfg.data.class_values or fp.class_values))
     work.take(rules.normalization(fp))
     work.take(rules.spacing(fp))
     work.take(rules.geometry(fp, device, work.get("data.spacing")))
@@ -155,7 +161,7 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
     check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(cfg.data.data))  # given values
     work.take(rules.sampling(fp, patch))
-    work.take(rules.loss(fp))
+    work.take(rules.loss(fp, cfg.data.task))
     work.take(rules.augmentation(fp))
     divisor = _divisor(work)
     work.take(rules.inference(fp, device, patch, divisor))

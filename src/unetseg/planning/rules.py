@@ -193,14 +193,23 @@ def sampling(fp: Fingerprint, patch: list[int]) -> list[Decision]:
     return [Decision("data.foreground_fraction", round(share, 2), why)]
 
 
-def loss(fp: Fingerprint) -> list[Decision]:
+def loss(fp: Fingerprint, task: str = "semantic") -> list[Decision]:
     """Dice + CE (nnU-Net's default); batch Dice in 3D (nnU-Net); Dice over class 0 too when the first mask
-    value is the minority (e.g. thin membranes stored as 0), so the rare class drives the Dice term."""
+    value is the minority (e.g. thin membranes stored as 0), so the rare class drives the Dice term.
+    Instances: the U-Net paper's weight map (w0 = 10, sigma = 5 px) on the CE term, which makes the thin
+    boundaries between touching objects count."""
     opts: dict[str, Any] = {}
     reasons = ["Dice + cross-entropy"]
     if fp.spatial_dims == 3:
         opts["batch_dice"] = True
         reasons.append("batch Dice (3D)")
+    if task == "instances":
+        opts["weight_map"] = {"w0": 10.0, "sigma": 5.0}
+        reasons.append("the U-Net weight map on the boundaries between touching objects")
+        return [
+            Decision("train.loss", "dice_ce", "; ".join(reasons)),
+            Decision("train.loss_options", opts, "see train.loss"),
+        ]
     first = fp.class_fraction.get(str(fp.class_values[0]), fp.class_fraction.get(fp.class_values[0], 1.0))
     if len(fp.class_values) == 2 and first < 0.5:
         opts["include_background"] = True

@@ -80,3 +80,67 @@ def table_to_csv_text(table: dict[str, np.ndarray]) -> str:
     columns = [_format_column(column) for column in table.values()]
     lines = [",".join(table), *(",".join(row) for row in zip(*columns, strict=True))]
     return "\n".join(lines) + "\n"
+
+
+class ObjectAccumulator:
+    """The columns of :func:`object_table` for a label image seen in pieces (slabs along the first axis of
+    a whole slide), in memory proportional to the number of objects, not the image.
+
+    ``add(ids, start, image)``: one piece of global ids at offset ``start`` (per axis) and its raw image
+    ``(C, *piece)`` (or None). :meth:`table` gives the same columns and values as :func:`object_table` of
+    the assembled image (means and centroids up to float summation order)."""
+
+    def __init__(self, ndim: int, channels: int = 0, spacing: Sequence[float] | None = None) -> None:
+        self.ndim, self.channels = int(ndim), int(channels)
+        self.physical = _check_spacing(spacing, self.ndim)
+        self.area = np.zeros(1, np.int64)
+        self.coord = np.zeros((self.ndim, 1))
+        self.low = np.full((self.ndim, 1), np.iinfo(np.int64).max, np.int64)
+        self.high = np.zeros((self.ndim, 1), np.int64)
+        self.intensity = np.zeros((self.channels, 1))
+
+    def _grow(self, n: int) -> None:
+        if n <= len(self.area):
+            return
+        extra = max(n, 2 * len(self.area)) - len(self.area)
+        self.area = np.concatenate([self.area, np.zeros(extra, np.int64)])
+        self.coord = np.concatenate([self.coord, np.zeros((self.ndim, extra))], axis=1)
+        self.low = np.concatenate([self.low, np.full((self.ndim, extra), np.iinfo(np.int64).max)], axis=1)
+        self.high = np.concatenate([self.high, np.zeros((self.ndim, extra), np.int64)], axis=1)
+        self.intensity = np.concatenate([self.intensity, np.zeros((self.channels, extra))], axis=1)
+
+    def add(self, ids: np.ndarray, start: Sequence[int], image: np.ndarray | None = None) -> None:
+        ids = np.asarray(ids)
+        where = np.nonzero(ids)
+        if not where[0].size:
+            return
+        obj = ids[where].astype(np.int64)
+        n = int(obj.max()) + 1
+        self._grow(n)
+        self.area[:n] += np.bincount(obj, minlength=n)
+        for axis, (pos, offset) in enumerate(zip(where, start, strict=True)):
+            pos = pos.astype(np.int64) + int(offset)
+            self.coord[axis, :n] += np.bincount(obj, weights=pos, minlength=n)
+            np.minimum.at(self.low[axis], obj, pos)
+            np.maximum.at(self.high[axis], obj, pos + 1)
+        if image is not None and self.channels:
+            image = np.asarray(image).reshape(self.channels, *ids.shape)
+            for c in range(self.channels):
+                values = image[c][where].astype(np.float64)
+                self.intensity[c, :n] += np.bincount(obj, weights=values, minlength=n)
+
+    def table(self) -> dict[str, np.ndarray]:
+        present = np.nonzero(self.area)[0]
+        present = present[present > 0]
+        area = self.area[present]
+        table: dict[str, np.ndarray] = {"id": present.astype(np.int64), "area": area}
+        if self.physical is not None:
+            table["area_physical"] = area * float(np.prod(self.physical))
+        for axis in range(self.ndim):
+            table[f"centroid_{axis}"] = self.coord[axis, present] / area
+        for axis in range(self.ndim):
+            table[f"bbox_{axis}_start"] = self.low[axis, present]
+            table[f"bbox_{axis}_stop"] = self.high[axis, present]
+        for c in range(self.channels):
+            table[f"mean_intensity_c{c}"] = self.intensity[c, present] / area
+        return table

@@ -18,10 +18,11 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    torchrun: bool = False  # launched by torchrun, even with one process (its path runs on one GPU too)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.torchrun
 
     @property
     def is_main(self) -> bool:
@@ -31,7 +32,8 @@ class DistInfo:
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; return (info, this process's device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    launched = "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun; a 1-process run then uses NCCL too
+    if world <= 1 and not launched:
         return DistInfo(), device
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -40,7 +42,7 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, local_rank=local, world_size=world), device
+    return DistInfo(rank=rank, local_rank=local, world_size=world, torchrun=launched), device
 
 
 def _comm_device() -> torch.device:

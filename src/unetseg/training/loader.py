@@ -56,6 +56,30 @@ class WithWeightMap(Dataset):
         return image, label, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
 
 
+class InstanceTargets(Dataset):
+    """Instance patches -> the 3-class target (background, interior, boundary) and, with ``weight``, the
+    U-Net paper's weight map over objects, both derived after augmentation (so a deformation moves ids and
+    targets together)."""
+
+    def __init__(self, base: Dataset, weight: dict[str, float] | None) -> None:
+        self.base, self.weight = base, weight
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, ...]:
+        from unetseg.data.instances import instance_weight_map, three_class_target
+
+        image, ids = self.base[idx]
+        ids = ids.numpy()
+        target = three_class_target(ids)
+        out = (image, torch.from_numpy(target.astype(np.int64)))
+        if self.weight is None:
+            return out
+        w = instance_weight_map(ids, target=target, **self.weight)
+        return (*out, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+
+
 def weight_map_options(cfg: Config) -> dict[str, Any] | None:
     opt = cfg.train.loss_options.get("weight_map")
     if not opt:
@@ -76,7 +100,9 @@ def build_loader(data: PreparedData, cfg: Config, device: torch.device, info: Di
         store=data.store,
     )
     wm = weight_map_options(cfg)
-    if wm is not None:
+    if cfg.data.task == "instances":
+        dataset = InstanceTargets(dataset, wm)
+    elif wm is not None:
         dataset = WithWeightMap(dataset, **wm)
     workers = int(cfg.data.num_workers)
     return DataLoader(

@@ -32,8 +32,10 @@ class RunLogger:
     ``enabled=False`` (ranks other than 0) turns every method into a no-op, so only one set of files exists.
     """
 
-    def __init__(self, run: Path, enabled: bool = True, quiet: bool = False) -> None:
+    def __init__(self, run: Path, enabled: bool = True, quiet: bool = False, instances: bool = False) -> None:
         self.run = Path(run)
+        # instance runs also log the DSB score of their objects (what picks their best checkpoint)
+        self.fields = [*CSV_FIELDS[:4], "val_dsb", *CSV_FIELDS[4:]] if instances else list(CSV_FIELDS)
         self.enabled = enabled
         self.console = Console(stderr=True, quiet=quiet or not enabled)
         self.history: list[dict[str, Any]] = []
@@ -77,10 +79,10 @@ class RunLogger:
         if not self.enabled:
             return
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\r\n")
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore", lineterminator="\r\n")
         w.writeheader()
         for r in self.history:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in self.fields})
         write_text(self.run / "metrics.csv", buf.getvalue())
 
     def plot(self) -> None:

@@ -137,7 +137,8 @@ class Trainer:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
         self.run = run.path
         self.stop, self.hint = stop or Termination(), hint
-        self.log = RunLogger(self.run, enabled=info.is_main, quiet=quiet)
+        instances = cfg.data.task == "instances"
+        self.log = RunLogger(self.run, enabled=info.is_main, quiet=quiet, instances=instances)
         found = resumable(self.run, self.log) if resume else None
         if found is not None:
             # the class map, patch size and architecture are facts of the run: keep them
@@ -268,6 +269,7 @@ class Trainer:
             f"{len(self.data.val_cases)} val cases, patch {cfg.data.patch_size}, device {self.device}, "
             f"precision {self.amp_dtype or torch.float32}, channels_last {self.channels_last}, "
             f"world size {self.info.world_size}"
+            + (f" ({torch.distributed.get_backend()})" if torch.distributed.is_initialized() else "")
         )
         recipe = self.run / "config.yaml"
         if self.info.is_main and self.folder.may_write(recipe):
@@ -364,10 +366,15 @@ class Trainer:
             t0 = time.monotonic()
             per_class = self.validator.run(self.model)
             self.val_minutes = (time.monotonic() - t0) / 60
-            score = float(np.mean(per_class[1:])) if len(per_class) > 1 else float(per_class[0])
-            row["val_dice"] = round(score, 5)
+            if self.cfg.data.task == "instances":  # [foreground Dice, DSB score, AP@0.5]: the DSB score rules
+                score = float(per_class[1])
+                row["val_dice"], row["val_dsb"] = round(float(per_class[0]), 5), round(score, 5)
+            else:
+                score = float(np.mean(per_class[1:])) if len(per_class) > 1 else float(per_class[0])
+                row["val_dice"] = round(score, 5)
             row["val_dice_per_class"] = " ".join(f"{d:.4f}" for d in per_class)
-            metrics.update(val_dice=score, val_dice_per_class=[float(d) for d in per_class])
+            metrics.update(val_dice=score if "val_dsb" not in row else float(per_class[0]), val_score=score,
+                           val_dice_per_class=[float(d) for d in per_class])
             if score > self.best:
                 self.best, self.stale = score, 0
                 if self.info.is_main:

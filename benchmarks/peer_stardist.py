@@ -1,0 +1,75 @@
+"""StarDist 2D from scratch on a folder of images and instance masks, for ``benchmarks/instances.py``; runs in
+``.venv-stardist`` (TensorFlow, stardist, csbdeep; ``make bench`` builds it).
+
+Training stops when the minutes are spent (a Keras callback checks the clock after every batch); the
+probability and NMS thresholds are then optimised on a tenth of the training images (StarDist's own
+workflow; its seconds are reported, not counted in the budget). Settings are StarDist's example notebook
+for DSB2018 (32 rays, grid 2x2, 256x256 patches, batch 4), the images normalised to their 1-99.8th
+percentiles. Predictions are written as 16-bit PNG instance labels.
+
+    .venv-stardist/bin/python benchmarks/peer_stardist.py --train DIR --predict DIR --out DIR --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peer_io import Clock, images, pairs, write_labels  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=Path, required=True)
+    ap.add_argument("--predict", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    args = ap.parse_args()
+    clock = Clock(args.minutes)
+
+    import tensorflow as tf
+    from csbdeep.utils import normalize
+    from stardist import fill_label_holes
+    from stardist.models import Config2D, StarDist2D
+
+    x, y = pairs(args.train)
+    x = [normalize(im, 1, 99.8, axis=(0, 1)) for im in x]
+    y = [fill_label_holes(m) for m in y]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    n_val = max(1, len(x) // 10)
+    val, train = order[:n_val], order[n_val:]
+    conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=(256, 256), train_batch_size=4)
+    model = StarDist2D(conf, name="stardist", basedir=str(args.out.parent / "stardist_model"))
+
+    class TimeLimit(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if clock.left() <= 0:
+                self.model.stop_training = True
+
+    model.prepare_for_training()
+    model.callbacks.append(TimeLimit())
+    start = time.monotonic()
+    history = model.train([x[i] for i in train], [y[i] for i in train],
+                          validation_data=([x[i] for i in val], [y[i] for i in val]),
+                          epochs=10_000, steps_per_epoch=50)
+    epochs = len(history.history.get("loss", []))
+    trained = time.monotonic() - start
+    t0 = time.monotonic()
+    model.optimize_thresholds([x[i] for i in val], [y[i] for i in val])
+    tuned = time.monotonic() - t0
+    for name, im in images(args.predict):
+        labels, _ = model.predict_instances(normalize(im, 1, 99.8, axis=(0, 1)))
+        write_labels(args.out / f"{name}.png", labels)
+    print(json.dumps({"epochs_of_50_steps": epochs, "train_seconds": round(trained, 1),
+                      "threshold_seconds": round(tuned, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Instance models at prediction time: objects from the predicted 3-class map (background, interior,
+boundary) by seeded watershed (:mod:`unetseg.postprocess.instances`), with the options of ``infer``, and
+the files an instance prediction writes: ``<stem>.tif`` (uint16 ids, uint32 when needed) and
+``<stem>_objects.csv`` (one row per object: id, area, centroid, bounding box, mean intensity per channel).
+
+The watershed runs on the blended probabilities of the whole image, so objects cut by tile borders are
+one object: there are no seams to stitch in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from unetseg.config import Config
+from unetseg.fileio import write_text
+from unetseg.postprocess.instances import instances_from_three_class
+from unetseg.postprocess.objects import object_table, table_to_csv_text
+
+
+def instances_of(probs: np.ndarray, config: Config) -> np.ndarray:
+    """Object ids (1..N, 0 background) from ``(3, *spatial)`` probabilities."""
+    return instances_from_three_class(probs, interior_threshold=config.infer.interior_threshold,
+                                      min_size=config.infer.min_object_size)
+
+
+def write_objects_csv(path: Path, labels: np.ndarray, image: np.ndarray | None,
+                      spacing: tuple[float, ...] | None) -> Path:
+    """The per-object table (``skimage.measure.regionprops_table``) as CSV, written atomically."""
+    return write_text(path, table_to_csv_text(object_table(labels, image, spacing)))

@@ -1,0 +1,192 @@
+"""Whole slides and huge volumes: read lazily, predicted band by band in flat memory, written as an NGFF
+(OME-Zarr) label pyramid or a tiled pyramidal OME-TIFF (what ``predict`` does for big or OME inputs).
+
+* **Which inputs.** OME-TIFF / OME-Zarr always; any other image whose decoded float32 size exceeds
+  :data:`STREAM_BYTES` (from its header, before decoding); or every input with ``--output-format
+  ome-zarr|ome-tiff``. Small inputs keep the in-memory path and today's outputs.
+* **Pyramid level.** The one whose pixel size matches the training data's (``data.pixel_size``, recorded
+  in the checkpoint when known), or ``--level``; predictions are written at that level's resolution and
+  the output's metadata says so (its pixel size is the level's).
+* **Normalisation** uses the whole image's statistics, computed in a first streaming pass.
+* ``--skip-background`` runs no tile over glass (Otsu on a low pyramid level); ``--resume`` keeps the
+  chunk rows an interrupted run finished and predicts the rest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetseg.data.labels import ClassMap
+from unetseg.data.lazy import choose_level, header_nbytes, open_lazy
+from unetseg.data.ngff import LabelZarrWriter
+from unetseg.data.ometiff import write_ome_tiff_from_zarr
+from unetseg.errors import ConfigError, DataError
+from unetseg.inference.regions import stream_normalizer, tissue_skip
+from unetseg.inference.stream import StreamPredictor
+
+STREAM_BYTES = 512 * 2**20  # float32 bytes above which an image is streamed instead of held in memory
+OME_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr", ".zarr")
+FORMATS = ("auto", "ome-zarr", "ome-tiff")
+
+
+def is_streamed(path: Path, output_format: str) -> bool:
+    """Whether ``predict`` streams this input (see the module doc)."""
+    if output_format not in FORMATS:
+        raise ConfigError(f"--output-format {output_format!r}: expected one of {', '.join(FORMATS)}")
+    if output_format != "auto" or path.name.lower().endswith(OME_SUFFIXES):
+        return True
+    try:
+        return header_nbytes(path) > STREAM_BYTES
+    except DataError:
+        return False  # the in-memory reader reports the file's problem, with its one line
+
+
+def slide_output(stem: str, out_dir: Path, output_format: str) -> Path:
+    return out_dir / (f"{stem}.ome.tif" if output_format == "ome-tiff" else f"{stem}.ome.zarr")
+
+
+class _Decoded:
+    """A writer that stores the original mask values instead of class indices (``--mask-values
+    original``)."""
+
+    def __init__(self, writer: LabelZarrWriter, class_map: ClassMap) -> None:
+        self.inner, self.class_map = writer, class_map
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, start: Any, labels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
+        self.inner.write(start, self.class_map.decode(labels), probabilities)
+
+
+def _label_dtype(class_map: ClassMap | None, num_classes: int) -> str:
+    top = max(g[0] for g in class_map.groups) if class_map is not None else num_classes - 1
+    return "uint8" if top <= 255 else "uint16" if top <= 65535 else "uint32"
+
+
+class _Channels:
+    """A lazy image seen with the model's channels (grey -> RGB repeats, RGB -> grey averages, as the
+    in-memory path's :func:`~unetseg.data.io.match_channels`)."""
+
+    def __init__(self, image: Any, channels: int) -> None:
+        if image.channels != channels and not (
+            image.channels == 1 or (image.channels == 3 and channels == 1)
+        ):
+            raise DataError(f"{image.path}: {image.channels} channel(s), the model expects {channels}")
+        self.image, self.channels = image, channels
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.image, name)
+
+    def read(self, region: Any = None, level: int = 0) -> np.ndarray:
+        x = self.image.read(region, level)
+        if x.shape[0] == self.channels:
+            return x
+        return (
+            np.repeat(x, self.channels, axis=0)
+            if x.shape[0] == 1
+            else x.mean(0, keepdims=True, dtype=np.float32)
+        )
+
+
+def _check_spacing(image: Any, level: int, job: Any) -> None:
+    target = job.config.data.spacing
+    own = image.pixel_size(level)
+    if target and own is not None and len(own) == len(target) and not np.allclose(own, target, rtol=0.05):
+        raise ConfigError(
+            f"{image.path}: spacing {tuple(own)} but the model was trained at {tuple(target)}; "
+            "a streamed volume is not resampled: resample it, or predict it in memory"
+        )
+
+
+@dataclass(frozen=True)
+class SlideSetup:
+    """What every part of one streamed slide shares, fixed before its first tile (picklable: dask
+    workers predict parts of one slide from it)."""
+
+    path: str
+    level: int
+    normalize: Callable[[np.ndarray], np.ndarray]
+    writer: dict[str, Any]  # LabelZarrWriter's arguments (the temporary store's settings)
+    skip_background: bool = False
+
+
+def open_slide(path: Path, output: Path, job: Any, *, output_format: str = "ome-zarr",
+               level: int | None = None, skip_background: bool = False, resume: bool = False,
+               store: dict[str, Any] | None = None,
+               create: bool = True) -> tuple[SlideSetup, LabelZarrWriter | None]:
+    """Check one big image against the model, compute its normalisation statistics (one streaming pass)
+    and create (or, with ``resume``, reopen) the temporary output store (``store``: more of
+    :class:`LabelZarrWriter`'s arguments; ``create=False``: no store, the writer is None)."""
+    with open_lazy(path) as lazy:
+        lvl = choose_level(lazy, job.config.data.pixel_size) if level is None else int(level)
+        if not 0 <= lvl < len(lazy.levels):
+            raise ConfigError(f"--level {lvl}: {path} has levels 0..{len(lazy.levels) - 1}")
+        _check_spacing(lazy, lvl, job)
+        image = _Channels(lazy, job.engine.in_channels)
+        zarr_out = output if output_format != "ome-tiff" else output.with_name(f".{output.stem}.ome.zarr")
+        args = {
+            "path": str(zarr_out),
+            "shape": image.shape(lvl),
+            "dtype": _label_dtype(job.class_map, job.engine.num_classes),
+            "pixel_size": image.pixel_size(lvl),
+            "probabilities": job.predictor.out_channels if job.probabilities else 0,
+            **(store or {}),
+        }
+        normalize = stream_normalizer(image, job.config.data, level=lvl)
+    setup = SlideSetup(str(path), lvl, normalize, args, skip_background)
+    return setup, LabelZarrWriter(**args, resume=resume) if create else None
+
+
+def predict_rows(setup: SlideSetup, job: Any, writer: LabelZarrWriter | None = None, *,
+                 part: tuple[int, int] | None = None,
+                 progress: Callable[[int, int, int], Any] | None = None) -> LabelZarrWriter:
+    """Predict the pending chunk rows of ``writer`` (or, on a worker, of ``part`` of the store)."""
+    writer = writer if writer is not None else LabelZarrWriter(**setup.writer, part=part)
+    target: Any = writer if job.class_map is None else _Decoded(writer, job.class_map)
+    with open_lazy(setup.path) as lazy:
+        skip = tissue_skip(lazy, setup.level) if setup.skip_background else None
+        StreamPredictor(job.predictor).predict_to(
+            _Channels(lazy, job.engine.in_channels),
+            target,
+            normalize=setup.normalize,
+            progress=progress,
+            skip=skip,
+            level=setup.level,
+        )
+    return writer
+
+
+def finish_slide(writer: LabelZarrWriter, output: Path, output_format: str) -> list[Path]:
+    """Build the pyramid and move the store into place (or convert it to the OME-TIFF asked for)."""
+    store = writer.finish()
+    if output_format != "ome-tiff":
+        return [store]
+    tif = write_ome_tiff_from_zarr(store, output, writer.pixel_size)
+    shutil.rmtree(store, ignore_errors=True)  # the OME-TIFF was asked for instead
+    return [tif]
+
+
+def predict_slide(
+    path: Path,
+    output: Path,
+    job: Any,
+    *,
+    output_format: str = "ome-zarr",
+    level: int | None = None,
+    skip_background: bool = False,
+    resume: bool = False,
+    progress: Callable[[int, int, int], Any] | None = None,
+) -> list[Path]:
+    """Stream one big image through ``job.predictor`` into ``output``; returns the files written."""
+    setup, writer = open_slide(path, output, job, output_format=output_format, level=level,
+                               skip_background=skip_background, resume=resume)
+    assert writer is not None
+    predict_rows(setup, job, writer, progress=progress)
+    return finish_slide(writer, output, output_format)
