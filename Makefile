@@ -40,7 +40,7 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BENCH_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
+	$(BENCH_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[bench,dask]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) $(STARDIST_STAMP) $(CELLPOSE_STAMP)

@@ -66,6 +66,7 @@ def draw(results: dict, path: Path) -> None:
             xscale="log",
         )
         ax.set_xticks([2, 5, 10, 20], labels=["2", "5", "10", "20"])
+        ax.minorticks_off()  # a log axis would label 3x10^0, 4x10^0...
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     fig.tight_layout()

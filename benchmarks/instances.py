@@ -80,7 +80,7 @@ def run(cmd: list[str], log: Path) -> str:
 
 
 def unetseg(kind: str, folders: dict[str, Path], work: Path, minutes: float) -> Path:
-    out = work / kind
+    out = work / "runs" / kind  # not work / kind: WORK/semantic holds that model's data
     shutil.rmtree(out, ignore_errors=True)
     src = "split" if kind == "instances" else "semantic"
     py = [sys.executable, "-m", "unetseg"]
@@ -238,7 +238,7 @@ def main() -> None:
             continue
         results[tool] = info
         print(tool, info.get("scores", info.get("note")), flush=True)
-    csv = next((work / "instances" / "pred").glob("*_objects.csv"), None)
+    csv = next((work / "runs" / "instances" / "pred").glob("*_objects.csv"), None)
     text = section(results, args.minutes, stems, csv.read_text() if csv else "", csv.stem if csv else "")
     if args.no_write:
         print(text)

@@ -38,6 +38,7 @@ def main() -> None:
 
     x, y = pairs(args.train)
     save = args.out.parent / "cellpose_model"
+    save.mkdir(parents=True, exist_ok=True)
     model = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None)
     kw = {"channels": [0, 0], "learning_rate": 0.2, "weight_decay": 1e-5, "SGD": True, "batch_size": 8,
           "min_train_masks": 1, "save_path": str(save)}

@@ -24,6 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peer_io import Clock, images, pairs, write_labels  # noqa: E402
 
 
+def _pad(image: np.ndarray, labels: np.ndarray, patch: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    short = [(0, max(0, p - n)) for p, n in zip(patch, image.shape, strict=True)]
+    if not any(after for _, after in short):
+        return image, labels
+    return np.pad(image, short, constant_values=float(np.median(image))), np.pad(labels, short)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=Path, required=True)
@@ -41,11 +48,14 @@ def main() -> None:
     x, y = pairs(args.train)
     x = [normalize(im, 1, 99.8, axis=(0, 1)) for im in x]
     y = [fill_label_holes(m) for m in y]
+    patch = (256, 256)
+    # StarDist samples patches inside each image: smaller ones are padded with background
+    x, y = zip(*(_pad(im, m, patch) for im, m in zip(x, y, strict=True)), strict=True)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
     n_val = max(1, len(x) // 10)
     val, train = order[:n_val], order[n_val:]
-    conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=(256, 256), train_batch_size=4)
+    conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=patch, train_batch_size=4)
     model = StarDist2D(conf, name="stardist", basedir=str(args.out.parent / "stardist_model"))
 
     class TimeLimit(tf.keras.callbacks.Callback):

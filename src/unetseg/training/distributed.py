@@ -89,6 +89,13 @@ def broadcast_value(value: float, info: DistInfo) -> float:
     return broadcast_values([value], info)[0]
 
 
+def synchronize(info: DistInfo) -> None:
+    """Wait for every rank (a no-op when not distributed): a rank that tears gloo down while rank 0 still
+    writes its last files can abort (``terminate called without an active exception``)."""
+    if info.enabled:
+        dist.barrier()
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

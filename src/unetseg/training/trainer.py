@@ -39,6 +39,7 @@ from unetseg.training.distributed import (
     broadcast_object,
     cleanup,
     init_distributed,
+    synchronize,
 )
 from unetseg.training.interrupt import GRACE_S, Termination, termination
 from unetseg.training.loader import build_loader
@@ -297,6 +298,7 @@ class Trainer:
         if out_of_time:
             log.log(f"stopped at the {cfg.train.max_minutes}-minute budget after {self.step} steps")
         log.log(f"best validation mean foreground Dice {self.best:.4f}; checkpoints in {self.run}")
+        synchronize(self.info)  # every rank leaves together, after rank 0's last writes
         return self.run
 
     def _epoch(self, bar: Any, task: Any, clock: Clock) -> bool:
