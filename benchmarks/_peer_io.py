@@ -3,6 +3,7 @@ own virtual environments without unetseg: grey images, instance masks, the train
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -62,3 +63,13 @@ class Clock:
 
     def left(self) -> float:
         return self.end - time.monotonic()
+
+
+def peer_args(description: str) -> argparse.Namespace:
+    """The command line both peer scripts take: ``--train DIR --predict DIR --out DIR --minutes M``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--train", type=Path, required=True)
+    ap.add_argument("--predict", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    return ap.parse_args()

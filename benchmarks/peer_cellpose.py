@@ -13,7 +13,6 @@ diameter). Predictions use that diameter and are written as 16-bit PNG instance 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -22,16 +21,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peer_io import Clock, images, pairs, write_labels  # noqa: E402
+from _peer_io import Clock, images, pairs, peer_args, write_labels  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--predict", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--minutes", type=float, default=10.0)
-    args = ap.parse_args()
+    args = peer_args(__doc__.splitlines()[0])
     clock = Clock(args.minutes)
 
     from cellpose import models, train

@@ -12,7 +12,6 @@ percentiles. Predictions are written as 16-bit PNG instance labels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peer_io import Clock, images, pairs, write_labels  # noqa: E402
+from _peer_io import Clock, images, pairs, peer_args, write_labels  # noqa: E402
 
 
 def _pad(image: np.ndarray, labels: np.ndarray, patch: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -32,12 +31,7 @@ def _pad(image: np.ndarray, labels: np.ndarray, patch: tuple[int, int]) -> tuple
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--predict", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--minutes", type=float, default=10.0)
-    args = ap.parse_args()
+    args = peer_args(__doc__.splitlines()[0])
     clock = Clock(args.minutes)
 
     import tensorflow as tf
