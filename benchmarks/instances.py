@@ -5,6 +5,8 @@ model, StarDist and Cellpose 3, each trained from scratch for the same minutes o
    into ``WORK/split/{train,val}`` with the instance labels (``extra/instances``) as masks, and
    ``WORK/semantic/{train,val}`` with the binary masks;
 2. ``instances``: ``unetseg train --task instances`` (the planner chooses the rest), ``unetseg predict``;
+   ``instances_distance``: the same with the distance-to-boundary target (``data.instance_target:
+   distance`` from a one-line recipe; the planner chooses the rest);
    ``semantic``: ``unetseg train`` on the binary masks, ``unetseg predict``, then connected components;
 3. ``stardist`` / ``cellpose``: ``benchmarks/peer_stardist.py`` / ``peer_cellpose.py`` in their own
    virtual environments (``make bench`` builds them; skipped, with the reason, where one cannot be built);
@@ -12,9 +14,10 @@ model, StarDist and Cellpose 3, each trained from scratch for the same minutes o
    over validation images) and writes the section between ``<!-- instances:start/end -->`` in BENCHMARKS.md,
    with the per-object CSV of one image.
 
-Run it alone on a quiet machine::
+Run it alone on a quiet machine (``--tools`` runs a subset; the others' last results are kept)::
 
     .venv/bin/python benchmarks/instances.py --minutes 10
+    .venv/bin/python benchmarks/instances.py --minutes 10 --tools instances instances_distance semantic
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ PEERS = {
     "stardist": REPO / ".venv-stardist" / "bin" / "python",
     "cellpose": REPO / ".venv-cellpose" / "bin" / "python",
 }
-TOOLS = ("instances", "semantic", "stardist", "cellpose")
+TOOLS = ("instances", "instances_distance", "semantic", "stardist", "cellpose")
+UNETSEG = ("instances", "instances_distance", "semantic")
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -82,9 +86,13 @@ def run(cmd: list[str], log: Path) -> str:
 def unetseg(kind: str, folders: dict[str, Path], work: Path, minutes: float) -> Path:
     out = work / "runs" / kind  # not work / kind: WORK/semantic holds that model's data
     shutil.rmtree(out, ignore_errors=True)
-    src = "split" if kind == "instances" else "semantic"
+    src = "semantic" if kind == "semantic" else "split"
     py = [sys.executable, "-m", "unetseg"]
-    task = ["--task", "instances"] if kind == "instances" else []
+    task = [] if kind == "semantic" else ["--task", "instances"]
+    if kind == "instances_distance":  # train has no option for the target: a one-line recipe gives it
+        recipe = work / "instances_distance.yaml"
+        recipe.write_text("data: {task: instances, instance_target: distance}\n")
+        task += ["--config", str(recipe)]
     run(
         [
             *py,
@@ -169,6 +177,7 @@ def score(pred_dir: Path, stems: list[str], semantic: bool) -> dict[str, float]:
 def section(results: dict, minutes: float, stems: list[str], csv_text: str, csv_stem: str) -> str:
     names = {
         "instances": "unetseg `--task instances`",
+        "instances_distance": "unetseg `--task instances`, distance target",
         "semantic": "unetseg semantic + connected components",
         "stardist": "StarDist 2D (from scratch)",
         "cellpose": "Cellpose 3 (from scratch)",
@@ -223,7 +232,7 @@ def main() -> None:
         if tool in args.tools:
             pred = (
                 unetseg(tool, folders, work, args.minutes)
-                if tool in ("instances", "semantic")
+                if tool in UNETSEG
                 else peer(tool, folders, work, args.minutes)
             )
             info = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from unetseg.config import Config
+from unetseg.config.schema import instance_classes
 from unetseg.errors import ConfigError
 from unetseg.losses import build_loss
 from unetseg.models import build_model
@@ -53,6 +54,11 @@ def _check_trained(cfg: Config, source: str) -> None:
     if cfg.data.task == "semantic" and len(values) != max(k, 2):
         raise ConfigError(
             f"{source}: data.class_values lists {len(values)} classes but model.num_classes is {k}"
+        )
+    if cfg.data.task == "instances" and k != instance_classes(cfg.data.instance_target):
+        raise ConfigError(
+            f"{source}: data.instance_target {cfg.data.instance_target!r} needs "
+            f"{instance_classes(cfg.data.instance_target)} classes but model.num_classes is {k}"
         )
     if cfg.data.patch_size is None and cfg.infer.tile is None:
         raise ConfigError(f"{source}: neither data.patch_size nor infer.tile is set")

@@ -1,4 +1,5 @@
-"""Instance training targets: 3-class map, U-Net weight map over objects, normalised distance map."""
+"""Instance training targets: 3-class map, U-Net weight map over objects, normalised distance map and its
+bins."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from unetseg.config.schema import DISTANCE_BINS
 from unetseg.data.instances import (
+    INTERIOR,
+    InstanceLabels,
+    distance_class_target,
     distance_target,
+    instance_target,
     instance_weight_map,
     relabel_sequential,
     three_class_target,
@@ -156,6 +162,76 @@ def test_distance_target_3d() -> None:
     ids = np.unique(labels[labels > 0])
     np.testing.assert_allclose(ndimage.maximum(dist, labels, ids), 1.0)
     assert ((dist > 0) == (labels > 0)).all() and dist.max() <= 1.0
+
+
+def test_distance_class_target_by_hand() -> None:
+    labels = np.zeros((9, 17), np.int32)
+    labels[1:8, 1:8] = 4  # 7x7: depths 1..4 ring by ring, normalised 0.25, 0.5, 0.75, 1: each on a bin edge
+    labels[2:7, 10:15] = 2  # 5x5: depths 1..3, normalised 1/3, 2/3, 1
+    ring7 = np.array([
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 2, 2, 2, 2, 2, 1],
+        [1, 2, 3, 3, 3, 2, 1],
+        [1, 2, 3, 4, 3, 2, 1],
+        [1, 2, 3, 3, 3, 2, 1],
+        [1, 2, 2, 2, 2, 2, 1],
+        [1, 1, 1, 1, 1, 1, 1],
+    ])
+    ring5 = np.array([
+        [2, 2, 2, 2, 2],
+        [2, 3, 3, 3, 2],
+        [2, 3, 4, 3, 2],
+        [2, 3, 3, 3, 2],
+        [2, 2, 2, 2, 2],
+    ])
+    expected = np.zeros(labels.shape, np.uint8)
+    expected[1:8, 1:8] = ring7  # a depth on an edge stays in the lower bin: (k-1)/K < d <= k/K
+    expected[2:7, 10:15] = ring5  # 1/3 lies in (1/4, 1/2]: a shallow object skips bin 1, keeps its centre
+    target = distance_class_target(labels, bins=4)
+    assert target.dtype == np.uint8
+    np.testing.assert_array_equal(target, expected)
+    np.testing.assert_array_equal(distance_class_target(labels), distance_class_target(labels, DISTANCE_BINS))
+    np.testing.assert_array_equal(instance_target(labels, "distance"), distance_class_target(labels))
+    np.testing.assert_array_equal(instance_target(labels, "three_class"), three_class_target(labels))
+    with pytest.raises(ConfigError):
+        distance_class_target(labels, bins=0)
+    with pytest.raises(ConfigError):
+        instance_target(labels, "watershed")
+
+
+def test_distance_classes_keep_every_object_pixel_and_centre() -> None:
+    for labels in (_voronoi((40, 40), 12, seed=2), _voronoi((16, 18, 20), 5, seed=3)):
+        target = distance_class_target(labels)
+        assert ((target > 0) == (labels > 0)).all() and target.max() <= DISTANCE_BINS
+        ids = np.unique(labels[labels > 0])
+        np.testing.assert_array_equal(ndimage.maximum(target, labels, ids), DISTANCE_BINS)
+    one_pixel = np.zeros((3, 3), np.int32)
+    one_pixel[1, 1] = 7
+    assert distance_class_target(one_pixel)[1, 1] == DISTANCE_BINS  # depth 1 of 1: its own centre
+
+
+def test_weight_map_of_the_distance_target_keeps_the_3_class_border_term() -> None:
+    labels = _two_rectangles()
+    target = distance_class_target(labels)
+    interior = three_class_target(labels) == INTERIOR
+    w = instance_weight_map(labels, class_weights=None, target=target, interior=interior)
+    np.testing.assert_allclose(w, instance_weight_map(labels, class_weights=None))
+    balanced = instance_weight_map(labels, target=target, interior=interior)
+    # w_c is balanced over the distance classes: total / (classes present * count of the pixel's class)
+    values, counts = np.unique(target, return_counts=True)
+    w_c = (target.size / (len(values) * counts))[np.searchsorted(values, target)]
+    np.testing.assert_allclose(balanced - w_c, w - 1.0, atol=1e-5)
+    with pytest.raises(DataError):
+        instance_weight_map(labels, interior=np.zeros((2, 2), bool))
+
+
+def test_instance_labels_of_each_target() -> None:
+    three, dist = InstanceLabels(), InstanceLabels("distance")
+    assert three.num_classes == 3 and three.config_values() == [0, 1, 2]
+    assert dist.num_classes == 1 + DISTANCE_BINS and dist.config_values() == list(range(1 + DISTANCE_BINS))
+    assert three != dist and dist == InstanceLabels("distance")
+    with pytest.raises(ConfigError):
+        InstanceLabels("watershed")
 
 
 def test_empty_image_and_bad_input() -> None:

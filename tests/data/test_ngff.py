@@ -215,3 +215,48 @@ def test_ome_tiff_export_from_store_and_from_array(tmp_path: Path):
         np.testing.assert_array_equal(s.levels[1].asarray(), vol[:, ::2, ::2])
     with open_lazy(tif3) as im:
         assert im.pixel_size(0) == pytest.approx((2.0, 0.4, 0.4))
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_metadata_is_what_the_ome_zarr_writer_writes(tmp_path: Path, version: str):
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
+    w = LabelZarrWriter(tmp_path / "m.ome.zarr", (40, 2100, 3000), pixel_size=(2.0, 0.5, 0.5),
+                        probabilities=2, version=version, colors={1: (255, 0, 0, 255), 2: (0, 9, 0, 255)})
+    fmt = FormatV04() if version == "0.4" else FormatV05()
+    for lead in (0, 1):
+        ours = w.attributes(lead)
+        multiscale = (ours["multiscales"] if version == "0.4" else ours["ome"]["multiscales"])[0]
+        group = zarr.open_group(str(tmp_path / f"ref{lead}"), mode="w",
+                                zarr_format=2 if version == "0.4" else 3)
+        write_multiscales_metadata(group, multiscale["datasets"], fmt=fmt, axes=multiscale["axes"],
+                                   name=multiscale["name"])
+        if not lead:
+            add_metadata(group, {"image-label": {"version": fmt.version, "colors": [
+                {"label-value": 1, "rgba": [255, 0, 0, 255]}, {"label-value": 2, "rgba": [0, 9, 0, 255]}]}},
+                fmt=fmt)
+        assert ours == dict(group.attrs)
+    scales = [d["coordinateTransformations"][0]["scale"] for d in multiscale["datasets"]]
+    assert scales[0] == [1.0, 2.0, 0.5, 0.5] and scales[1] == [1.0, 2.0, 1.0, 1.0]  # z kept until isotropic
+
+
+def test_pyramid_is_built_while_chunks_arrive(tmp_path: Path):
+    lab = _labels((2100, 2200))
+    w = LabelZarrWriter(tmp_path / "p.ome.zarr", lab.shape, chunks=(128, 128), probabilities=1)
+    probs = (lab[None] % 7 / 7.0).astype(np.float32)
+    for c in range(0, 2200, 512):  # strip by strip, as a strip-wise prediction writes
+        for r in range(0, 2100, 128):
+            block = (slice(r, r + 128), slice(c, c + 512))
+            w.write((r, c), lab[block], probs[(slice(None), *block)])
+        if c == 0:  # the first strip's level-1 and level-2 chunks exist already, no others
+            level1, level2 = w._pyramid.built[1], w._pyramid.built[2]
+            assert level1[:, :2].all() and not level1[:, 2:].any() and level2[:, 0].all()
+    assert all(b.all() for b in w._pyramid.built)  # the whole pyramid before finish
+    root = zarr.open_group(str(w.finish()), mode="r")
+    assert len(root.attrs["multiscales"][0]["datasets"]) == 3
+    want = lab
+    for level in (1, 2):
+        want = downsample_mode(want, (2, 2))
+        np.testing.assert_array_equal(root[str(level)][...], want)
+        np.testing.assert_array_equal(root["probabilities"][str(level)][...].shape, (1, *want.shape))

@@ -15,6 +15,8 @@ from scipy import ndimage
 
 from unetseg.checkpoint import save_checkpoint
 from unetseg.config import Config
+from unetseg.config.schema import instance_classes
+from unetseg.data.instances import distance_class_target
 from unetseg.inference.instances import instances_of
 from unetseg.inference.slide_instances import BAND, OVERLAP, stitched_objects
 
@@ -39,9 +41,25 @@ def _probabilities(ids: np.ndarray) -> np.ndarray:
     edge |= ids != ndimage.grey_dilation(ids, size=3)
     boundary = edge & (ndimage.grey_dilation(ids, size=3) > 0)
     interior = (ids > 0) & ~boundary
-    onehot = np.stack([~interior & ~boundary, interior, boundary]).astype(np.float32)
-    soft = np.stack([ndimage.gaussian_filter(c, 0.7) for c in onehot])
+    return _soft(np.stack([~interior & ~boundary, interior, boundary]))
+
+
+def _distance_probabilities(ids: np.ndarray) -> np.ndarray:
+    """Background / distance-bin probabilities of an instance image, softened."""
+    target = distance_class_target(ids)
+    return _soft(np.stack([target == k for k in range(instance_classes("distance"))]))
+
+
+def _soft(onehot: np.ndarray) -> np.ndarray:
+    soft = np.stack([ndimage.gaussian_filter(c, 0.7) for c in onehot.astype(np.float32)])
     return soft / soft.sum(0, keepdims=True)
+
+
+def _distance_config() -> Config:
+    cfg = Config()
+    cfg.data.task, cfg.data.instance_target = "instances", "distance"
+    cfg.model.num_classes = instance_classes("distance")
+    return cfg
 
 
 def _partition_mismatch(a: np.ndarray, b: np.ndarray) -> int:
@@ -81,9 +99,28 @@ def test_objects_across_band_borders_are_the_whole_image_objects(shape, n, radiu
     assert 0 <= _partition_mismatch(got[both], want[both]) <= 2e-4 * both.sum()
 
 
-def test_the_cli_writes_object_ids_and_their_table_for_a_slide(tmp_path):
-    cfg = tiny_config(num_classes=3)
-    cfg.data.task = "instances"
+def test_the_distance_target_finds_every_touching_disc_in_memory_and_across_bands():
+    # 100 x 4 discs of radius 7 on a 13-pixel grid: each touches its neighbours along a flat face
+    grid = np.indices((1300, 52), dtype=np.float32)
+    centre = (grid // 13) * 13 + 6.0
+    ids = ((grid[0] // 13) * 4 + grid[1] // 13 + 1).astype(np.int64)
+    ids[((grid - centre) ** 2).sum(0) > 49] = 0
+    assert ndimage.label(ids > 0)[1] == 1  # one connected component of 400 objects
+    probs = _distance_probabilities(ids)
+    cfg = _distance_config()
+    want = instances_of(probs, cfg)
+    assert want.max() == 400
+    assert _partition_mismatch(want[ids > 0], ids[ids > 0]) == 0 and ((want > 0) == (ids > 0)).mean() > 0.99
+    blocks = list(stitched_objects(zarr.array(probs.astype(np.float16), chunks=(5, 64, 52)), cfg, 100))
+    got = np.concatenate([b for _, b in blocks])
+    assert got.shape == ids.shape and got.max() == 400
+    assert _partition_mismatch(got[ids > 0], ids[ids > 0]) == 0
+
+
+@pytest.mark.parametrize("target", ["three_class", "distance"])
+def test_the_cli_writes_object_ids_and_their_table_for_a_slide(target, tmp_path):
+    cfg = tiny_config(num_classes=instance_classes(target))
+    cfg.data.task, cfg.data.instance_target = "instances", target
     ckpt = save_checkpoint(tmp_path / "ckpt", tiny_model(cfg), cfg)
     rng = np.random.default_rng(1)
     image = ndimage.gaussian_filter(rng.random((700, 300)), 3)

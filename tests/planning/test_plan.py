@@ -14,6 +14,7 @@ import yaml
 
 from reliability.helpers import run_inprocess
 from unetseg.data.io import write_image, write_mask
+from unetseg.planning import rules
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
 
@@ -99,6 +100,29 @@ def test_plan_command_writes_a_recipe_and_refuses_to_replace_a_users_file(cells,
     mine.write_text("# my notes\n")
     code, err = run_inprocess("plan", "--data", cells, "--out", mine, capsys=capsys)
     assert code == 2 and "unetseg did not write" in err and mine.read_text() == "# my notes\n"
+
+
+def test_the_plan_of_an_instance_task_chooses_the_target_and_keeps_a_given_one(tmp_path, capsys):
+    from unetseg.data.synthetic import make_dataset
+
+    nuclei = make_dataset(tmp_path / "nuclei", n=4, size=(64, 64), kind="nuclei", seed=1)
+    out = tmp_path / "plan.yaml"
+    code, err = run_inprocess("plan", "--data", nuclei, "--task", "instances", "--max-minutes", "1",
+                              "--out", out, capsys=capsys)
+    assert code == 0, err
+    text = out.read_text()
+    planned = rules.INSTANCE_TARGET  # three_class until BENCHMARKS.md says otherwise
+    assert yaml.safe_load(text)["data"]["instance_target"] == planned
+    assert f"# data.instance_target: {rules.INSTANCE_TARGET_WHY[planned]}" in text
+    other = next(t for t in rules.INSTANCE_TARGET_WHY if t != planned)
+    given = tmp_path / "other.yaml"
+    given.write_text(f"data: {{instance_target: {other}}}\n")
+    code, err = run_inprocess("plan", "--data", nuclei, "--task", "instances", "--max-minutes", "1",
+                              "--config", given, "--out", out, capsys=capsys)
+    assert code == 0, err
+    text = out.read_text()
+    assert yaml.safe_load(text)["data"]["instance_target"] == other
+    assert "# data.instance_target: given" in text
 
 
 @pytest.mark.parametrize("extra, needle", [(["--depth", "12"], "the largest depth that fits is 8"),

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unetseg.config.schema import INSTANCE_TARGETS
 from unetseg.data.cases import find_cases
 from unetseg.data.fingerprint import compute_fingerprint
 from unetseg.data.io import write_image, write_mask
@@ -127,6 +128,16 @@ def test_a_small_budget_chooses_a_narrower_net():
     assert choose_width(timed, 2, 2)[0] == 8
     base, steps, why = choose_width(timed, 0.5, 2)
     assert base == 8 and "none reaches" in why and steps < 800
+
+
+def test_an_instance_task_gets_a_target_with_its_reason():
+    (decision,) = rules.instance_target("instances")
+    assert decision.key == "data.instance_target" and decision.value == rules.INSTANCE_TARGET
+    assert decision.reason == rules.INSTANCE_TARGET_WHY[rules.INSTANCE_TARGET]
+    assert rules.instance_target("semantic") == []
+    # a reason whichever is chosen, each pointing at the measurement
+    assert set(rules.INSTANCE_TARGET_WHY) == set(INSTANCE_TARGETS)
+    assert all("BENCHMARKS.md" in why for why in rules.INSTANCE_TARGET_WHY.values())
 
 
 def test_thin_structures_stored_as_zero_count_in_the_dice(tmp_path):

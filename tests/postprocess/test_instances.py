@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unetseg.data.instances import distance_target, three_class_target
+from unetseg.config.schema import DISTANCE_BINS, instance_classes
+from unetseg.data.instances import distance_class_target, distance_target, instance_target
 from unetseg.errors import ConfigError, DataError
 from unetseg.metrics.instances import match_objects
 from unetseg.postprocess.instances import (
+    expected_distance,
     instances_from_distance,
+    instances_from_distance_classes,
     instances_from_three_class,
     remove_small_and_fill,
     stitch_band_sequence,
@@ -34,10 +37,11 @@ def discs_2d(rows: int = 3) -> np.ndarray:
     return touching_balls((32 * rows, 96), centres, 7.0)
 
 
-def ideal_probs(labels: np.ndarray, blur: float = 0.7) -> np.ndarray:
-    """One-hot 3-class map of ``labels``, each channel slightly blurred (channels still sum to 1)."""
-    target = three_class_target(labels)
-    onehot = np.stack([target == k for k in range(3)]).astype(np.float32)
+def ideal_probs(labels: np.ndarray, blur: float = 0.7, kind: str = "three_class") -> np.ndarray:
+    """One-hot map of the ``kind`` target of ``labels`` (the 3-class map or the distance bins), each channel
+    slightly blurred (channels still sum to 1)."""
+    target = instance_target(labels, kind)
+    onehot = np.stack([target == k for k in range(instance_classes(kind))]).astype(np.float32)
     return np.stack([ndimage.gaussian_filter(c, blur) for c in onehot])
 
 
@@ -90,6 +94,35 @@ def test_distance_path_small_bumps_do_not_split() -> None:
     flat[4, 8] = flat[4, 11] = 1.0
     assert instances_from_distance(flat, flat > 0, min_distance=4, min_size=1).max() == 1
     assert instances_from_distance(flat, flat > 0, min_distance=0, min_size=1).max() == 2
+
+
+def test_expected_distance_of_bin_probabilities() -> None:
+    true = discs_2d(rows=1)
+    target = distance_class_target(true)
+    onehot = ideal_probs(true, blur=0.0, kind="distance")
+    centres = (np.arange(1, DISTANCE_BINS + 1) - 0.5) / DISTANCE_BINS
+    want = np.where(target > 0, centres[np.maximum(target, 1) - 1], 0.0)
+    got = expected_distance(onehot)
+    assert got.dtype == np.float32 and got.shape == true.shape
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # half background, half the top bin: half the top bin's centre; the bins' mean: their mean centre
+    mixed = np.zeros((1 + DISTANCE_BINS, 1, 2), np.float32)
+    mixed[[0, DISTANCE_BINS], 0, 0] = 0.5
+    mixed[1:, 0, 1] = 1.0 / DISTANCE_BINS
+    np.testing.assert_allclose(expected_distance(mixed)[0], [0.5 * centres[-1], centres.mean()], atol=1e-6)
+    with pytest.raises(DataError):
+        expected_distance(onehot[:1])
+
+
+def test_distance_bins_2d_and_3d_recover_touching_discs() -> None:
+    true = discs_2d()
+    labels = instances_from_distance_classes(ideal_probs(true, kind="distance"))
+    assert labels.dtype == np.uint16 and labels.max() == 12
+    assert_same_objects(labels, true, 0.8)
+    true3 = touching_balls((20, 24, 36), [(10.0, 12.0, 9.0), (10.0, 12.0, 19.0), (10.0, 12.0, 28.0)], 6.0)
+    labels3 = instances_from_distance_classes(ideal_probs(true3, kind="distance"), min_size=20)
+    assert labels3.max() == 3
+    assert_same_objects(labels3, true3, 0.8)
 
 
 def test_noise_seeds_are_dropped() -> None:
@@ -168,6 +201,8 @@ def test_bad_options() -> None:
         instances_from_three_class(probs.astype(np.int32))
     with pytest.raises(ConfigError):
         instances_from_distance(probs[1], probs[1] > 0, h=0)
+    with pytest.raises(ConfigError):
+        instances_from_distance_classes(probs, foreground_threshold=1.0)
     with pytest.raises(ConfigError):
         stitch_bands(None, np.zeros((3, 3), int), 1, min_iou=0.3)
     with pytest.raises(DataError):

@@ -35,7 +35,21 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SWITCHES = ("auto", "on", "off")
 BLENDS = ("gaussian", "constant")
 TASKS = ("semantic", "instances")
-INSTANCE_TARGETS = ("three_class", "distance")
+InstanceTarget = Literal["three_class", "distance"]
+INSTANCE_TARGETS: tuple[str, ...] = get_args(InstanceTarget)
+# Bins of the distance target: class k (1..K) holds normalised distances in ((k-1)/K, k/K]. An object fills
+# every bin only when it is at least K px deep, so 4 suits nuclei down to ~8 px across and makes rings ~2 px
+# thick on 8 px deep ones (enough pixels per class for a stable Dice term; 5+ thins them and empties bins
+# on small objects, 3 makes the expected distance coarse). Its step (0.25) is not the seeds' default h
+# (0.2): on a confident map whether a one-bin dip splits two maxima never hangs on float rounding.
+DISTANCE_BINS = 4
+
+
+def instance_classes(target: str) -> int:
+    """Classes of an instance model: background, interior, boundary; or background and the distance bins."""
+    if target not in INSTANCE_TARGETS:
+        raise ConfigError(f"instance target {target!r}: expected one of {', '.join(INSTANCE_TARGETS)}")
+    return 1 + DISTANCE_BINS if target == "distance" else 3
 
 
 def _not_bool(value: Any) -> Any:
@@ -140,6 +154,8 @@ class DataConfig(Section):
     val_fraction: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.2
     split_seed: Seed = 0
     task: Literal["semantic", "instances"] = "semantic"
+    # what an instance model learns: the 3-class map, or the distance to the boundary in DISTANCE_BINS bins
+    instance_target: InstanceTarget = "three_class"
     class_values: Annotated[list[ClassValue], Field(min_length=1)] | None = None
     normalization: Literal["zscore", "percentile", "window", "ct", "none"] = "zscore"
     percentiles: Range = Field(default_factory=lambda: [0.5, 99.5])
@@ -246,8 +262,11 @@ class InferConfig(Section):
     blend: Literal["gaussian", "constant"] = "gaussian"
     batch_size: Annotated[PosInt, Field(le=4096)] = 4
     tta: bool = False
-    # instance models: objects by seeded watershed of the interior probability
+    # instance models: objects by seeded watershed of the interior probability (3-class target), or of the
+    # expected distance (distance target) from its maxima of dynamic >= distance_h (shallower bumps on one
+    # object do not split it; the distance is normalised to 1 at each centre, so h < 1)
     interior_threshold: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.5
+    distance_h: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.2
     min_object_size: Annotated[Int, Field(ge=0)] = 10  # pixels (voxels in 3D); smaller objects are dropped
 
 

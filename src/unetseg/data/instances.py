@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import segmentation
 
+from unetseg.config.schema import DISTANCE_BINS, instance_classes
 from unetseg.errors import ConfigError, DataError
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -108,6 +109,28 @@ def distance_target(instances: np.ndarray) -> np.ndarray:
     return (depth / deepest[seq]).astype(np.float32)
 
 
+def distance_class_target(instances: np.ndarray, bins: int = DISTANCE_BINS) -> np.ndarray:
+    """The distance target as classes (uint8): 0 background, ``k`` (1..``bins``) where the normalised depth
+    (:func:`distance_target`) lies in ``((k-1)/bins, k/bins]``, so every object's centre is class ``bins``.
+
+    A network trained on it with a softmax keeps everything a class map gets (blending, TTA, Dice); the
+    expected distance of its probabilities (:func:`unetseg.postprocess.instances.expected_distance`) seeds
+    the watershed. Object pixels never become background: their normalised depth is > 0, so class >= 1.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= 254:
+        raise ConfigError(f"bins={bins!r}: expected an integer in [1, 254]")
+    dist = distance_target(instances).astype(np.float64)
+    # a small tolerance keeps depths exactly on a bin edge (2/4 = 0.5) in the lower bin despite rounding
+    k = np.clip(np.ceil(dist * bins - 1e-6), 1, bins)
+    return np.where(dist > 0, k, 0).astype(np.uint8)
+
+
+def instance_target(instances: np.ndarray, kind: str) -> np.ndarray:
+    """The class target an instance model of ``data.instance_target`` ``kind`` learns (uint8)."""
+    instance_classes(kind)  # checks the name
+    return distance_class_target(instances) if kind == "distance" else three_class_target(instances)
+
+
 def _class_weights(target: np.ndarray, class_weights: str | Sequence[float] | None) -> np.ndarray:
     """``w_c`` per pixel, with the same options as :func:`unetseg.losses.unet_weight_map` (without torch)."""
     if class_weights is None:
@@ -126,7 +149,7 @@ def _class_weights(target: np.ndarray, class_weights: str | Sequence[float] | No
 
 def instance_weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 5.0,
                         class_weights: str | Sequence[float] | None = "balanced",
-                        target: np.ndarray | None = None) -> np.ndarray:
+                        target: np.ndarray | None = None, interior: np.ndarray | None = None) -> np.ndarray:
     """U-Net weight map (Ronneberger et al. 2015, eq. 2) over objects, not connected components (float32).
 
     ``w(x) = w_c(x) + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` where ``d1``/``d2`` are the distances to the
@@ -140,8 +163,11 @@ def instance_weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 
         w0, sigma: border weight and width in pixels (paper: 10 and 5).
         class_weights: ``"balanced"`` (total / (classes * count)), ``None`` (all 1) or one weight per class
             of ``target``.
-        target: the 3-class target the network is trained on; ``three_class_target(instances)`` if None.
-            Pixels with class 1 get no border term.
+        target: the class target the network is trained on (the classes of ``class_weights``);
+            ``three_class_target(instances)`` if None.
+        interior: pixels that get no border term (bool); ``target == 1`` (the 3-class interior) if None.
+            A target of other classes (the distance bins) passes the 3-class interior here, so the border
+            term lies on the same pixels whatever the network learns.
 
     Cost is capped: each object's distance transform covers its bounding box plus the distance beyond which
     the border term is below ``1e-4 * w0``; farther objects count as infinitely far.
@@ -155,6 +181,9 @@ def instance_weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 
     if target.shape != seq.shape or not np.issubdtype(target.dtype, np.integer) or target.min(initial=0) < 0:
         raise DataError(f"target must be a non-negative integer array of shape {seq.shape}, got "
                         f"{target.dtype} {target.shape}")
+    interior = target == INTERIOR if interior is None else np.asarray(interior, bool)
+    if interior.shape != seq.shape:
+        raise DataError(f"interior must have shape {seq.shape}, got {interior.shape}")
     weights = _class_weights(target, class_weights)
     n = int(seq.max(initial=0))
     if n < 2 or w0 == 0:
@@ -169,19 +198,22 @@ def instance_weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 
         second[...] = np.minimum(second, np.maximum(near, dist))
         near[...] = np.minimum(near, dist)
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
-    return (weights + np.where(target != INTERIOR, border, 0.0)).astype(np.float32)
+    return (weights + np.where(interior, 0.0, border)).astype(np.float32)
 
 
 class InstanceLabels:
     """The labels of an instance task, where a :class:`~unetseg.data.labels.ClassMap` would stand: masks
     hold one id per object; training arrays keep the ids (made consecutive, int32), and the network learns
-    the 3-class target (background, interior, boundary) derived from them after augmentation, so elastic
-    deformations keep targets and ids consistent."""
+    the class target of ``target`` (:func:`instance_target`: the 3-class map or the distance bins) derived
+    from them after augmentation, so elastic deformations keep targets and ids consistent."""
 
-    values = [BACKGROUND, INTERIOR, BOUNDARY]
-    groups = [[float(BACKGROUND)], [float(INTERIOR)], [float(BOUNDARY)]]
-    num_classes = 3
     resample_classes = None  # ids are resampled by nearest neighbour, never through a one-hot
+
+    def __init__(self, target: str = "three_class") -> None:
+        self.target = target
+        self.num_classes = instance_classes(target)
+        self.values = list(range(self.num_classes))
+        self.groups = [[float(v)] for v in self.values]
 
     def encode(self, mask: np.ndarray, source: object = None, dtype: object = np.int32) -> np.ndarray:
         try:
@@ -203,7 +235,7 @@ class InstanceLabels:
         return np.asarray(indices)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, InstanceLabels)
+        return isinstance(other, InstanceLabels) and other.target == self.target
 
     def __repr__(self) -> str:
-        return "InstanceLabels()"
+        return f"InstanceLabels({self.target!r})"

@@ -18,8 +18,10 @@ Format choices (why):
 Writes are whole chunks: :meth:`LabelZarrWriter.write` accepts blocks that start on a chunk boundary
 and end on one or at the image edge. A *row* is one chunk row along the first spatial axis (512 image
 rows in 2D, a 128-slice slab in 3D); when all chunks of a row are written, the row is recorded in a
-small JSON manifest replaced atomically. ``resume=True`` trusts a recorded row only if every one of
-its chunk files exists and is non-empty (level 0 stores even all-background chunks for that reason).
+small JSON manifest replaced atomically; chunks of rows not yet complete (a strip-wise prediction writes
+strip by strip) are recorded too, at most every :data:`SAVE_SECONDS`. ``resume=True`` trusts a recorded
+row or chunk only if its chunk files exist and are non-empty (level 0 stores even all-background chunks
+for that reason).
 Everything is written under ``.<name>.tmp`` beside the output and renamed into place by ``finish``.
 The record survives a killed process, not a power cut (nothing is fsynced but the manifest).
 
@@ -36,25 +38,22 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unetseg.data.pyramid import downsample_mean, downsample_mode, pyramid_factors
+from unetseg.data.pyramid import PyramidBuilder, downsample_mean, downsample_mode, pyramid_factors
 from unetseg.errors import DataError
 from unetseg.fileio import write_json
 
 __all__ = ["MANIFEST", "LabelZarrWriter", "downsample_mean", "downsample_mode", "pyramid_factors"]
 
 MANIFEST = ".unetseg-progress.json"
+SAVE_SECONDS = 2.0  # the longest a written chunk of an unfinished row may go unrecorded
 _LABEL_DTYPES = ("uint8", "uint16", "uint32")
-
-
-def _chunk_slices(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[slice, ...]]:
-    for idx in np.ndindex(*(math.ceil(s / c) for s, c in zip(shape, chunks, strict=True))):
-        yield tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape, strict=True))
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -110,6 +109,9 @@ class LabelZarrWriter:
         self._written = np.zeros(self._grid, dtype=bool)
         self._done: set[int] = set()
         self._finished = False
+        self._saved_at = 0.0
+        self._factors = pyramid_factors(self.shape, self.pixel_size, levels=levels)
+        self._pyramid: PyramidBuilder | None = None  # None in a part: the creating writer builds it
         self._arrs: list[tuple[Any, int]] = []
         self.part = None if part is None else (int(part[0]), int(part[1]))
         if self.part is not None:
@@ -151,7 +153,27 @@ class LabelZarrWriter:
             self._arrs.append((sub.create_array(
                 "0", shape=(self.probabilities, *self.shape), chunks=(self.probabilities, *self.chunks),
                 dtype=self.prob_dtype, fill_value=0, config=cfg, **kw), 1))
+        groups = [root] + ([root["probabilities"]] if self.probabilities else [])
+        for group, (level0, lead) in zip(groups, self._arrs, strict=True):
+            shape = self.shape
+            for level, f in enumerate(self._factors, start=1):
+                shape = tuple(math.ceil(n / k) for n, k in zip(shape, f, strict=True))
+                chunks = tuple(min(c, n) for c, n in zip(self.chunks, shape, strict=True))
+                group.create_array(str(level), shape=(*level0.shape[:lead], *shape), dtype=level0.dtype,
+                                   chunks=(*level0.shape[:lead], *chunks), fill_value=0, **kw)
+        self._pyramid = self._builder()
         self._save_manifest()
+
+    def _builder(self) -> PyramidBuilder:
+        """Builds the pyramid from level-0 chunks as they are written (in the writer's thread)."""
+        import zarr
+
+        arrays = []
+        for name in ["", "probabilities"][: 1 + bool(self.probabilities)]:
+            arrays.append([zarr.open_array(str(self.tmp / name / str(level)), mode="r+")
+                           for level in range(len(self._factors) + 1)])
+        return PyramidBuilder(arrays, self._factors, self.chunks,
+                              [downsample_mode, downsample_mean][: len(arrays)])
 
     def _saved(self, action: str) -> dict[str, Any]:
         """The manifest of the temporary store, checked against this writer's settings."""
@@ -197,6 +219,12 @@ class LabelZarrWriter:
             if 0 <= row < self._grid[0] and all(self._row_on_disk(a, row, lead) for a, lead in self._arrs):
                 self._done.add(int(row))
                 self._written[row] = True
+        for flat in saved.get("chunks_done", []):  # chunks of rows a strip-wise run had not finished
+            if 0 <= flat < self._written.size:
+                idx = np.unravel_index(int(flat), self._grid)
+                if all(self._chunk_on_disk(a, idx, lead) for a, lead in self._arrs):
+                    self._written[idx] = True
+        self._pyramid = self._builder()
         self._save_manifest()
 
     def _open_arrays(self) -> list[tuple[Any, int]]:
@@ -208,18 +236,23 @@ class LabelZarrWriter:
         return [(a.with_config({"write_empty_chunks": True}), lead) for a, lead in out]
 
     def _row_on_disk(self, array: Any, row: int, lead: int) -> bool:
-        root = Path(array.store.root) / array.path
-        for idx in np.ndindex(*self._grid[1:]):
-            key = array.metadata.encode_chunk_key((0,) * lead + (row, *idx))
-            f = root / key
-            if not f.is_file() or f.stat().st_size == 0:
-                return False
-        return True
+        return all(self._chunk_on_disk(array, (row, *idx), lead) for idx in np.ndindex(*self._grid[1:]))
+
+    @staticmethod
+    def _chunk_on_disk(array: Any, idx: Sequence[int], lead: int) -> bool:
+        key = array.metadata.encode_chunk_key((0,) * lead + tuple(int(i) for i in idx))
+        f = Path(array.store.root) / array.path / key
+        return f.is_file() and f.stat().st_size > 0
 
     def _save_manifest(self) -> None:
         if self.part is not None:
             return  # the creating writer owns the manifest
-        write_json(self.tmp / MANIFEST, {**self._settings(), "rows_done": sorted(self._done)})
+        partial = [r for r in range(self._grid[0]) if r not in self._done and self._written[r].any()]
+        chunks = [int(np.ravel_multi_index((r, *idx), self._grid)) for r in partial
+                  for idx in zip(*np.nonzero(self._written[r]), strict=True)]
+        write_json(self.tmp / MANIFEST, {**self._settings(), "rows_done": sorted(self._done),
+                                         "chunks_done": chunks})
+        self._saved_at = time.monotonic()
 
     # ------------------------------------------------------------------ progress
     @property
@@ -231,6 +264,14 @@ class LabelZarrWriter:
         """The full-resolution region of chunk row ``row``."""
         c = self.chunks[0]
         return (slice(row * c, min((row + 1) * c, self.shape[0])), *(slice(0, s) for s in self.shape[1:]))
+
+    def done_rows(self, columns: Sequence[slice]) -> np.ndarray:
+        """Per image row: whether every chunk it shares with ``columns`` (slices of the axes after the
+        first) is written."""
+        cols = tuple(slice(c.start // k, -(-c.stop // k))
+                     for c, k in zip(columns, self.chunks[1:], strict=True))
+        rows = self._written[(slice(None), *cols)].reshape(self._grid[0], -1).all(axis=1)
+        return np.repeat(rows, self.chunks[0])[: self.shape[0]]
 
     def completed_rows(self) -> list[int]:
         """Chunk rows written completely (after ``resume``: only those whose chunk files all exist)."""
@@ -268,9 +309,18 @@ class LabelZarrWriter:
             arrays[1][0][(slice(None), *region)] = self._quantise(probabilities)
         grid = tuple(slice(s // c, -(-e // c)) for s, e, c in zip(start, stop, self.chunks, strict=True))
         self._written[grid] = True
+        if self._pyramid is not None:
+            self._pyramid.written(grid, self._written)
         rows = {r for r in range(grid[0].start, grid[0].stop) if self._written[r].all()} - self._done
-        if rows:  # chunk files are on disk now (zarr writes synchronously): record the rows
-            self._done |= rows
+        self._done |= rows
+        # chunk files are on disk now (zarr writes synchronously): record them, a finished row at once,
+        # the chunks of strips (rows not yet finished) at most every SAVE_SECONDS
+        if rows or time.monotonic() - self._saved_at >= SAVE_SECONDS:
+            self._save_manifest()
+
+    def flush(self) -> None:
+        """Record every chunk written so far (a stopped prediction calls it, so resume keeps them)."""
+        if self.part is None and not self._finished:
             self._save_manifest()
 
     def _quantise(self, p: np.ndarray) -> np.ndarray:
@@ -288,57 +338,48 @@ class LabelZarrWriter:
         if missing:
             raise DataError(f"{self.path}: cannot finish: {len(missing)} of {self.n_rows} chunk row(s) not "
                             f"written (first: row {missing[0]})")
-        factors = pyramid_factors(self.shape, self.pixel_size, levels=self.levels)
+        assert self._pyramid is not None
+        self._pyramid.finish(self._written)
         root = zarr.open_group(str(self.tmp), mode="r+")
-        self._build(root, factors, downsample_mode, lead=0)
-        self._metadata(root, factors, lead=0)
+        root.attrs.update(self.attributes(lead=0))
         if self.probabilities:
             sub = root["probabilities"]
-            self._build(sub, factors, downsample_mean, lead=1)
-            self._metadata(sub, factors, lead=1)
-            sub.attrs["unetseg"] = {"encoding": "probability = value / 255" if self.prob_dtype == np.uint8
-                                    else "probability = value"}
+            sub.attrs.update({**self.attributes(lead=1), "unetseg": {
+                "encoding": "probability = value / 255" if self.prob_dtype == np.uint8
+                else "probability = value"}})
         (self.tmp / MANIFEST).unlink()
         _swap_into_place(self.tmp, self.path)
         self._finished = True
         return self.path
 
-    def _build(self, group: Any, factors: list[tuple[int, ...]], reduce: Any, lead: int) -> None:
-        src = group["0"]
-        for level, f in enumerate(factors, start=1):
-            shape = tuple(math.ceil(s / k) for s, k in zip(src.shape[lead:], f, strict=True))
-            chunks = tuple(min(c, s) for c, s in zip(self.chunks, shape, strict=True))
-            dst = group.create_array(str(level), shape=(*src.shape[:lead], *shape), dtype=src.dtype,
-                                     chunks=(*src.shape[:lead], *chunks), fill_value=0, **self._array_kw())
-            for out in _chunk_slices(shape, chunks):  # memory: one output chunk and its source block
-                inp = tuple(slice(s.start * k, min(s.stop * k, n))
-                            for s, k, n in zip(out, f, src.shape[lead:], strict=True))
-                dst[(*(slice(None),) * lead, *out)] = reduce(src[(*(slice(None),) * lead, *inp)], f)
-            src = dst
-
-    def _metadata(self, group: Any, factors: list[tuple[int, ...]], lead: int) -> None:
-        from ome_zarr.format import FormatV04, FormatV05
-        from ome_zarr.writer import add_metadata, write_multiscales_metadata
-
-        fmt = FormatV04() if self.version == "0.4" else FormatV05()
+    def attributes(self, lead: int) -> dict[str, Any]:
+        """The NGFF group attributes of the labels (``lead=0``) or of the probabilities (``lead=1``): what
+        ``ome_zarr.writer``'s ``write_multiscales_metadata`` and ``add_metadata`` write, built here so that
+        finishing a slide does not import ome-zarr and dask (half a second)."""
         names = "zyx"[3 - len(self.shape):]
         unit = {"unit": self.unit} if self.pixel_size is not None else {}
         axes = [{"name": "c", "type": "channel"}] * lead
         axes += [{"name": n, "type": "space", **unit} for n in names]
-        px = np.asarray(self.pixel_size or [1.0] * len(self.shape), dtype=np.float64)
+        scale = np.asarray(self.pixel_size or [1.0] * len(self.shape), dtype=np.float64)
         datasets = []
-        for level in range(len(factors) + 1):
-            scale = px * np.prod(np.asarray(factors[:level], dtype=np.float64).reshape(-1, len(px)), axis=0)
+        for level in range(len(self._factors) + 1):
+            if level:
+                scale = scale * np.asarray(self._factors[level - 1], dtype=np.float64)
             datasets.append({"path": str(level), "coordinateTransformations": [
                 {"type": "scale", "scale": [1.0] * lead + [float(s) for s in scale]}]})
-        write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes,
-                                   name="probabilities" if lead else self.name)
+        multiscale: dict[str, Any] = {"datasets": datasets, "name": "probabilities" if lead else self.name,
+                                      "axes": axes}
+        top: dict[str, Any] = {"multiscales": [multiscale]}
         if not lead:
-            label = {"version": fmt.version}
+            label: dict[str, Any] = {"version": self.version}
             if self.colors:
                 label["colors"] = [{"label-value": int(k), "rgba": [int(c) for c in v]}
                                    for k, v in sorted(self.colors.items())]
-            add_metadata(group, {"image-label": label}, fmt=fmt)
+            top["image-label"] = label
+        if self.version == "0.4":
+            multiscale["version"] = "0.4"
+            return top
+        return {"ome": {"version": self.version, **top}}
 
 
 # ---------------------------------------------------------------------------------------------- OME-TIFF

@@ -208,7 +208,7 @@ def _require(scans: list[_Scan], folder: str, skip: SkipLog | None) -> None:
 def _class_map(cfg: Config, scans: list[_Scan]) -> ClassMap | InstanceLabels:
     d = cfg.data
     if d.task == "instances":
-        return InstanceLabels()  # ids per object: no class values to infer
+        return InstanceLabels(d.instance_target)  # ids per object: no class values to infer
     values: list[Any] | None = d.class_values
     if values is None and nnunet.is_nnunet_dataset(d.data):
         values = nnunet.class_values_from_json(

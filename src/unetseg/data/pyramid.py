@@ -61,3 +61,67 @@ def downsample_mean(values: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     """Block mean in the input dtype (integers rounded)."""
     m = _blocks(values, factor).mean(axis=-1, dtype=np.float32)
     return np.rint(m).astype(values.dtype) if values.dtype.kind in "iu" else m.astype(values.dtype)
+
+
+class PyramidBuilder:
+    """Builds pyramid levels chunk by chunk as soon as their source is complete, so a streamed writer
+    finishes its pyramid while the prediction is still running (in its writer thread).
+
+    ``arrays``: per level (0 first) the arrays to fill, each ``(*lead, *spatial)`` (several stores, e.g.
+    labels and probabilities, share the geometry), ``chunks`` the spatial chunk shape of every level
+    (clipped to the level's size), ``reducers`` one per array. Level-0 completion is given by
+    :meth:`written`; every built chunk of a higher level is recorded here."""
+
+    def __init__(self, arrays: list[list], factors: list[tuple[int, ...]], chunks: Sequence[int],
+                 reducers: list) -> None:
+        self.arrays, self.factors, self.reducers = arrays, factors, reducers
+        self.shapes = [tuple(arrays[0][0].shape[-len(chunks):])]
+        for f in factors:
+            self.shapes.append(tuple(math.ceil(s / k) for s, k in zip(self.shapes[-1], f, strict=True)))
+        self.chunks = [tuple(min(c, s) for c, s in zip(chunks, shape, strict=True)) for shape in self.shapes]
+        self.built = [np.zeros([math.ceil(s / c) for s, c in zip(shape, ch, strict=True)], dtype=bool)
+                      for shape, ch in zip(self.shapes, self.chunks, strict=True)]
+
+    def written(self, grid: tuple[slice, ...], level0: np.ndarray) -> None:
+        """Level-0 chunks ``grid`` (chunk-index slices) are written (``level0``: the writer's record of all
+        level-0 chunks): build every higher chunk whose source is now complete."""
+        self.built[0] = level0
+        for level in range(1, len(self.shapes)):
+            grid = self._grow(level, grid)
+            if grid is None:
+                return
+
+    def finish(self, level0: np.ndarray) -> None:
+        """Build whatever is left (all chunks after a resume or a run in parts)."""
+        self.built[0] = level0
+        for level in range(1, len(self.shapes)):
+            self._grow(level, tuple(slice(0, n) for n in self.built[level - 1].shape))
+
+    def _grow(self, level: int, below: tuple[slice, ...]) -> tuple[slice, ...] | None:
+        """Build the ``level`` chunks over the ``below`` chunks of ``level - 1`` whose sources are all
+        built; returns the chunk box of this level they span (None: none built)."""
+        f, cin, cout = self.factors[level - 1], self.chunks[level - 1], self.chunks[level]
+        src_shape, done = self.shapes[level - 1], self.built[level - 1]
+        # the output chunks whose source boxes overlap the given source chunks
+        box = tuple(slice(b.start * c // (k * o), -(-min(b.stop * c, n) // (k * o)))
+                    for b, c, k, o, n in zip(below, cin, f, cout, src_shape, strict=True))
+        made = []
+        for idx in np.ndindex(*(b.stop - b.start for b in box)):
+            g = tuple(b.start + i for b, i in zip(box, idx, strict=True))
+            if self.built[level][g]:
+                continue
+            out = tuple(slice(i * o, min((i + 1) * o, s)) for i, o, s in zip(g, cout, self.shapes[level],
+                                                                            strict=True))
+            src = tuple(slice(s.start * k, min(s.stop * k, n))
+                        for s, k, n in zip(out, f, src_shape, strict=True))
+            need = tuple(slice(s.start // c, -(-s.stop // c)) for s, c in zip(src, cin, strict=True))
+            if not done[need].all():
+                continue
+            for arrays, reduce in zip(self.arrays, self.reducers, strict=True):
+                lead = (slice(None),) * (arrays[level].ndim - len(out))
+                arrays[level][(*lead, *out)] = reduce(arrays[level - 1][(*lead, *src)], f)
+            self.built[level][g] = True
+            made.append(g)
+        if not made:
+            return None
+        return tuple(slice(min(g[a] for g in made), max(g[a] for g in made) + 1) for a in range(len(box)))

@@ -26,7 +26,9 @@ GIB = 2**30
 
 def label_map(data_cfg: DataConfig) -> ClassMap | InstanceLabels:
     """How a trained model's masks are read: its class map, or object ids for an instance model."""
-    return InstanceLabels() if data_cfg.task == "instances" else ClassMap(data_cfg.class_values)
+    if data_cfg.task == "instances":
+        return InstanceLabels(data_cfg.instance_target)
+    return ClassMap(data_cfg.class_values)
 
 
 def cache_budget(data_cfg: DataConfig) -> float:

@@ -1,6 +1,7 @@
 """Instance models at prediction time: objects from the predicted 3-class map (background, interior,
-boundary) by seeded watershed (:mod:`unetseg.postprocess.instances`), with the options of ``infer``, and
-the files an instance prediction writes: ``<stem>.tif`` (uint16 ids, uint32 when needed) and
+boundary) or distance bins (``data.instance_target``) by seeded watershed
+(:mod:`unetseg.postprocess.instances`), with the options of ``infer``, and the files an instance
+prediction writes: ``<stem>.tif`` (uint16 ids, uint32 when needed) and
 ``<stem>_objects.csv`` (one row per object: id, area, centroid, bounding box, mean intensity per channel).
 
 The watershed runs on the blended probabilities of the whole image, so objects cut by tile borders are
@@ -15,12 +16,16 @@ import numpy as np
 
 from unetseg.config import Config
 from unetseg.fileio import write_text
-from unetseg.postprocess.instances import instances_from_three_class
+from unetseg.postprocess.instances import instances_from_distance_classes, instances_from_three_class
 from unetseg.postprocess.objects import object_table, table_to_csv_text
 
 
 def instances_of(probs: np.ndarray, config: Config) -> np.ndarray:
-    """Object ids (1..N, 0 background) from ``(3, *spatial)`` probabilities."""
+    """Object ids (1..N, 0 background) from the model's ``(classes, *spatial)`` probabilities: 3 for the
+    3-class target, 1 + the bins for the distance target (``data.instance_target``)."""
+    if config.data.instance_target == "distance":
+        return instances_from_distance_classes(probs, h=config.infer.distance_h,
+                                               min_size=config.infer.min_object_size)
     return instances_from_three_class(probs, interior_threshold=config.infer.interior_threshold,
                                       min_size=config.infer.min_object_size)
 

@@ -1,9 +1,9 @@
 """Instance models on whole slides and huge volumes, in flat memory: object ids stitched across bands.
 
 1. **Probabilities.** The slide is streamed as for a semantic model (:mod:`unetseg.inference.slide`),
-   its three class probabilities (background, interior, boundary) stored as float16 in a hidden
-   temporary store beside the output (``.<stem>.probabilities.zarr``); ``resume`` continues it, and a
-   completed one is reused.
+   its class probabilities (background, interior, boundary; or background and the distance bins) stored
+   as float16 in a hidden temporary store beside the output (``.<stem>.probabilities.zarr``); ``resume``
+   continues it, and a completed one is reused.
 2. **Objects.** Bands of :data:`BAND` rows (plus :data:`OVERLAP` rows shared with the next band) are read
    back, each segmented by the seeded watershed of the in-memory path, and stitched into global ids by
    :func:`~unetseg.postprocess.instances.stitch_band_sequence` (the seam lies mid-overlap, so objects up to
@@ -71,7 +71,7 @@ def _probabilities(path: Path, store: Path, job: Any, level: int | None, skip_ba
                    resume: bool, progress: Callable | None) -> SlideSetup:
     """Pass 1: the probabilities into ``store`` (kept from an earlier run that completed it, with resume)."""
     done = resume and (store / "probabilities" / "0").is_dir()
-    extra = {"probabilities": 3, "prob_dtype": "float16", "levels": 1}
+    extra = {"probabilities": job.predictor.out_channels, "prob_dtype": "float16", "levels": 1}
     setup, writer = open_slide(path, store, job, level=level, skip_background=skip_background,
                                resume=resume, store=extra, create=not done)
     if writer is not None:
@@ -81,7 +81,7 @@ def _probabilities(path: Path, store: Path, job: Any, level: int | None, skip_ba
 
 
 def stitched_objects(probs: Any, config: Any, step: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Global object ids from ``(3, *spatial)`` probabilities (an array read in bands), as
+    """Global object ids from ``(classes, *spatial)`` probabilities (an array read in bands), as
     ``(first row, block)`` of ``step`` rows each (the last may be shorter)."""
     dims = len(probs.shape) - 1
     return _chunk_rows(stitch_band_sequence(_bands(probs, config, dims), OVERLAP[dims]), step)

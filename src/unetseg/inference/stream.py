@@ -5,23 +5,29 @@
 a writer (:class:`~unetseg.data.ngff.LabelZarrWriter`). Labels equal ``Predictor.predict`` of the same
 normalised image bit for bit. Why it is exact, and flat:
 
-* **Bands.** Tiles with the same start on the first spatial axis form a *band*. The plan's tile order
-  visits the bands in order, and every pixel receives its tile contributions in the in-memory order (float
-  addition is not associative). The batches are the in-memory batches (the positions chunked by
-  ``batch_size``): CPU kernels round a batch of one differently from a larger batch (~1e-5), so tiles are
-  never re-batched; a batch runs when any of its tiles is needed, the outputs of the others are dropped.
-* **Accumulator.** One float32 window ``(classes, tile_out[0], *domain[1:])``: the rows of the current
-  band (``max_buffer_rows``). When band k's last tile is added, rows ``[start_k, start_k+1)`` are final (no
-  later tile touches them): labels are the first-maximum argmax of the undivided sums (``_argmax``, as
-  ``predict``); probabilities, when the writer stores them, are divided by the outer product of the
-  per-axis weight sums (as ``_normalise``). The window then shifts by ``start_k+1 - start_k``. Peak memory:
-  the window, the input bands of the batch in flight plus at most three read ahead (``tile_in[0]`` rows
-  each), one chunk row of finished labels: O(tile extent x image width), independent of the height.
-* **Input.** A prefetch thread reads each band's rows of the mirror-extended image (numpy ``reflect`` at
-  the true image borders only, as ``Predictor._mirror``, via the index map ``np.pad(arange)`` on the first
-  axis), reusing the rows shared with the previous band, and normalises them with ``normalize``.
-* **Output.** Finished rows are buffered until a whole chunk row of the writer (or the image end) is
-  complete, then a writer thread writes it (LabelZarrWriter accepts whole chunks only).
+* **Strips and bands.** The image is cut into *strips*: boxes of whole writer chunks on the axes after the
+  first (:data:`~unetseg.inference.stream_io.STRIP_STEPS` tile steps wide), predicted one after the other.
+  A strip runs every plan tile that reaches into it (tiles over a strip edge run in both strips, ~2/16 more
+  compute per cut axis), in plan order; tiles with the same start on the first axis form a *band*. Every
+  pixel so receives its tile contributions in the in-memory order (float addition is not associative).
+* **Batches.** A tile's output depends on the size of the batch it runs in (CPU kernels round a batch of
+  one differently from a larger one, ~1e-5), not on the other tiles in it (checked on the CPU kernels
+  here). So a tile runs in a batch of ``batch_size``, or, if the in-memory path ran it in its last,
+  smaller batch, in a batch of that size; a strip's tiles are batched in plan order and a short batch is
+  filled with copies of its first tile. Skipped and resumed tiles are so never computed.
+* **Accumulator.** One float32 window ``(classes, tile_out[0], *strip extent)`` per strip. When band k's
+  last tile is added, rows ``[start_k, start_k+1)`` of the strip's own columns are final: labels are the
+  first-maximum argmax of the undivided sums (``_argmax``, as ``predict``); probabilities, when the writer
+  stores them, are divided by the outer product of the per-axis weight sums (as ``_normalise``). The window
+  then shifts by ``start_k+1 - start_k``. Peak memory: the window, the input bands of the batch in flight
+  plus at most three read ahead (``tile_in[0]`` rows of the strip each), one chunk row of the strip's
+  labels: O(tile extent x strip), independent of the image's size.
+* **Input.** A prefetch thread reads each band's rows of the mirror-extended image over the strip's
+  input columns (numpy ``reflect`` at the true image borders only, as ``Predictor._mirror``, via index maps
+  ``np.pad(arange)``), reusing the rows shared with the previous band, and normalises them.
+* **Output.** Finished rows are buffered until a whole chunk row of the strip (or the image end) is
+  complete, then a writer thread writes it (LabelZarrWriter accepts whole chunks only). Resume is per
+  written chunk block: a strip skips the rows the writer holds complete in its columns.
 * **Threads.** Bounded queues (2 items); an exception in a thread is re-raised in the caller as the
   original exception; both threads are always joined.
 
@@ -32,7 +38,7 @@ Normalisation is per region, so it must use fixed, whole-image statistics:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +48,7 @@ import torch
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.pipes import Pipe
 from unetseg.inference.predictor import Predictor
+from unetseg.inference.stream_io import BandReader, BlockSink, Strip, done_rows, make_strips
 from unetseg.inference.tiling import Plan, axis_weight_sum, box, gaussian_1d
 from unetseg.inference.tta import predict_probs
 
@@ -66,13 +73,15 @@ class StreamResult:
 class StreamPredictor:
     """Sliding-window prediction from a lazy source into a writer, in memory bounded by one tile band.
 
-    ``max_buffer_rows`` / ``max_input_rows``: the largest accumulator window and the most input rows held
-    by the compute loop in the last call (for tests and capacity planning)."""
+    ``strip``: columns per strip on each axis after the first (default: :data:`STRIP_STEPS` tile steps,
+    rounded up to whole writer chunks). ``max_buffer_rows`` / ``max_window`` / ``max_input_rows``: the
+    accumulator window's rows and elements and the most input rows held by the compute loop in the last
+    call (for tests and capacity planning)."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, strip: Sequence[int] | None = None) -> None:
         self.predictor = predictor
-        self.max_buffer_rows = 0
-        self.max_input_rows = 0
+        self.strip = None if strip is None else tuple(int(s) for s in strip)
+        self.max_buffer_rows = self.max_window = self.max_input_rows = 0
 
     def predict_to(self, source: Any, writer: Any, *, normalize: Callable[[np.ndarray], np.ndarray],
                    progress: Callable[[int, int, int], Any] | None = None,
@@ -97,7 +106,7 @@ class StreamPredictor:
         name = str(getattr(source, "path", "image"))
         self._check(source, shape, writer, name)
         run = _Pass(self, source, writer, shape, name, normalize, level, skip)
-        self.max_buffer_rows, self.max_input_rows = run.acc.shape[1], 0
+        self.max_buffer_rows, self.max_window, self.max_input_rows = run.plan.tile_out[0], 0, 0
         return run.execute(progress)
 
     def _check(self, source: Any, shape: tuple[int, ...], writer: Any, name: str) -> None:
@@ -117,82 +126,82 @@ class StreamPredictor:
 
 
 class _Pass:
-    """One streamed prediction: the tile states, the accumulator window and the two helper threads."""
+    """One streamed prediction: the tile states, the strips, their accumulator windows and the two helper
+    threads."""
 
     def __init__(self, owner: StreamPredictor, source: Any, writer: Any, shape: tuple[int, ...], name: str,
                  normalize: Callable, level: int, skip: Callable | None) -> None:
         pred = self.pred = owner.predictor
-        self.owner, self.shape, self.name = owner, shape, name
+        self.owner, self.shape, self.name, self.writer = owner, shape, name, writer
         plan = self.plan = pred.plan(shape)
         self.positions = list(plan.positions())
-        self.per_band = math.prod(len(s) for s in plan.starts[1:])
-        done = _done_rows(writer, shape[0])
-        self.states = _tile_states(plan, shape, done, skip)
+        self.per_band = math.prod(len(a) for a in plan.starts[1:])
+        strips = make_strips(plan, shape, getattr(writer, "chunks", None), owner.strip)
+        self.done = [done_rows(writer, shape[0], s.own) for s in strips]
+        self.states = _tile_states(plan, shape, strips, self.done, skip)
         n, bs = len(self.positions), pred.batch_size
-        self.batches = [range(i, min(i + bs, n)) for i in range(0, n, bs)]
-        self.run_batch = [bool((self.states[b.start:b.stop] == RUN).any()) for b in self.batches]
-        bands = sorted({j // self.per_band for b, r in zip(self.batches, self.run_batch, strict=True) if r
-                        for j in b})
-        self.reader = _BandReader(source, level, normalize, plan, shape, bands, name, pred.engine.in_channels)
-        self.writer, self.sink = writer, _RowSink(writer, shape, done)
-        self.acc = torch.zeros((pred.out_channels, plan.tile_out[0], *plan.domain[1:]), dtype=torch.float32)
+        self.tail = n - n % bs  # tiles from here on ran as one smaller batch in memory: they still do
+        self.work = []
+        for strip, state in zip(strips, self.states, strict=True):
+            needed = [j for j in strip.tiles if state[j] == RUN]
+            self.work.append((strip, sorted({j // self.per_band for j in needed}), needed))
+        self.reader = BandReader(source, level, normalize, plan, shape, [(s, b) for s, b, _ in self.work],
+                                 name, pred.engine.in_channels)
         self.weights = pred._weights(plan)
         self.background = self.weights.cpu() if self.weights is not None else 1.0
         self.sums0, self.inner = _weight_sums(plan, pred.sigma_scale)
         self.bands: dict[int, torch.Tensor] = {}
         cuda = pred.engine.device.type == "cuda"
         self.in_buf = torch.empty((bs, pred.engine.in_channels, *plan.tile_in), pin_memory=cuda)
-        self.counts = {"computed": 0, "batches": 0, "done": 0}
+        self.counts = {"computed": 0, "batches": 0, "done": 0, "written": 0}
 
     def execute(self, progress: Callable | None) -> StreamResult:
         prefetch = Pipe.reading(iter(self.reader))
-        out = self.sink.out = Pipe.writing(self.writer)
+        out = Pipe.writing(self.writer)
         ok = False
         try:
-            self._loop(prefetch, progress)
+            total = sum(len(needed) for _, _, needed in self.work)
+            for si, (strip, _, needed) in enumerate(self.work):
+                sink = BlockSink(self.writer, self.shape, strip, self.done[si], out)
+                _StripRun(self, si, strip, needed, sink).run(prefetch, progress, total)
+                width = math.prod(b - a for a, b in strip.own)
+                self.counts["written"] += sink.written * width
             ok = True
         finally:
             prefetch.close(drain=True)
-            out.close(drain=False, raise_error=ok)
-        s, c = self.states, self.counts
-        return StreamResult(len(s), int((s == RUN).sum()), int((s == SKIP).sum()), int((s == DONE).sum()),
-                            c["computed"], c["batches"], self.reader.bytes_read, self.sink.written)
+            try:
+                out.close(drain=False, raise_error=ok)
+            finally:
+                flush = getattr(self.writer, "flush", None)
+                if flush is not None:  # an interrupted run keeps what it wrote for --resume
+                    flush()
+        union = np.stack(self.states).min(axis=0)  # a tile run in any strip counts as run
+        c = self.counts
+        return StreamResult(len(union), int((union == RUN).sum()),
+                            int((union == SKIP).sum()), int((union == DONE).sum()), c["computed"],
+                            c["batches"], self.reader.bytes_read,
+                            c["written"] // max(1, math.prod(self.shape[1:])))
 
-    def _loop(self, prefetch: Pipe, progress: Callable | None) -> None:
-        total = int((self.states == RUN).sum())
-        for batch, runs in zip(self.batches, self.run_batch, strict=True):
-            tiles = self._compute(batch, prefetch) if runs else None
-            for i, j in enumerate(batch):
-                state = self.states[j]
-                if state != DONE:
-                    view = self.acc[(slice(None), slice(None), *(
-                        slice(a, a + t) for a, t in zip(self.positions[j][1:], self.plan.tile_out[1:],
-                                                        strict=True)))]
-                    if state == RUN:
-                        view.add_(tiles[i])
-                        self.counts["done"] += 1
-                    else:  # no tissue: a certain background prediction
-                        view[0].add_(self.background)
-                if (j + 1) % self.per_band == 0:
-                    self._finish_band(j // self.per_band)
-            if runs and progress is not None:
-                progress(self.counts["done"], total, self.reader.bytes_read)
-
-    def _compute(self, batch: range, prefetch: Pipe) -> torch.Tensor:
-        """The weighted probabilities of one batch on the host (as ``Predictor._accumulate``)."""
-        pred, plan = self.pred, self.plan
-        first, last = batch.start // self.per_band, (batch.stop - 1) // self.per_band
-        while last not in self.bands:
-            k, band = prefetch.get()
-            self.bands[k] = band
-        for k in [k for k in self.bands if k < first]:
-            del self.bands[k]
+    def compute(self, tiles: list[int], size: int, prefetch: Pipe, si: int) -> torch.Tensor:
+        """The weighted probabilities of ``tiles`` on the host, run as one batch of ``size`` (the size the
+        in-memory path ran them in: outputs do not depend on the other tiles of a batch, only on its
+        size); the extra slots repeat the first tile."""
+        pred, plan, strip = self.pred, self.plan, self.work[si][0]
+        per_band = self.per_band
+        first, last = tiles[0] // per_band, tiles[-1] // per_band
+        while (si, last) not in self.bands:
+            s, k, band = prefetch.get()
+            self.bands[(s, k)] = band
+        for key in [key for key in self.bands if key < (si, first)]:
+            del self.bands[key]
         held = sum(b.shape[1] for b in self.bands.values())
         self.owner.max_input_rows = max(self.owner.max_input_rows, held)
-        xb = self.in_buf[: len(batch)]
-        for i, j in enumerate(batch):
+        xb = self.in_buf[:size]
+        for i in range(size):
+            j = tiles[i] if i < len(tiles) else tiles[0]
             p = self.positions[j]
-            xb[i].copy_(self.bands[j // self.per_band][box((0, *p[1:]), plan.tile_in)])
+            at = (0, *(a - o for a, o in zip(p[1:], strip.origin, strict=True)))
+            xb[i].copy_(self.bands[(si, j // per_band)][box(at, plan.tile_in)])
         dev = pred.engine.device
         with torch.inference_mode():
             probs = predict_probs(pred.engine, xb.to(dev, non_blocking=True), pred.spatial_dims, pred.tta)
@@ -202,30 +211,76 @@ class _Pass:
             if self.weights is not None:
                 probs.mul_(self.weights)
             probs = probs.to("cpu")
-        self.counts["computed"] += len(batch)
+        self.counts["computed"] += size
         self.counts["batches"] += 1
         return probs
 
+
+class _StripRun:
+    """The tiles of one strip in plan order into its accumulator window ``(classes, tile_out[0],
+    *strip.extent)``; each band's finished rows (its own columns) go to the sink."""
+
+    def __init__(self, owner: _Pass, si: int, strip: Strip, needed: list[int], sink: BlockSink) -> None:
+        self.owner, self.si, self.strip, self.sink = owner, si, strip, sink
+        plan, bs = owner.plan, owner.pred.batch_size
+        self.plan = plan
+        body = [j for j in needed if j < owner.tail]
+        groups = [(body[i : i + bs], bs) for i in range(0, len(body), bs)]
+        rest = [j for j in needed if j >= owner.tail]
+        if rest:
+            groups.append((rest, len(self.owner.positions) - owner.tail))
+        self.groups = groups
+        self.slot = {j: (g, i) for g, (tiles, _) in enumerate(groups) for i, j in enumerate(tiles)}
+        size = (owner.pred.out_channels, plan.tile_out[0], *strip.extent)
+        self.acc = torch.zeros(size, dtype=torch.float32)
+        owner.owner.max_window = max(owner.owner.max_window, self.acc.numel())
+
+    def run(self, prefetch: Pipe, progress: Callable | None, total: int) -> None:
+        owner, plan, strip = self.owner, self.plan, self.strip
+        state = owner.states[self.si]
+        current: tuple[int, torch.Tensor] | None = None
+        for k in range(len(plan.starts[0])):
+            for j in strip.band_tiles(k):
+                if state[j] == DONE:
+                    continue
+                p = owner.positions[j]
+                view = self.acc[(slice(None), slice(None), *(
+                    slice(a - o, a - o + t) for a, o, t in zip(p[1:], strip.origin, plan.tile_out[1:],
+                                                               strict=True)))]
+                if state[j] == SKIP:  # no tissue: a certain background prediction
+                    view[0].add_(owner.background)
+                    continue
+                g, i = self.slot[j]
+                if current is None or current[0] != g:
+                    tiles, size = self.groups[g]
+                    current = (g, owner.compute(tiles, size, prefetch, self.si))
+                    if progress is not None:
+                        progress(owner.counts["done"] + len(tiles), total, owner.reader.bytes_read)
+                view.add_(current[1][i])
+                owner.counts["done"] += 1
+            self._finish_band(k)
+
     def _finish_band(self, k: int) -> None:
         """Rows ``[start_k, start_k+1)`` are final: labels (and probabilities) to the sink, then shift."""
-        starts = self.plan.starts[0]
+        starts, shape = self.plan.starts[0], self.owner.shape
         lo = starts[k]
         hi = starts[k + 1] if k + 1 < len(starts) else self.plan.domain[0]
-        top = min(hi, self.shape[0])
+        top = min(hi, shape[0])
         if lo < top:
             labels = probs = None
             if self.sink.wanted(lo, top):
-                part = self.acc[:, : top - lo]
-                labels = self.pred._argmax(part, (top - lo, *self.shape[1:]))
+                part = self.acc[(slice(None), slice(0, top - lo), *self.strip.own_slices())]
+                labels = self.owner.pred._argmax(part, tuple(part.shape[1:]))
                 probs = self._probabilities(part, lo) if self.sink.probabilities else None
             self.sink.push(lo, top, labels, probs)
         self._shift(hi - lo)
 
     def _probabilities(self, part: torch.Tensor, lo: int) -> np.ndarray:
         if self.plan.num_tiles > 1:
-            rows = self.sums0[lo : lo + part.shape[1]].reshape(-1, *([1] * self.inner.ndim))
-            part = part / (rows * self.inner)
-        return part[box((0,) * (len(self.shape)), (part.shape[1], *self.shape[1:]))].numpy().copy()
+            inner = self.owner.inner[tuple(slice(a, b) for a, b in self.strip.own)]
+            rows = self.owner.sums0[lo : lo + part.shape[1]].reshape(-1, *([1] * inner.ndim))
+            part = part / (rows * inner)
+        return part.numpy().copy()
 
     def _shift(self, by: int) -> None:
         """Drop the first ``by`` rows of the window (copied forward in disjoint steps: no temporary)."""
@@ -249,107 +304,22 @@ def _weight_sums(plan: Plan, sigma_scale: float) -> tuple[torch.Tensor, torch.Te
     return sums[0], inner
 
 
-def _done_rows(writer: Any, height: int) -> np.ndarray:
-    """Image rows the writer has completely written already (resume), as a boolean per row."""
-    done = np.zeros(height, dtype=bool)
-    completed = getattr(writer, "completed_rows", None)
-    for row in completed() if completed is not None else []:
-        done[writer.row_region(row)[0]] = True
-    return done
-
-
-def _tile_states(plan: Plan, shape: tuple[int, ...], done: np.ndarray, skip: Callable | None) -> np.ndarray:
-    states = np.full(plan.num_tiles, RUN, dtype=np.int8)
-    for j, p in enumerate(plan.positions()):
-        region = tuple(slice(a, min(a + t, s)) for a, t, s in zip(p, plan.tile_out, shape, strict=True))
-        if done[region[0]].all():
-            states[j] = DONE
-        elif skip is not None and skip(region):
-            states[j] = SKIP
-    return states
-
-
-class _BandReader:
-    """The input rows of each band, ``tile_in[0]`` rows of the mirror-extended, normalised image."""
-
-    def __init__(self, source: Any, level: int, normalize: Callable, plan: Plan, shape: tuple[int, ...],
-                 bands: list[int], name: str, channels: int) -> None:
-        self.source, self.level, self.normalize, self.plan = source, level, normalize, plan
-        self.shape, self.bands, self.name, self.channels = shape, bands, name, channels
-        m0, d0 = plan.margin[0], plan.domain[0]
-        self.index = np.pad(np.arange(shape[0]), (m0, m0 + d0 - shape[0]), mode="reflect")
-        self.pads = [(m, m + d - s)
-                     for m, d, s in zip(plan.margin[1:], plan.domain[1:], shape[1:], strict=True)]
-        self.bytes_read = 0
-
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
-        prev: tuple[int, int, torch.Tensor] | None = None
-        for k in self.bands:
-            a = self.plan.starts[0][k]
-            b = a + self.plan.tile_in[0]
-            if prev is not None and prev[0] <= a < prev[1]:  # the rows shared with the previous band
-                kept, first = prev[2][:, a - prev[0] :], prev[1]
-                band = torch.cat([kept, self._rows(first, b)], dim=1) if first < b else kept[:, : b - a]
-            else:
-                band = self._rows(a, b)
-            prev = (a, b, band)
-            yield k, band
-
-    def _rows(self, a: int, b: int) -> torch.Tensor:
-        rows = self.index[a:b]
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        region = (slice(lo, hi), *(slice(0, s) for s in self.shape[1:]))
-        x = np.asarray(self.source.read(region, self.level), dtype=np.float32)
-        if x.shape != (self.channels, hi - lo, *self.shape[1:]):
-            raise DataError(f"{self.name}: region {lo}:{hi} read as shape {x.shape}")
-        self.bytes_read += x.nbytes
-        x = np.asarray(self.normalize(x), dtype=np.float32)
-        if hi - lo != len(rows) or rows[0] != lo:  # reflected rows at an image border
-            x = x[:, rows - lo]
-        if any(a or b for a, b in self.pads):
-            x = np.pad(x, [(0, 0), (0, 0), *self.pads], mode="reflect")
-        return torch.from_numpy(np.ascontiguousarray(x))
-
-
-class _RowSink:
-    """Finished rows -> whole chunk rows -> the writer thread; chunk rows complete already are dropped."""
-
-    def __init__(self, writer: Any, shape: tuple[int, ...], done: np.ndarray) -> None:
-        chunks = getattr(writer, "chunks", None)  # None: a writer taking any block of rows
-        self.step = int(chunks[0]) if chunks else None
-        self.shape, self.done = shape, done
-        self.probabilities = int(getattr(writer, "probabilities", 0) or 0)
-        self.pieces: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []
-        self.start = self.written = 0
-        self.out: Pipe | None = None
-
-    def wanted(self, lo: int, hi: int) -> bool:
-        return not bool(self.done[lo:hi].all())
-
-    def push(self, lo: int, hi: int, labels: np.ndarray | None, probs: np.ndarray | None) -> None:
-        self.pieces.append((lo, hi, labels, probs))
-        while self.pieces:
-            end = min(self.start + self.step, self.shape[0]) if self.step else hi
-            if hi < end:
-                break
-            self._emit(end)
-
-    def _emit(self, end: int) -> None:
-        parts, rest = [], []
-        for lo, hi, lab, pr in self.pieces:
-            if lo >= end:
-                rest.append((lo, hi, lab, pr))
-                continue
-            cut = min(hi, end) - lo
-            parts.append((lab, pr, cut))
-            if hi > end:
-                rest.append((end, hi, None if lab is None else lab[cut:],
-                             None if pr is None else pr[:, cut:]))
-        self.pieces = rest
-        if not self.done[self.start]:
-            labels = np.concatenate([lab[:n] for lab, _, n in parts])
-            probs = np.concatenate([pr[:, :n] for _, pr, n in parts], axis=1) if self.probabilities else None
-            assert self.out is not None
-            self.out.put(((self.start, *(0 for _ in self.shape[1:])), labels, probs))
-            self.written += end - self.start
-        self.start = end
+def _tile_states(plan: Plan, shape: tuple[int, ...], strips: list[Strip], done: list[np.ndarray],
+                 skip: Callable | None) -> list[np.ndarray]:
+    """Per strip, the state of every plan tile: DONE where the strip's rows it covers are written, SKIP
+    where ``skip`` says it has no tissue (the same in every strip), RUN otherwise."""
+    positions = list(plan.positions())
+    skipped = np.zeros(plan.num_tiles, dtype=bool)
+    if skip is not None:
+        for j, p in enumerate(positions):
+            region = tuple(slice(a, min(a + t, s)) for a, t, s in zip(p, plan.tile_out, shape, strict=True))
+            skipped[j] = bool(skip(region))
+    out = []
+    for strip, rows in zip(strips, done, strict=True):
+        states = np.full(plan.num_tiles, DONE, dtype=np.int8)  # tiles outside the strip: nothing to do
+        for j in strip.tiles:
+            a = positions[j][0]
+            states[j] = DONE if rows[a : min(a + plan.tile_out[0], shape[0])].all() else \
+                SKIP if skipped[j] else RUN
+        out.append(states)
+    return out

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from unetseg.config import Config, build_config, dump_yaml
+from unetseg.config.schema import instance_classes
 from unetseg.data.cases import find_cases
 from unetseg.data.fingerprint import Fingerprint
 from unetseg.data.fingerprint_cache import cached_fingerprint
@@ -151,7 +152,8 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
             Decision("model.in_channels", fp.channels, "the data"),
         ]
     )
-    work.cfg.model.num_classes = 3 if instances else max(2, len(cfg.data.class_values or fp.class_values))
+    work.take(rules.instance_target(cfg.data.task))
+    work.cfg.model.num_classes = _num_classes(work.cfg, fp)
     work.take(rules.normalization(fp))
     work.take(rules.spacing(fp))
     work.take(rules.geometry(fp, device, work.get("data.spacing")))
@@ -179,6 +181,13 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     _width_and_schedule(work, plan, torch_dev)
     plan.decisions = work.decisions
     return plan
+
+
+def _num_classes(cfg: Config, fp: Fingerprint) -> int:
+    """The model's outputs: those of the instance target, or one per class value (at least 2)."""
+    if cfg.data.task == "instances":
+        return instance_classes(cfg.data.instance_target)
+    return max(2, len(cfg.data.class_values or fp.class_values))
 
 
 def _divisor(work: _Work) -> list[int]:

@@ -46,6 +46,23 @@ MAX_DEPTH = {2: 6, 3: 5}
 DEFAULT_BUDGET = {("cpu", 2): 10.0, ("cpu", 3): 20.0, ("cuda", 2): 15.0, ("cuda", 3): 45.0}
 
 
+# What an instance model learns (data.instance_target): one line to change once BENCHMARKS.md has measured
+# both on DSB2018; the reason shown in the plan follows it.
+INSTANCE_TARGET = "three_class"
+INSTANCE_TARGET_WHY = {
+    "three_class": "3-class map (the U-Net paper's); the distance target is the measured alternative, "
+    "see BENCHMARKS.md",
+    "distance": "distance-to-boundary bins; the 3-class map is the measured alternative, see BENCHMARKS.md",
+}
+
+
+def instance_target(task: str) -> list[Decision]:
+    """Instances: the target the network learns (:data:`INSTANCE_TARGET`); nothing for a semantic task."""
+    if task != "instances":
+        return []
+    return [Decision("data.instance_target", INSTANCE_TARGET, INSTANCE_TARGET_WHY[INSTANCE_TARGET])]
+
+
 def normalization(fp: Fingerprint) -> list[Decision]:
     """CT-like data: clip to the foreground's 0.5-99.5 percentiles, then the dataset's foreground mean/std
     (one scale for every image, as Hounsfield units mean the same everywhere: nnU-Net's CT scheme).

@@ -2,8 +2,9 @@
 
 Two network heads are supported: the 3-class map (background, interior, boundary; see
 :func:`unetseg.data.instances.three_class_target`) and the normalised distance map
-(:func:`unetseg.data.instances.distance_target`) with a foreground mask. Both return labels with ids 1..N
-(uint16, or uint32 beyond 65535 objects), 2D or 3D, with connectivity 1 (face neighbours) throughout.
+(:func:`unetseg.data.instances.distance_target`) with a foreground mask, given directly or as the
+probabilities of its bins (:func:`unetseg.data.instances.distance_class_target`). All return labels with
+ids 1..N (uint16, or uint32 beyond 65535 objects), 2D or 3D, with connectivity 1 (face neighbours) throughout.
 """
 
 from __future__ import annotations
@@ -151,6 +152,29 @@ def instances_from_distance(distance: np.ndarray, foreground: np.ndarray, *, h: 
         seeds = ndimage.label(peaks)[0]
     labels = segmentation.watershed(-height, seeds, mask=mask)
     return remove_small_and_fill(labels, min_size, fill_holes)
+
+
+def expected_distance(probs: np.ndarray) -> np.ndarray:
+    """The expected normalised distance ``sum_k p_k (k - 0.5) / K`` of ``(1 + K, *spatial)`` probabilities
+    (class 0 background, at distance 0; class k the bin ``((k-1)/K, k/K]``, at its centre), float32."""
+    probs = _check_map("probs", probs, (3, 4))
+    bins = probs.shape[0] - 1
+    if bins < 1:
+        raise DataError(f"probs must be (1 + bins, *spatial) background and distance bins, got {probs.shape}")
+    centres = np.concatenate([[0.0], (np.arange(1, bins + 1) - 0.5) / bins]).astype(np.float32)
+    return np.tensordot(centres, probs, axes=1).astype(np.float32)
+
+
+def instances_from_distance_classes(probs: np.ndarray, *, h: float = 0.2, foreground_threshold: float = 0.5,
+                                    min_size: int = 10, fill_holes: bool = True) -> np.ndarray:
+    """Instances from ``(1 + K, *spatial)`` background / distance-bin probabilities: the expected distance
+    (:func:`expected_distance`) inside the mask ``1 - background > foreground_threshold``, seeded at its
+    maxima of dynamic ``h`` (:func:`instances_from_distance`)."""
+    _check_fraction("foreground_threshold", foreground_threshold)
+    probs = np.asarray(probs)
+    distance = expected_distance(probs)
+    mask = (1.0 - probs[0]) > foreground_threshold
+    return instances_from_distance(distance, mask, h=h, min_size=min_size, fill_holes=fill_holes)
 
 
 def stitch_bands(previous_overlap: np.ndarray | None, band: np.ndarray, next_id: int,

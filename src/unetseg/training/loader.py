@@ -57,26 +57,28 @@ class WithWeightMap(Dataset):
 
 
 class InstanceTargets(Dataset):
-    """Instance patches -> the 3-class target (background, interior, boundary) and, with ``weight``, the
-    U-Net paper's weight map over objects, both derived after augmentation (so a deformation moves ids and
-    targets together)."""
+    """Instance patches -> the class target of ``data.instance_target`` (the 3-class map or the distance
+    bins) and, with ``weight``, the U-Net paper's weight map over objects, both derived after augmentation
+    (so a deformation moves ids and targets together)."""
 
-    def __init__(self, base: Dataset, weight: dict[str, float] | None) -> None:
-        self.base, self.weight = base, weight
+    def __init__(self, base: Dataset, weight: dict[str, float] | None, target: str = "three_class") -> None:
+        self.base, self.weight, self.target = base, weight, target
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, ...]:
-        from unetseg.data.instances import instance_weight_map, three_class_target
+        from unetseg.data.instances import INTERIOR, instance_target, instance_weight_map, three_class_target
 
         image, ids = self.base[idx]
         ids = ids.numpy()
-        target = three_class_target(ids)
+        target = instance_target(ids, self.target)
         out = (image, torch.from_numpy(target.astype(np.int64)))
         if self.weight is None:
             return out
-        w = instance_weight_map(ids, target=target, **self.weight)
+        # the border term lies on the 3-class map's boundaries whatever the network learns
+        interior = (target if self.target == "three_class" else three_class_target(ids)) == INTERIOR
+        w = instance_weight_map(ids, target=target, interior=interior, **self.weight)
         return (*out, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
 
 
@@ -101,7 +103,7 @@ def build_loader(data: PreparedData, cfg: Config, device: torch.device, info: Di
     )
     wm = weight_map_options(cfg)
     if cfg.data.task == "instances":
-        dataset = InstanceTargets(dataset, wm)
+        dataset = InstanceTargets(dataset, wm, cfg.data.instance_target)
     elif wm is not None:
         dataset = WithWeightMap(dataset, **wm)
     workers = int(cfg.data.num_workers)

@@ -1,0 +1,174 @@
+"""The geometry, input and output of one streamed prediction (:mod:`unetseg.inference.stream`): the column
+strips a slide is cut into, the band reader feeding a strip's tiles and the sink turning its finished rows
+into whole writer chunks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetseg.errors import DataError
+from unetseg.inference.tiling import Plan
+
+# A strip is this many tile steps wide on every axis after the first (recomputed tiles at its two edges
+# cost about 2/STRIP_STEPS more compute per axis; the window it holds is tile height x strip).
+STRIP_STEPS = {2: 16, 3: 8}
+
+
+@dataclass(frozen=True)
+class Strip:
+    """A box of output columns on the axes after the first, and the plan's tiles that reach into it."""
+
+    own: tuple[tuple[int, int], ...]  # [lo, hi) per axis >= 1: the image columns this strip writes
+    origin: tuple[int, ...]  # per axis >= 1: where its accumulator window starts (first tile's start)
+    extent: tuple[int, ...]  # per axis >= 1: the window's size
+    tiles: tuple[int, ...]  # indices into plan.positions(), in plan order
+    per_band: int  # tiles of one band inside the strip
+
+    def own_slices(self) -> tuple[slice, ...]:
+        """The strip's own columns in window coordinates."""
+        return tuple(slice(a - o, b - o) for (a, b), o in zip(self.own, self.origin, strict=True))
+
+    def band_tiles(self, k: int) -> tuple[int, ...]:
+        return self.tiles[k * self.per_band : (k + 1) * self.per_band]
+
+
+def strip_extent(plan: Plan, axis: int, chunk: int, given: int | None) -> int:
+    """Columns per strip on ``axis``: ``given`` or STRIP_STEPS tile steps, rounded up to whole chunks."""
+    starts = plan.starts[axis]
+    step = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else plan.tile_out[axis]
+    want = int(given) if given is not None else int(math.ceil(STRIP_STEPS[len(plan.starts)] * step))
+    return max(chunk, -(-want // chunk) * chunk)
+
+
+def make_strips(plan: Plan, shape: tuple[int, ...], chunks: Sequence[int] | None,
+                given: Sequence[int] | None = None) -> list[Strip]:
+    """The strips of an image, in the order they are predicted (row-major over the strip grid)."""
+    lens = [len(s) for s in plan.starts]
+    ranges, touching = [], []
+    for a in range(1, len(shape)):
+        ext = strip_extent(plan, a, int(chunks[a]) if chunks else 1, None if given is None else given[a - 1])
+        own = [(lo, min(lo + ext, shape[a])) for lo in range(0, shape[a], ext)]
+        ranges.append(own)
+        t = plan.tile_out[a]
+        touching.append([[i for i, p in enumerate(plan.starts[a]) if p < hi and p + t > lo]
+                         for lo, hi in own])
+    out = []
+    for pick in itertools.product(*(range(len(r)) for r in ranges)):
+        idx = [touching[a][i] for a, i in enumerate(pick)]
+        cols = [np.ravel_multi_index(c, lens[1:]) if c else 0 for c in itertools.product(*idx)]
+        per_band = len(cols)
+        tiles = tuple(int(k * math.prod(lens[1:]) + c) for k in range(lens[0]) for c in cols)
+        origin = tuple(plan.starts[a + 1][ix[0]] for a, ix in enumerate(idx))
+        extent = tuple(plan.starts[a + 1][ix[-1]] + plan.tile_out[a + 1] - o
+                       for a, (ix, o) in enumerate(zip(idx, origin, strict=True)))
+        own = tuple(ranges[a][i] for a, i in enumerate(pick))
+        out.append(Strip(own, origin, extent, tiles, per_band))
+    return out
+
+
+def done_rows(writer: Any, height: int, own: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Per image row: whether the writer holds it complete within the strip's columns ``own`` (resume)."""
+    done = np.zeros(height, dtype=bool)
+    blocks = getattr(writer, "done_rows", None)
+    if blocks is not None:
+        return np.asarray(blocks(tuple(slice(a, b) for a, b in own)), dtype=bool)
+    completed = getattr(writer, "completed_rows", None)
+    for row in completed() if completed is not None else []:
+        done[writer.row_region(row)[0]] = True
+    return done
+
+
+class BandReader:
+    """The input of every band of every strip: ``tile_in[0]`` rows of the mirror-extended, normalised image
+    over the strip's input columns, read from the source region they map to (numpy ``reflect`` at the true
+    image borders only, as ``Predictor._mirror``, by index maps ``np.pad(arange)``)."""
+
+    def __init__(self, source: Any, level: int, normalize: Any, plan: Plan, shape: tuple[int, ...],
+                 work: list[tuple[Strip, list[int]]], name: str, channels: int) -> None:
+        self.source, self.level, self.normalize, self.plan = source, level, normalize, plan
+        self.shape, self.work, self.name, self.channels = shape, work, name, channels
+        self.index = [np.pad(np.arange(s), (m, m + d - s), mode="reflect")
+                      for s, m, d in zip(shape, plan.margin, plan.domain, strict=True)]
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        for si, (strip, bands) in enumerate(self.work):
+            cols = [self.index[a + 1][o : o + e - self.plan.tile_out[a + 1] + self.plan.tile_in[a + 1]]
+                    for a, (o, e) in enumerate(zip(strip.origin, strip.extent, strict=True))]
+            prev: tuple[int, int, torch.Tensor] | None = None
+            for k in bands:
+                a = self.plan.starts[0][k]
+                b = a + self.plan.tile_in[0]
+                if prev is not None and prev[0] <= a < prev[1]:  # the rows shared with the previous band
+                    kept, first = prev[2][:, a - prev[0] :], prev[1]
+                    band = torch.cat([kept, self._read(first, b, cols)], dim=1) if first < b \
+                        else kept[:, : b - a]
+                else:
+                    band = self._read(a, b, cols)
+                prev = (a, b, band)
+                yield si, k, band
+
+    def _read(self, a: int, b: int, cols: list[np.ndarray]) -> torch.Tensor:
+        maps = [self.index[0][a:b], *cols]
+        region = tuple(slice(int(m.min()), int(m.max()) + 1) for m in maps)
+        x = np.asarray(self.source.read(region, self.level), dtype=np.float32)
+        want = (self.channels, *(r.stop - r.start for r in region))
+        if x.shape != want:
+            raise DataError(f"{self.name}: region {region} read as shape {x.shape}, expected {want}")
+        self.bytes_read += x.nbytes
+        x = np.asarray(self.normalize(x), dtype=np.float32)
+        for axis, (m, r) in enumerate(zip(maps, region, strict=True), start=1):
+            if len(m) != r.stop - r.start or m[0] != r.start:  # reflected pixels at an image border
+                x = np.take(x, m - r.start, axis=axis)
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
+class BlockSink:
+    """Finished rows of one strip -> whole chunk rows of the writer -> the writer thread; blocks the writer
+    holds complete already (resume) are dropped."""
+
+    def __init__(self, writer: Any, shape: tuple[int, ...], strip: Strip, done: np.ndarray, out: Any) -> None:
+        chunks = getattr(writer, "chunks", None)  # None: a writer taking any block of rows
+        self.step = int(chunks[0]) if chunks else None
+        self.height, self.origin = shape[0], tuple(a for a, _ in strip.own)
+        self.done, self.out = done, out
+        self.probabilities = int(getattr(writer, "probabilities", 0) or 0)
+        self.pieces: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []
+        self.start = self.written = 0
+
+    def wanted(self, lo: int, hi: int) -> bool:
+        return not bool(self.done[lo:hi].all())
+
+    def push(self, lo: int, hi: int, labels: np.ndarray | None, probs: np.ndarray | None) -> None:
+        self.pieces.append((lo, hi, labels, probs))
+        while self.pieces:
+            end = min(self.start + self.step, self.height) if self.step else hi
+            if hi < end:
+                break
+            self._emit(end)
+
+    def _emit(self, end: int) -> None:
+        parts, rest = [], []
+        for lo, hi, lab, pr in self.pieces:
+            if lo >= end:
+                rest.append((lo, hi, lab, pr))
+                continue
+            cut = min(hi, end) - lo
+            parts.append((lab, pr, cut))
+            if hi > end:
+                rest.append((end, hi, None if lab is None else lab[cut:],
+                             None if pr is None else pr[:, cut:]))
+        self.pieces = rest
+        if not self.done[self.start]:
+            labels = np.concatenate([lab[:n] for lab, _, n in parts])
+            probs = np.concatenate([pr[:, :n] for _, pr, n in parts], axis=1) if self.probabilities else None
+            self.out.put(((self.start, *self.origin), labels, probs))
+            self.written += end - self.start
+        self.start = end
