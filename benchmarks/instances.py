@@ -11,8 +11,9 @@ model, StarDist and Cellpose 3, each trained from scratch for the same minutes o
 3. ``stardist`` / ``cellpose``: ``benchmarks/peer_stardist.py`` / ``peer_cellpose.py`` in their own
    virtual environments (``make bench`` builds them; skipped, with the reason, where one cannot be built);
 4. scores every tool's objects with ``unetseg.metrics.instances`` (DSB score, AP@0.5, F1@0.5, PQ, AJI; mean
-   over validation images) and writes the section between ``<!-- instances:start/end -->`` in BENCHMARKS.md,
-   with the per-object CSV of one image.
+   over the held-out ``split/val`` images, which no tool trains or validates on: each carves its own
+   validation images out of ``split/train``) and writes the section between
+   ``<!-- instances:start/end -->`` in BENCHMARKS.md, with the per-object CSV of one image.
 
 Run it alone on a quiet machine (``--tools`` runs a subset; the others' last results are kept)::
 
@@ -99,10 +100,8 @@ def unetseg(kind: str, folders: dict[str, Path], work: Path, minutes: float) -> 
             "train",
             *task,
             "--data",
-            str(folders[f"{src}/train"]),
-            "--val-data",
-            str(folders[f"{src}/val"]),
-            "--out",
+            str(folders[f"{src}/train"]),  # no --val-data: its validation images come from train, as
+            "--out",  # StarDist's do, so the scored images stay unseen (they choose checkpoint and watershed)
             str(out / "run"),
             "--max-minutes",
             str(minutes),
@@ -187,11 +186,12 @@ def section(results: dict, minutes: float, stems: list[str], csv_text: str, csv_
         "### Instances: DSB2018 nuclei (issue 15)",
         "",
         f"Command: `.venv/bin/python benchmarks/instances.py --minutes {minutes:g}`; run "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; {len(stems)} validation images (the split of `real_data.py`).  ",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; {len(stems)} held-out images (the split of `real_data.py`; "
+        "every tool validates on images it carves out of the training split).  ",
         "Every tool trained from scratch for the same minutes on the same 42 images; objects scored by "
         "`unetseg.metrics.instances` (DSB = the 2018 Data Science Bowl metric).",
         "",
-        "| metric (mean over validation images) | " + " | ".join(names[t] for t in cols) + " |",
+        "| metric (mean over held-out images) | " + " | ".join(names[t] for t in cols) + " |",
         "| --- | " + " | ".join("---:" for _ in cols) + " |",
     ]
     for key in ("dsb", "ap50", "f1_50", "pq", "aji"):

@@ -64,14 +64,15 @@ class StreamResult:
     run: int  # tiles whose prediction was used
     skipped: int  # tiles without tissue: background
     resumed: int  # tiles lying in rows the writer had already completed: not computed
-    computed: int  # tiles through the engine (run + those sharing a batch with them)
+    computed: int  # tiles through the engine: run, again in the next strip over its edge, short-batch fill
     batches: int  # engine batches (each is 2**dims forward passes with TTA)
     bytes_read: int  # float32 bytes decoded from the source
     rows_written: int  # image rows handed to the writer
 
 
 class StreamPredictor:
-    """Sliding-window prediction from a lazy source into a writer, in memory bounded by one tile band.
+    """Sliding-window prediction from a lazy source into a writer, in memory bounded by one tile band of
+    one strip.
 
     ``strip``: columns per strip on each axis after the first (default: :data:`STRIP_STEPS` tile steps,
     rounded up to whole writer chunks). ``max_buffer_rows`` / ``max_window`` / ``max_input_rows``: the
@@ -99,8 +100,10 @@ class StreamPredictor:
                 See :func:`tissue_skip`.
             level: the pyramid level to predict.
 
-        Resume: rows in ``writer.completed_rows()`` are neither written nor computed: tiles lying entirely in
-        them are not run; tiles touching an incomplete row are. The writer is not finished here.
+        Resume: chunk blocks the writer holds (``writer.done_rows(columns)``, else whole rows from
+        ``writer.completed_rows()``) are neither written nor computed: a strip does not run tiles lying
+        entirely in rows it holds complete; tiles touching an incomplete row are. The writer is not
+        finished here (``writer.flush()``, where it exists, runs at the end, also after an error).
         """
         shape = tuple(int(s) for s in source.shape(level))
         name = str(getattr(source, "path", "image"))
@@ -150,7 +153,7 @@ class _Pass:
         self.weights = pred._weights(plan)
         self.background = self.weights.cpu() if self.weights is not None else 1.0
         self.sums0, self.inner = _weight_sums(plan, pred.sigma_scale)
-        self.bands: dict[int, torch.Tensor] = {}
+        self.bands: dict[tuple[int, int], torch.Tensor] = {}  # (strip, band) -> its input rows
         cuda = pred.engine.device.type == "cuda"
         self.in_buf = torch.empty((bs, pred.engine.in_channels, *plan.tile_in), pin_memory=cuda)
         self.counts = {"computed": 0, "batches": 0, "done": 0, "written": 0}

@@ -47,7 +47,7 @@ from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
 from unetseg.training.runlog import RunLogger
 from unetseg.training.state import Clock, resumable, rng_state, set_rng_state
-from unetseg.training.validation import Validator
+from unetseg.training.validation import CALIBRATION, Validator
 from unetseg.validate import check_config
 
 
@@ -84,7 +84,8 @@ def train(
         if given is not None and not resume:
             _plan(cfg, given, run, info, quiet)
         with termination() as stop:
-            trainer = Trainer(cfg, device, info, run, resume=resume, quiet=quiet, stop=stop, hint=resume_hint)
+            trainer = Trainer(cfg, device, info, run, resume=resume, quiet=quiet, stop=stop, hint=resume_hint,
+                              fixed=given or set())
             try:
                 return trainer.fit()
             except KeyboardInterrupt:
@@ -134,8 +135,10 @@ class Trainer:
         quiet: bool,
         stop: Termination | None = None,
         hint: str | None = None,
+        fixed: set[str] | None = None,
     ) -> None:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
+        self.fixed = fixed or set()  # options the user set: never calibrated
         self.run = run.path
         self.stop, self.hint = stop or Termination(), hint
         instances = cfg.data.task == "instances"
@@ -177,9 +180,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.loader = build_loader(self.data, cfg, device, info)
-        self.validator = Validator(
-            self.data, cfg, device, info, precision_name(self.amp_dtype), self.channels_last
-        )
+        key = CALIBRATION[cfg.data.instance_target][0]
+        self.validator = Validator(self.data, cfg, device, info, precision_name(self.amp_dtype),
+                                   self.channels_last, calibrate=f"infer.{key}" not in self.fixed)
         self.total_steps = cfg.train.epochs * cfg.train.iters_per_epoch
 
     # -- resume ---------------------------------------------------------------------------------------
@@ -369,6 +372,9 @@ class Trainer:
             per_class = self.validator.run(self.model)
             self.val_minutes = (time.monotonic() - t0) / 60
             if self.cfg.data.task == "instances":  # [foreground Dice, DSB score, AP@0.5]: the DSB score rules
+                for key, value in self.validator.chosen.items():  # saved with the checkpoints below
+                    setattr(self.cfg.infer, key, value)
+                    metrics[f"infer.{key}"] = value
                 score = float(per_class[1])
                 row["val_dice"], row["val_dsb"] = round(float(per_class[0]), 5), round(score, 5)
             else:
