@@ -41,31 +41,34 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(tmp_path_factory.mktemp("calibrated"), "--no-plan")
 
 
-def test_validation_picks_the_value_with_the_best_dsb_score(run: Path) -> None:
+def test_validation_picks_the_values_with_the_best_dsb_score(run: Path) -> None:
     model, cfg = load_checkpoint(run / "best")
-    key, grid = CALIBRATION["three_class"]
     data = prepare_data(cfg)
     validator = Validator(data, cfg, torch.device("cpu"), DistInfo(), "fp32")
     row = validator.run(model)
-    # the same scores by hand: every value of the grid, the objects of predict's watershed
+    # the same search by hand: each option in turn over its values, the objects of predict's watershed
     predictor = predictor_for(TorchEngine(model, "cpu", "fp32"), cfg)
-    probe = cfg.copy_deep()
-    scores = []
-    for value in grid:
-        setattr(probe.infer, key, value)
-        per_case = []
-        for case in data.val_cases:
-            image, labels, _ = data.store.get(case)
-            per_case.append(dsb_score(instances_of(predictor.predict_proba(image), probe), labels))
-        scores.append(np.mean(per_case))
-    best = int(np.argmax(scores))
-    assert validator.chosen == {key: grid[best]}
-    assert row[1] == pytest.approx(scores[best], abs=1e-9)
-    # the checkpoint was saved with the value its validation chose
+    cases = [data.store.get(c) for c in data.val_cases]
+    probs = [predictor.predict_proba(image).astype(np.float16).astype(np.float32) for image, _, _ in cases]
+    probe, best_score = cfg.copy_deep(), None
+    for key, grid in CALIBRATION["three_class"]:
+        scores = []
+        for value in grid:
+            setattr(probe.infer, key, value)
+            scores.append(np.mean([dsb_score(instances_of(p, probe), labels)
+                                   for p, (_, labels, _) in zip(probs, cases, strict=True)]))
+        setattr(probe.infer, key, grid[int(np.argmax(scores))])
+        best_score = max(scores)
+    assert validator.chosen == {"foreground_threshold": probe.infer.foreground_threshold,
+                                "interior_threshold": probe.infer.interior_threshold}
+    assert row[1] == pytest.approx(best_score, abs=1e-9)
+    # the checkpoint was saved with the values its validation chose
     metrics = json.loads((run / "best" / "config.json").read_text())["metrics"]
-    assert metrics[f"infer.{key}"] == getattr(cfg.infer, key) and getattr(cfg.infer, key) in grid
-    fixed = Validator(data, cfg, torch.device("cpu"), DistInfo(), "fp32", calibrate=False)
-    assert fixed.grid == (getattr(cfg.infer, key),)
+    for key, grid in CALIBRATION["three_class"]:
+        assert metrics[f"infer.{key}"] == getattr(cfg.infer, key) and getattr(cfg.infer, key) in grid
+    fixed = Validator(data, cfg, torch.device("cpu"), DistInfo(), "fp32",
+                      fixed=frozenset({"infer.interior_threshold"}))
+    assert [k for k, _ in fixed.search] == ["foreground_threshold"]
 
 
 def test_a_threshold_the_user_set_is_not_calibrated(tmp_path: Path) -> None:
@@ -74,4 +77,5 @@ def test_a_threshold_the_user_set_is_not_calibrated(tmp_path: Path) -> None:
     run = _train(tmp_path, "--config", str(recipe))
     config = json.loads((run / "best" / "config.json").read_text())
     assert config["infer"]["interior_threshold"] == 0.65
-    assert config["metrics"]["infer.interior_threshold"] == 0.65  # validated with it, alone
+    assert config["metrics"]["infer.interior_threshold"] == 0.65  # validated with it
+    assert config["metrics"]["infer.foreground_threshold"] in CALIBRATION["three_class"][0][1]

@@ -266,6 +266,8 @@ class InferConfig(Section):
     # expected distance (distance target) from its maxima of dynamic >= distance_h (shallower bumps on one
     # object do not split it; the distance is normalised to 1 at each centre, so h < 1)
     interior_threshold: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.5
+    # instance models: pixels whose background probability is below 1 - this are objects
+    foreground_threshold: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.5
     distance_h: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.2
     min_object_size: Annotated[Int, Field(ge=0)] = 10  # pixels (voxels in 3D); smaller objects are dropped
 

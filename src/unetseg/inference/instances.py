@@ -23,11 +23,13 @@ from unetseg.postprocess.objects import object_table, table_to_csv_text
 def instances_of(probs: np.ndarray, config: Config) -> np.ndarray:
     """Object ids (1..N, 0 background) from the model's ``(classes, *spatial)`` probabilities: 3 for the
     3-class target, 1 + the bins for the distance target (``data.instance_target``)."""
+    infer = config.infer
     if config.data.instance_target == "distance":
-        return instances_from_distance_classes(probs, h=config.infer.distance_h,
-                                               min_size=config.infer.min_object_size)
-    return instances_from_three_class(probs, interior_threshold=config.infer.interior_threshold,
-                                      min_size=config.infer.min_object_size)
+        return instances_from_distance_classes(probs, h=infer.distance_h, min_size=infer.min_object_size,
+                                               foreground_threshold=infer.foreground_threshold)
+    return instances_from_three_class(probs, interior_threshold=infer.interior_threshold,
+                                      foreground_threshold=infer.foreground_threshold,
+                                      min_size=infer.min_object_size)
 
 
 def write_objects_csv(path: Path, labels: np.ndarray, image: np.ndarray | None,

@@ -47,7 +47,7 @@ from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
 from unetseg.training.runlog import RunLogger
 from unetseg.training.state import Clock, resumable, rng_state, set_rng_state
-from unetseg.training.validation import CALIBRATION, Validator
+from unetseg.training.validation import Validator
 from unetseg.validate import check_config
 
 
@@ -180,9 +180,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.loader = build_loader(self.data, cfg, device, info)
-        key = CALIBRATION[cfg.data.instance_target][0]
         self.validator = Validator(self.data, cfg, device, info, precision_name(self.amp_dtype),
-                                   self.channels_last, calibrate=f"infer.{key}" not in self.fixed)
+                                   self.channels_last, fixed=frozenset(self.fixed))
         self.total_steps = cfg.train.epochs * cfg.train.iters_per_epoch
 
     # -- resume ---------------------------------------------------------------------------------------

@@ -15,20 +15,24 @@ from unetseg.inference.engines import TorchEngine
 from unetseg.metrics import dice
 from unetseg.training.distributed import DistInfo, all_reduce_sum
 
-# The watershed option an instance model's validation chooses (per target), and the values it tries; the
-# default first, so a tie keeps it. Chosen on the validation images, it travels in the checkpoint.
+# The watershed options an instance model's validation chooses (per target), searched one after the other
+# (each with the values chosen before it), and the values tried: the default first, so a tie keeps it. As
+# StarDist's optimize_thresholds: chosen on the validation images, they travel in the checkpoint. The
+# grids stay central: a few validation images overfit extreme values (0.9 was tried for the foreground).
+FOREGROUND = ("foreground_threshold", (0.5, 0.3, 0.4, 0.6, 0.7, 0.8))
 CALIBRATION = {
-    "three_class": ("interior_threshold", (0.5, 0.3, 0.4, 0.6, 0.7)),
-    "distance": ("distance_h", (0.2, 0.05, 0.1, 0.3, 0.4)),
+    "three_class": (FOREGROUND, ("interior_threshold", (0.5, 0.3, 0.4, 0.6, 0.7))),
+    "distance": (FOREGROUND, ("distance_h", (0.2, 0.05, 0.1, 0.3, 0.4))),
 }
 
 
 class Validator:
     """Mean Dice per class over this rank's share of the validation cases, summed across ranks.
 
-    An instance model's objects are made for each value of its :data:`CALIBRATION` option (``calibrate``;
-    else only the configured one): the value with the best mean DSB score is :attr:`chosen` and its scores
-    are the validation's, so the checkpoint is selected, and saved, with the watershed it is best with.
+    An instance model's validation calibrates its watershed: for each :data:`CALIBRATION` option in turn
+    (but those in ``fixed``, the user's), the value with the best mean DSB score over the validation images
+    is kept; :attr:`chosen` holds the values and the scores returned are those of the final choice, so the
+    checkpoint is selected, and saved, with the watershed it is best with.
 
     The validation images come from the prepared dataset's store (decoded and normalised once); cases the
     store could not hold are read each time.
@@ -42,7 +46,7 @@ class Validator:
         info: DistInfo,
         precision: str,
         channels_last: bool = False,
-        calibrate: bool = True,
+        fixed: frozenset[str] = frozenset(),
     ) -> None:
         self.cfg, self.device, self.info, self.precision = cfg, device, info, precision
         self.num_classes = data.class_map.num_classes
@@ -51,10 +55,8 @@ class Validator:
         self.instances = cfg.data.task == "instances"
         # the training model's own layout: validation must not convert the live model
         self.channels_last = channels_last
-        key, grid = CALIBRATION[cfg.data.instance_target]
-        self.key = key
-        self.grid = grid if calibrate else (float(getattr(cfg.infer, key)),)
-        self.chosen: dict[str, float] = {}  # after run(): an instance model's calibrated watershed option
+        self.search = [(k, g) for k, g in CALIBRATION[cfg.data.instance_target] if f"infer.{k}" not in fixed]
+        self.chosen: dict[str, float] = {}  # after run(): an instance model's calibrated watershed options
         self._probe = cfg.copy_deep()  # the config each tried value is set on
 
     def run(self, model: torch.nn.Module) -> np.ndarray:
@@ -64,34 +66,57 @@ class Validator:
         predictor = predictor_for(engine, self.cfg)
         was_training = model.training
         model.eval()
-        width = 3 * len(self.grid) if self.instances else self.num_classes
-        sums = torch.zeros(width + 1, dtype=torch.float64)
+        try:
+            if self.instances:
+                return self._instances(predictor)
+            sums = torch.zeros(self.num_classes + 1, dtype=torch.float64)
+            for case in self.cases:
+                image, labels, _ = self.store.get(case)
+                sums[:-1] += torch.from_numpy(dice(predictor.predict(image), labels, self.num_classes))
+                sums[-1] += 1
+            return self._mean(sums)
+        finally:
+            model.train(was_training)
+
+    def _mean(self, sums: torch.Tensor) -> np.ndarray:
+        sums = all_reduce_sum(sums, self.info)
+        return (sums[:-1] / max(1.0, float(sums[-1]))).numpy()
+
+    def _instances(self, predictor: Any) -> np.ndarray:
+        """Objects of every validation image for each tried value (probabilities computed once, kept as
+        float16 while the options are searched)."""
+        held = []
         for case in self.cases:
             image, labels, _ = self.store.get(case)
-            sums[:width] += torch.from_numpy(self._score(predictor, image, labels).ravel())
-            sums[-1] += 1
-        model.train(was_training)
-        sums = all_reduce_sum(sums, self.info)
-        means = (sums[:width] / max(1.0, float(sums[-1]))).numpy()
-        if not self.instances:
-            return means
-        rows = means.reshape(len(self.grid), 3)
-        best = int(np.argmax(rows[:, 1]))  # the first maximum: a tie keeps the default
-        self.chosen = {self.key: float(self.grid[best])}
-        return rows[best]
+            held.append((predictor.predict_proba(image).astype(np.float16), labels))
+        cfg, options = self._probe, [k for k, _ in CALIBRATION[self.cfg.data.instance_target]]
+        for key in options:
+            setattr(cfg.infer, key, getattr(self.cfg.infer, key))
+        rows = None if self.search else self._scores(held, [None])
+        for key, grid in self.search:
+            tried = self._scores(held, [(key, v) for v in grid])
+            best = int(np.argmax(tried[:, 1]))  # the first maximum: a tie keeps the default
+            setattr(cfg.infer, key, grid[best])
+            rows = tried[best : best + 1]
+        self.chosen = {k: float(getattr(cfg.infer, k)) for k in options}
+        assert rows is not None
+        return rows[0]
 
-    def _score(self, predictor: Any, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        if not self.instances:
-            return dice(predictor.predict(image), labels, self.num_classes)
+    def _scores(self, held: list, tries: list) -> np.ndarray:
+        """``[foreground Dice, DSB, AP@0.5]`` means across ranks, one row per tried ``(key, value)``."""
         from unetseg.inference.instances import instances_of
         from unetseg.metrics.instances import average_precision, dsb_score
 
-        probs = predictor.predict_proba(image)
-        truth = (np.asarray(labels) > 0).astype(np.int64)
-        cfg, out = self._probe, []
-        for value in self.grid:
-            setattr(cfg.infer, self.key, value)
-            objects = instances_of(probs, cfg)
-            fg = dice((objects > 0).astype(np.int64), truth, 2)[1]
-            out.append([fg, dsb_score(objects, labels), average_precision(objects, labels)])
-        return np.asarray(out)
+        cfg = self._probe
+        sums = torch.zeros(3 * len(tries) + 1, dtype=torch.float64)
+        for probs, labels in held:
+            truth = (np.asarray(labels) > 0).astype(np.int64)
+            for t, tried in enumerate(tries):
+                if tried is not None:
+                    setattr(cfg.infer, *tried)
+                objects = instances_of(probs.astype(np.float32), cfg)
+                fg = dice((objects > 0).astype(np.int64), truth, 2)[1]
+                sums[3 * t : 3 * t + 3] += torch.tensor([fg, dsb_score(objects, labels),
+                                                         average_precision(objects, labels)])
+            sums[-1] += 1
+        return self._mean(sums).reshape(len(tries), 3)
