@@ -111,7 +111,7 @@ def test_the_plan_of_an_instance_task_chooses_the_target_and_keeps_a_given_one(t
                               "--out", out, capsys=capsys)
     assert code == 0, err
     text = out.read_text()
-    planned = rules.INSTANCE_TARGET  # three_class until BENCHMARKS.md says otherwise
+    planned = rules.INSTANCE_TARGET  # the measured choice (BENCHMARKS.md)
     assert yaml.safe_load(text)["data"]["instance_target"] == planned
     assert f"# data.instance_target: {rules.INSTANCE_TARGET_WHY[planned]}" in text
     other = next(t for t in rules.INSTANCE_TARGET_WHY if t != planned)
