@@ -67,6 +67,15 @@ def test_training_records_the_task_and_validates_objects(instance_run) -> None:
     assert len(rows) == 2 and all(0.0 <= float(r["val_dsb"]) <= 1.0 for r in rows)
 
 
+def _object_ids(out: Path, stem: str) -> tuple[np.ndarray, list[int]]:
+    """The uint16 ids predict wrote for ``stem`` (80x80) and the ids present, checked to be 1..N."""
+    ids = tifffile.imread(out / f"{stem}.tif")
+    assert ids.shape == (80, 80) and ids.dtype == np.uint16
+    present = sorted(int(v) for v in np.unique(ids) if v)
+    assert present == list(range(1, len(present) + 1))  # ids 1..N, no gaps
+    return ids, present
+
+
 def test_predict_writes_object_ids_and_their_table(instance_run, tmp_path: Path) -> None:
     data, run = instance_run
     out = tmp_path / "pred"
@@ -75,10 +84,7 @@ def test_predict_writes_object_ids_and_their_table(instance_run, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     for image in sorted((data / "images").iterdir()):
         stem = image.name.split(".")[0]
-        ids = tifffile.imread(out / f"{stem}.tif")
-        assert ids.shape == (80, 80) and ids.dtype == np.uint16
-        present = sorted(int(v) for v in np.unique(ids) if v)
-        assert present == list(range(1, len(present) + 1))  # ids 1..N, no gaps
+        ids, present = _object_ids(out, stem)
         with (out / f"{stem}_objects.csv").open() as f:
             table = list(csv.DictReader(f))
         assert [int(r["id"]) for r in table] == present
@@ -104,11 +110,9 @@ def test_the_distance_target_trains_and_predicts_object_ids(distance_run, tmp_pa
     assert proc.returncode == 0, proc.stderr
     for image in sorted((data / "images").iterdir()):
         stem = image.name.split(".")[0]
-        ids = tifffile.imread(out / f"{stem}.tif")
-        assert ids.shape == (80, 80) and ids.dtype == np.uint16
-        present = sorted(int(v) for v in np.unique(ids) if v)
+        _, present = _object_ids(out, stem)
         with (out / f"{stem}_objects.csv").open() as f:
-            assert [int(r["id"]) for r in csv.DictReader(f)] == present == list(range(1, len(present) + 1))
+            assert [int(r["id"]) for r in csv.DictReader(f)] == present
 
 
 def test_a_bad_instance_target_is_one_line(tmp_path: Path) -> None:
