@@ -67,7 +67,7 @@ class StreamResult:
     computed: int  # tiles through the engine: run, again in the next strip over its edge, short-batch fill
     batches: int  # engine batches (each is 2**dims forward passes with TTA)
     bytes_read: int  # float32 bytes decoded from the source
-    rows_written: int  # image rows handed to the writer
+    rows_written: int  # image rows handed to the writer (pixels written over the image width: strips add up)
 
 
 class StreamPredictor:
