@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from unetseg.config import Config
-from unetseg.training.distributed import cleanup, init_distributed
+from unetseg.training.distributed import cleanup, init_distributed, synchronize
 from unetseg.training.run import open_run
 from unetseg.training.trainer import Trainer
 
@@ -35,6 +35,7 @@ cfg.train.batch_size = 2
 cfg.train.precision = "fp32"
 info, device = init_distributed(torch.device("cpu"))
 folder = open_run(run, resume=False, overwrite=False, inputs=[], main=info.is_main)
+synchronize(info)  # as train(): every rank has checked the folder before rank 0 writes into it
 trainer = Trainer(cfg, device, info, folder, resume=False, quiet=True)
 if budget and info.rank == 1:
     trainer.minutes_before = 0.03

@@ -80,6 +80,7 @@ def train(
     try:
         inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
         run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
+        synchronize(info)  # every rank has checked --out before rank 0 writes into it
         configure_process(device)
         if given is not None and not resume:
             _plan(cfg, given, run, info, quiet)
