@@ -1,5 +1,6 @@
-"""Whole slides and huge volumes: read lazily, predicted band by band in flat memory, written as an NGFF
-(OME-Zarr) label pyramid or a tiled pyramidal OME-TIFF (what ``predict`` does for big or OME inputs).
+"""Whole slides and huge volumes: read lazily, predicted strip by strip and band by band in flat memory,
+written as an NGFF (OME-Zarr) label pyramid or a tiled pyramidal OME-TIFF (what ``predict`` does for big
+or OME inputs).
 
 * **Which inputs.** OME-TIFF / OME-Zarr always; any other image whose decoded float32 size exceeds
   :data:`STREAM_BYTES` (from its header, before decoding); or every input with ``--output-format
@@ -9,7 +10,7 @@
   the output's metadata says so (its pixel size is the level's).
 * **Normalisation** uses the whole image's statistics, computed in a first streaming pass.
 * ``--skip-background`` runs no tile over glass (Otsu on a low pyramid level); ``--resume`` keeps the
-  chunk rows an interrupted run finished and predicts the rest.
+  chunks an interrupted run finished and predicts the rest.
 """
 
 from __future__ import annotations
