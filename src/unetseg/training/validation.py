@@ -109,12 +109,13 @@ class Validator:
 
         cfg = self._probe
         sums = torch.zeros(3 * len(tries) + 1, dtype=torch.float64)
-        for probs, labels in held:
+        for stored, labels in held:
             truth = (np.asarray(labels) > 0).astype(np.int64)
+            probs = stored.astype(np.float32)  # once per image, not once per tried value
             for t, tried in enumerate(tries):
                 if tried is not None:
                     setattr(cfg.infer, *tried)
-                objects = instances_of(probs.astype(np.float32), cfg)
+                objects = instances_of(probs, cfg)
                 fg = dice((objects > 0).astype(np.int64), truth, 2)[1]
                 sums[3 * t : 3 * t + 3] += torch.tensor([fg, dsb_score(objects, labels),
                                                          average_precision(objects, labels)])
