@@ -373,6 +373,13 @@ def run(argv: list[str]) -> int:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         code = 130
+    except Exception as e:
+        from unetseg.training.interrupt import caused_by_ctrl_c
+
+        if not caused_by_ctrl_c(e):  # a Ctrl-C that an extension's import wrapped is still a Ctrl-C
+            raise
+        typer.echo("interrupted", err=True)
+        code = 130
     return code if isinstance(code, int) else 0
 
 

@@ -37,3 +37,16 @@ def termination() -> Iterator[Termination]:
         yield state
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in the error's chain: Ctrl-C that lands while a C extension
+    initialises comes back as ``ImportError: initialization failed`` raised from the KeyboardInterrupt."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

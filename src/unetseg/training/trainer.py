@@ -41,7 +41,7 @@ from unetseg.training.distributed import (
     init_distributed,
     synchronize,
 )
-from unetseg.training.interrupt import GRACE_S, Termination, termination
+from unetseg.training.interrupt import GRACE_S, Termination, caused_by_ctrl_c, termination
 from unetseg.training.loader import build_loader
 from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
@@ -89,7 +89,9 @@ def train(
                               fixed=given or set())
             try:
                 return trainer.fit()
-            except KeyboardInterrupt:
+            except BaseException as e:
+                if not caused_by_ctrl_c(e):  # also a Ctrl-C that an extension's import wrapped
+                    raise
                 raise TrainingInterrupted(
                     interrupted_message(run.path, resume_hint, "interrupted (Ctrl-C)", False), 130
                 ) from None
