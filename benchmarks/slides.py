@@ -88,13 +88,19 @@ def write_cohort(folder: Path, n: int) -> Path:
 
 
 def write_volume(path: Path, side: int) -> Path:
+    """A side^3 float32 NIfTI of synthetic cells, uncompressed (so it is memory-mapped); sides over 256 tile
+    the 256^3 volume (mirrored, so no seams) instead of synthesising a billion voxels."""
     import nibabel as nib
 
     if not path.exists():
         from unetseg.data.synthetic import make_image
 
-        vol = make_image("cells3d", (side, side, side), seed=0)[0]
-        nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
+        base = make_image("cells3d", (min(side, 256),) * 3, seed=0)[0]
+        vol = base
+        if side > base.shape[0]:
+            reps = -(-side // base.shape[0])
+            vol = np.pad(base, [(0, base.shape[0] * (reps - 1))] * 3, mode="symmetric")[:side, :side, :side]
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(vol), np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
     return path
 
 
@@ -137,8 +143,8 @@ def predict(args: list[str], out: Path) -> dict[str, Any]:
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
-def run_all(work: Path, sizes: list[int], side3d: int, glass_side: int) -> dict[str, Any]:
-    ck2, ck3 = make_checkpoint(work / "ckpt2d", 2), make_checkpoint(work / "ckpt3d", 3)
+def run_slides(work: Path, sizes: list[int], glass_side: int) -> dict[str, Any]:
+    ck2 = make_checkpoint(work / "ckpt2d", 2)
     common = ["--device", "cpu", "--precision", "auto"]
     res: dict[str, Any] = {}
     # what every row pays before its first tile (imports, model load): a 256^2 image
@@ -176,26 +182,40 @@ def run_all(work: Path, sizes: list[int], side3d: int, glass_side: int) -> dict[
         res[f"one 8192^2 slide, --dask local:{n}"] = predict(
             ["--checkpoint", str(ck2), "--input", str(one), *common, "--dask", f"local:{n}"], work / "out")
         res[f"one 8192^2 slide, --dask local:{n}"]["mpx"] = 8192**2 / 1e6
-    vol = write_volume(work / f"volume_{side3d}.nii", side3d)  # uncompressed: memory-mapped
-    for fmt in ("auto", "ome-zarr"):
-        key = f"3D {side3d}^3 " + ("in memory" if fmt == "auto" else "streamed")
-        res[key] = predict(["--checkpoint", str(ck3), "--input", str(vol), *common, "--output-format", fmt],
-                           work / "out")
-        res[key]["mpx"] = side3d**3 / 1e6
     return res
 
 
-def section(res: dict[str, Any]) -> str:
+def run_volumes(work: Path, sides: list[int]) -> dict[str, Any]:
+    """3D: a small volume for the start-up, the first side in memory and streamed, the others streamed only
+    (the in-memory path needs the volume, an accumulator per class and the labels: 16+ GiB at 1024^3)."""
+    ck3 = make_checkpoint(work / "ckpt3d", 3)
+    rows = [("start-up (64^3 volume)", 64, "auto")]
+    rows += [(f"3D {sides[0]}^3 in memory", sides[0], "auto")]
+    rows += [(f"3D {side}^3 streamed", side, "ome-zarr") for side in sides]
+    res: dict[str, Any] = {}
+    for key, side, fmt in rows:
+        vol = write_volume(work / f"volume_{side}.nii", side)  # uncompressed: memory-mapped
+        res[key] = predict(["--checkpoint", str(ck3), "--input", str(vol), "--device", "cpu",
+                            "--precision", "auto", "--output-format", fmt], work / "out")
+        res[key]["mpx"] = side**3 / 1e6
+    return res
+
+
+def section(res: dict[str, Any], volumes: bool = False) -> str:
     facts = machine_facts(len(os.sched_getaffinity(0)))
-    lines = ["## Whole slides, volumes and cohorts (issue 14)", "",
-             "`.venv-bench/bin/python benchmarks/slides.py` (one fresh `unetseg predict` process per row; "
-             "small random-weight U-Net, base 8, depth 3, tile 512, overlap 0.25, Gaussian blending).  ",
+    title = "## Volumes streamed (issue 14)" if volumes else "## Whole slides, volumes and cohorts (issue 14)"
+    how = ("`.venv-bench/bin/python benchmarks/slides.py --part volumes` (one fresh `unetseg predict` "
+           "process per row; small random-weight 3D U-Net, base 8, depth 3, tile 96^3, overlap 0.25, "
+           "Gaussian blending; float32 NIfTI, memory-mapped).  ") if volumes else (
+        "`.venv-bench/bin/python benchmarks/slides.py` (one fresh `unetseg predict` process per row; "
+        "small random-weight U-Net, base 8, depth 3, tile 512, overlap 0.25, Gaussian blending).  ")
+    lines = [title, "", how,
              "; ".join(f"{k}: {v}" for k, v in facts.items()), "",
              "Mpx/s net: the pixels over the seconds after the start-up row's (imports, model load), which "
              "every process pays once.", "",
              "| input | seconds | Mpx/s | Mpx/s net of start-up | peak RSS MiB |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    start = res.get("start-up (256^2 image)", {}).get("seconds", 0.0)
+    start = next((r.get("seconds", 0.0) for k, r in res.items() if k.startswith("start-up")), 0.0)
     for key, r in res.items():
         if "error" in r:
             lines.append(f"| {key} | failed: {r['error']} | | | |")
@@ -210,18 +230,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
     ap.add_argument("--glass-side", type=int, default=8192, help="the mostly-glass slide's side")
-    ap.add_argument("--side3d", type=int, default=256)
+    ap.add_argument("--sides3d", type=int, nargs="+", default=[256, 512, 1024],
+                    help="volume sides: the first in memory and streamed, the others streamed")
+    ap.add_argument("--part", choices=("all", "slides", "volumes"), default="all")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg_slides")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    res = run_all(args.work, args.sizes, args.side3d, args.glass_side)
-    (args.work / "results.json").write_text(json.dumps(res, indent=1))
-    text = section(res)
-    print(text)
-    if not args.no_write:
-        replace_section(REPO / "BENCHMARKS.md", "slides", text)
-
+    for part in ("slides", "volumes"):
+        if args.part not in ("all", part):
+            continue
+        res = (run_slides(args.work, args.sizes, args.glass_side) if part == "slides"
+               else run_volumes(args.work, args.sides3d))
+        (args.work / f"results_{part}.json").write_text(json.dumps(res, indent=1))
+        text = section(res, volumes=part == "volumes")
+        print(text)
+        if not args.no_write:
+            replace_section(REPO / "BENCHMARKS.md", part, text)
 
 if __name__ == "__main__":
     main()

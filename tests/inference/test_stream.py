@@ -340,3 +340,35 @@ def test_resume_keeps_the_chunks_of_unfinished_strips(engines, tmp_path):
     result = StreamPredictor(pred, strip=(64,)).predict_to(source, writer, normalize=norm)
     np.testing.assert_array_equal(zarr.open_array(str(writer.finish() / "0"), mode="r")[...], expected)
     assert 0 < result.computed < full.computed and result.resumed > 0
+
+
+@pytest.mark.parametrize(("kind", "tile"), [("2d", (32, 32)), ("3d", (16, 16, 16))])
+def test_strips_are_as_wide_as_the_memory_budget_allows(engines, tmp_path, kind, tile):
+    """A slide whose whole width fits the budget is one strip (no tile runs twice); a wider one is cut
+    into strips whose windows stay within it, and the labels do not change."""
+    from unetseg.inference.stream_io import MIN_STRIP_STEPS, make_strips
+
+    pred = Predictor(engines[kind], tile=tile, overlap=0.25, batch_size=2)
+    shape = (40, 240) if kind == "2d" else (20, 40, 112)
+    plan = pred.plan(shape)
+    column = 4 * (2 * plan.tile_out[0] + 4 * plan.tile_in[0])
+    chunks = (16,) * len(shape)
+    fits = int(column * np.prod([s + t for s, t in zip(shape[1:], plan.tile_out[1:], strict=True)]))
+    assert len(make_strips(plan, shape, chunks, column_bytes=column, budget=fits)) == 1
+    small = fits // 3
+    strips = make_strips(plan, shape, chunks, column_bytes=column, budget=small)
+    assert len(strips) > 1
+    for s in strips:  # whole chunks, at least MIN_STRIP_STEPS tile steps (tile 32 or 16, overlap 1/4)
+        for (a, b), n, t in zip(s.own, shape[1:], plan.tile_out[1:], strict=True):
+            assert a % 16 == 0 and (b % 16 == 0 or b == n)
+            assert b - a >= min(n - a, MIN_STRIP_STEPS * t * 3 // 4)
+    image = _image(shape)
+    norm = _stats(image)
+    want = pred.predict(norm(image))
+    for budget, n in ((fits, 1), (small, len(strips))):
+        writer = LabelZarrWriter(tmp_path / f"b{budget}.ome.zarr", shape, chunks=chunks)
+        result = StreamPredictor(pred, window_bytes=budget).predict_to(ArraySource(image), writer,
+                                                                       normalize=norm)
+        out = writer.finish()
+        np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[...], want)
+        assert (result.computed == result.tiles) == (n == 1)  # one strip: every tile runs once

@@ -209,3 +209,12 @@ def test_bad_options() -> None:
         stitch_bands(np.zeros((3, 4), int), np.zeros((3, 4), int), 1)  # no new rows
     with pytest.raises(DataError):
         list(stitch_band_sequence([np.zeros((8, 4), int), np.zeros((4, 4), int)], overlap=4))
+
+
+def test_one_band_shorter_than_the_overlap_is_the_whole_image():
+    """A thin volume (20 slices, overlap 32) is one band: no seam to stitch, its objects numbered 1..N."""
+    band = np.zeros((20, 6, 6), int)
+    band[2:5, 1:3, 1:3], band[10:18, 3:6, 3:6] = 7, 3
+    (rows,) = list(stitch_band_sequence([band], overlap=32))
+    assert rows.shape == band.shape and sorted(np.unique(rows)) == [0, 1, 2]
+    assert ((rows > 0) == (band > 0)).all() and len(np.unique(rows[band == 7])) == 1

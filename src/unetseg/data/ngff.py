@@ -79,7 +79,7 @@ class LabelZarrWriter:
         levels: number of pyramid levels including level 0 (default: the size rule).
         resume: reopen an interrupted temporary store and keep its verified rows.
         probabilities: number of probability channels written beside the labels (0: none).
-        prob_dtype: ``"uint8"`` (``p * 255``) or ``"float16"``.
+        prob_dtype: ``"uint8"`` (``p * 255``), ``"float16"`` or ``"float32"`` (exact: intermediate stores).
         part: ``(first, stop)`` chunk rows: write into the existing temporary store (see the module doc).
     """
 
@@ -95,8 +95,8 @@ class LabelZarrWriter:
         self.dtype = np.dtype(dtype)
         if len(self.shape) not in (2, 3) or min(self.shape) < 1:
             raise ValueError(f"shape must be 2D or 3D and non-empty, got {self.shape}")
-        if self.dtype.name not in _LABEL_DTYPES or prob_dtype not in ("uint8", "float16"):
-            raise ValueError(f"labels are {'/'.join(_LABEL_DTYPES)}, probabilities uint8/float16")
+        if self.dtype.name not in _LABEL_DTYPES or prob_dtype not in ("uint8", "float16", "float32"):
+            raise ValueError(f"labels are {'/'.join(_LABEL_DTYPES)}, probabilities uint8/float16/float32")
         if version not in ("0.4", "0.5"):
             raise ValueError(f"NGFF version must be '0.4' or '0.5', got {version!r}")
         default = (512, 512) if len(self.shape) == 2 else (128, 128, 128)
@@ -325,7 +325,7 @@ class LabelZarrWriter:
 
     def _quantise(self, p: np.ndarray) -> np.ndarray:
         p = np.clip(np.asarray(p, dtype=np.float32), 0.0, 1.0)
-        return np.rint(p * 255).astype(np.uint8) if self.prob_dtype == np.uint8 else p.astype(np.float16)
+        return np.rint(p * 255).astype(np.uint8) if self.prob_dtype == np.uint8 else p.astype(self.prob_dtype)
 
     # ------------------------------------------------------------------ finishing
     def finish(self) -> Path:

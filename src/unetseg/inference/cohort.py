@@ -263,7 +263,7 @@ class _Run:
             self._report(path, ("skipped", named(path, e)))
             return
         slide = self.slides[path] = _Slide(self.planned[path], setup, writer)
-        for part in split_rows(writer.pending_rows(), parts):
+        for part in split_rows(writer.pending_rows() if writer is not None else [], parts):
             slide.running += 1
             self._submit(path, part, predict_part_task, setup, part)
         if not slide.running:  # every row was written before (resume): only the pyramid is left
@@ -293,7 +293,8 @@ class _Run:
 
     def _finish_slide(self, path: Path, slide: _Slide) -> None:
         try:
-            written = finish_slide(slide.writer, slide.outputs[0], self.fmt)
+            written = finish_slide(slide.writer, slide.outputs[0], self.fmt, slide.setup,
+                                   self.probe.class_map)
         except UnetsegError as e:
             self._report(path, ("failed", named(path, e)))
             return

@@ -15,6 +15,7 @@ or OME inputs).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from unetseg.data.labels import ClassMap
 from unetseg.data.lazy import choose_level, header_nbytes, open_lazy
 from unetseg.data.ngff import LabelZarrWriter
 from unetseg.data.ometiff import write_ome_tiff_from_zarr
+from unetseg.data.regrid import RegriddedProbabilities, ResampledImage
+from unetseg.data.resample import shape_after
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.regions import stream_normalizer, tissue_skip
 from unetseg.inference.stream import StreamPredictor
@@ -96,26 +99,35 @@ class _Channels:
         )
 
 
-def _check_spacing(image: Any, level: int, job: Any) -> None:
+def _model_grid(image: Any, level: int, job: Any) -> tuple[tuple[int, ...], tuple[float, ...],
+                                                                        tuple[float, ...]] | None:
+    """``(shape, spacing, target)`` of the grid the model predicts on when the training spacing differs from
+    the image's (3D; spacings in the units the in-memory reader reports, as the plan's), else None."""
     target = job.config.data.spacing
-    own = image.pixel_size(level)
-    if target and own is not None and len(own) == len(target) and not np.allclose(own, target, rtol=0.05):
-        raise ConfigError(
-            f"{image.path}: spacing {tuple(own)} but the model was trained at {tuple(target)}; "
-            "a streamed volume is not resampled: resample it, or predict it in memory"
-        )
+    level0 = image.meta.get("spacing")
+    if not target or level0 is None or len(level0) != len(target) or len(target) != image.spatial_dims:
+        return None
+    own = tuple(float(s) * f for s, f in zip(level0, image.level_scale(level), strict=True))
+    if np.allclose(own, target):
+        return None
+    shape = shape_after(image.shape(level), own, target)
+    return tuple(shape), own, tuple(float(t) for t in target)
 
 
 @dataclass(frozen=True)
 class SlideSetup:
     """What every part of one streamed slide shares, fixed before its first tile (picklable: dask
-    workers predict parts of one slide from it)."""
+    workers predict parts of one slide from it). With ``grid`` (shape, spacing, target) the image is
+    predicted resampled to the training spacing into a model-grid store of float32 probabilities
+    (``writer``), brought back to the image's grid by :func:`finish_slide` into ``final``."""
 
     path: str
     level: int
     normalize: Callable[[np.ndarray], np.ndarray]
     writer: dict[str, Any]  # LabelZarrWriter's arguments (the temporary store's settings)
     skip_background: bool = False
+    grid: tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]] | None = None
+    final: dict[str, Any] | None = None  # with grid: the output store's LabelZarrWriter arguments
 
 
 def open_slide(path: Path, output: Path, job: Any, *, output_format: str = "ome-zarr",
@@ -129,7 +141,7 @@ def open_slide(path: Path, output: Path, job: Any, *, output_format: str = "ome-
         lvl = choose_level(lazy, job.config.data.pixel_size) if level is None else int(level)
         if not 0 <= lvl < len(lazy.levels):
             raise ConfigError(f"--level {lvl}: {path} has levels 0..{len(lazy.levels) - 1}")
-        _check_spacing(lazy, lvl, job)
+        grid = _model_grid(lazy, lvl, job)
         image = _Channels(lazy, job.engine.in_channels)
         zarr_out = output if output_format != "ome-tiff" else output.with_name(f".{output.stem}.ome.zarr")
         args = {
@@ -141,8 +153,25 @@ def open_slide(path: Path, output: Path, job: Any, *, output_format: str = "ome-
             **(store or {}),
         }
         normalize = stream_normalizer(image, job.config.data, level=lvl)
-    setup = SlideSetup(str(path), lvl, normalize, args, skip_background)
+    final = None
+    if grid is not None:
+        final, args = args, _grid_store(args, grid[0], job.predictor.out_channels)
+        if resume and Path(args["path"]).is_dir():  # predicted completely before: only the last pass left
+            create = False
+    setup = SlideSetup(str(path), lvl, normalize, args, skip_background, grid, final)
     return setup, LabelZarrWriter(**args, resume=resume) if create else None
+
+
+def _grid_store(final: dict[str, Any], shape: tuple[int, ...], classes: int) -> dict[str, Any]:
+    """The model-grid store beside the output: every class's probability as float32 (exact), one level."""
+    out = Path(final["path"])
+    px = final["pixel_size"]
+    if px is not None:
+        px = tuple(p * n / m for p, n, m in zip(px, final["shape"], shape, strict=True))
+    path = out.with_name(f".{out.name.lstrip('.')}.model-grid")
+    return {"path": str(path), "shape": shape, "dtype": "uint8" if classes <= 256 else "uint16", "levels": 1,
+            "probabilities": classes,
+            "prob_dtype": "float32", "pixel_size": px}
 
 
 def predict_rows(setup: SlideSetup, job: Any, writer: LabelZarrWriter | None = None, *,
@@ -150,28 +179,62 @@ def predict_rows(setup: SlideSetup, job: Any, writer: LabelZarrWriter | None = N
                  progress: Callable[[int, int, int], Any] | None = None) -> LabelZarrWriter:
     """Predict the pending chunk rows of ``writer`` (or, on a worker, of ``part`` of the store)."""
     writer = writer if writer is not None else LabelZarrWriter(**setup.writer, part=part)
-    target: Any = writer if job.class_map is None else _Decoded(writer, job.class_map)
+    target: Any = writer if job.class_map is None or setup.grid else _Decoded(writer, job.class_map)
     with open_lazy(setup.path) as lazy:
         skip = tissue_skip(lazy, setup.level) if setup.skip_background else None
-        StreamPredictor(job.predictor).predict_to(
-            _Channels(lazy, job.engine.in_channels),
-            target,
-            normalize=setup.normalize,
-            progress=progress,
-            skip=skip,
-            level=setup.level,
-        )
+        image: Any = _Channels(lazy, job.engine.in_channels)
+        normalize, level = setup.normalize, setup.level
+        if setup.grid is not None:  # normalised with the source's statistics, then resampled
+            image = ResampledImage(image, level, *setup.grid, normalize=normalize)
+            skip = None if skip is None else _on_source(skip, image)
+            normalize, level = _same, 0
+        StreamPredictor(job.predictor).predict_to(image, target, normalize=normalize, progress=progress,
+                                                  skip=skip, level=level)
     return writer
 
 
-def finish_slide(writer: LabelZarrWriter, output: Path, output_format: str) -> list[Path]:
-    """Build the pyramid and move the store into place (or convert it to the OME-TIFF asked for)."""
+def _same(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _on_source(skip: Callable[[Any], bool], image: ResampledImage) -> Callable[[Any], bool]:
+    return lambda region: skip(image.to_source(region))
+
+
+def finish_slide(writer: LabelZarrWriter | None, output: Path, output_format: str,
+                 setup: SlideSetup | None = None, class_map: ClassMap | None = None) -> list[Path]:
+    """Build the pyramid and move the store into place (or convert it to the OME-TIFF asked for). A
+    model-grid store (``setup.grid``) is first brought back to the image's grid: its probabilities
+    interpolated linearly, as the in-memory path does, then the argmax."""
+    if setup is not None and setup.grid is not None and setup.final is not None:
+        writer = _back_to_image_grid(writer, setup, class_map)
+    assert writer is not None
     store = writer.finish()
     if output_format != "ome-tiff":
         return [store]
     tif = write_ome_tiff_from_zarr(store, output, writer.pixel_size)
     shutil.rmtree(store, ignore_errors=True)  # the OME-TIFF was asked for instead
     return [tif]
+
+
+def _back_to_image_grid(writer: LabelZarrWriter | None, setup: SlideSetup,
+                        class_map: ClassMap | None) -> LabelZarrWriter:
+    import zarr
+
+    grid_store = Path(setup.writer["path"])
+    if writer is not None:
+        writer.finish()
+    assert setup.final is not None
+    probs = RegriddedProbabilities(zarr.open_array(str(grid_store / "probabilities" / "0"), mode="r"),
+                                   setup.final["shape"])
+    final = LabelZarrWriter(**setup.final)
+    out: Any = final if class_map is None else _Decoded(final, class_map)
+    index = np.uint8 if probs.shape[0] <= 256 else np.uint16
+    for box in itertools.product(*(range(0, n, c) for n, c in zip(final.shape, final.chunks, strict=True))):
+        p = probs[(slice(None), *(slice(a, a + c) for a, c in zip(box, final.chunks, strict=True)))]
+        out.write(box, p.argmax(axis=0).astype(index), p if final.probabilities else None)
+    shutil.rmtree(grid_store, ignore_errors=True)
+    return final
 
 
 def predict_slide(
@@ -188,6 +251,6 @@ def predict_slide(
     """Stream one big image through ``job.predictor`` into ``output``; returns the files written."""
     setup, writer = open_slide(path, output, job, output_format=output_format, level=level,
                                skip_background=skip_background, resume=resume)
-    assert writer is not None
-    predict_rows(setup, job, writer, progress=progress)
-    return finish_slide(writer, output, output_format)
+    if writer is not None:  # None: resumed with the model-grid store complete
+        predict_rows(setup, job, writer, progress=progress)
+    return finish_slide(writer, output, output_format, setup, job.class_map)

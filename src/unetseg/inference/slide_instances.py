@@ -3,7 +3,9 @@
 1. **Probabilities.** The slide is streamed as for a semantic model (:mod:`unetseg.inference.slide`),
    its class probabilities (background, interior, boundary; or background and the distance bins) stored
    as float16 in a hidden temporary store beside the output (``.<stem>.probabilities.zarr``); ``resume``
-   continues it, and a completed one is reused.
+   continues it, and a completed one is reused. A volume at another spacing than the training's is
+   predicted on the model's grid (:func:`~unetseg.inference.slide.open_slide`) and its probabilities read
+   back through :class:`~unetseg.data.regrid.RegriddedProbabilities` onto the volume's own grid.
 2. **Objects.** Bands of :data:`BAND` rows (plus :data:`OVERLAP` rows shared with the next band) are read
    back, each segmented by the seeded watershed of the in-memory path, and stitched into global ids by
    :func:`~unetseg.postprocess.instances.stitch_band_sequence` (the seam lies mid-overlap, so objects up to
@@ -26,6 +28,7 @@ import numpy as np
 
 from unetseg.data.lazy import open_lazy
 from unetseg.data.ngff import LabelZarrWriter
+from unetseg.data.regrid import RegriddedProbabilities
 from unetseg.fileio import write_text
 from unetseg.inference.instances import instances_of
 from unetseg.inference.slide import SlideSetup, finish_slide, open_slide, predict_rows
@@ -49,8 +52,12 @@ def predict_slide_instances(path: Path, outputs: list[Path], job: Any, *, output
     output, table_path = outputs[0], outputs[1]
     store = output.with_name(f".{output.name.split('.')[0]}.probabilities.zarr")
     setup = _probabilities(path, store, job, level, skip_background, resume, progress)
-    probs = zarr.open_array(str(store / "probabilities" / "0"), mode="r")
-    shape, pixel_size = setup.writer["shape"], setup.writer["pixel_size"]
+    store = Path(setup.writer["path"])  # the model-grid store when the volume was resampled
+    probs: Any = zarr.open_array(str(store / "probabilities" / "0"), mode="r")
+    grid = setup.final or setup.writer
+    if setup.final is not None:  # back to the image's grid, band by band as the watershed reads it
+        probs = RegriddedProbabilities(probs, setup.final["shape"])
+    shape, pixel_size = grid["shape"], grid["pixel_size"]
     dims = len(shape)
     zarr_out = output if output_format != "ome-tiff" else output.with_name(f".{output.stem}.ome.zarr")
     ids = LabelZarrWriter(zarr_out, shape, "uint32", pixel_size=pixel_size)

@@ -6,10 +6,11 @@ a writer (:class:`~unetseg.data.ngff.LabelZarrWriter`). Labels equal ``Predictor
 normalised image bit for bit. Why it is exact, and flat:
 
 * **Strips and bands.** The image is cut into *strips*: boxes of whole writer chunks on the axes after the
-  first (:data:`~unetseg.inference.stream_io.STRIP_STEPS` tile steps wide), predicted one after the other.
-  A strip runs every plan tile that reaches into it (tiles over a strip edge run in both strips, ~2/16 more
-  compute per cut axis), in plan order; tiles with the same start on the first axis form a *band*. Every
-  pixel so receives its tile contributions in the in-memory order (float addition is not associative).
+  first, as wide as the memory budget allows (:func:`~unetseg.inference.stream_io.strip_extents`; an image
+  whose whole width fits is one strip), predicted one after the other. A strip runs every plan tile that
+  reaches into it (tiles over a strip edge run in both strips), in plan order; tiles with the same start on
+  the first axis form a *band*. Every pixel so receives its tile contributions in the in-memory order (float
+  addition is not associative).
 * **Batches.** A tile's output depends on the size of the batch it runs in (CPU kernels round a batch of
   one differently from a larger one, ~1e-5), not on the other tiles in it (checked on the CPU kernels
   here). So a tile runs in a batch of ``batch_size``, or, if the in-memory path ran it in its last,
@@ -48,7 +49,7 @@ import torch
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.pipes import Pipe
 from unetseg.inference.predictor import Predictor
-from unetseg.inference.stream_io import BandReader, BlockSink, Strip, done_rows, make_strips
+from unetseg.inference.stream_io import WINDOW_BYTES, BandReader, BlockSink, Strip, done_rows, make_strips
 from unetseg.inference.tiling import Plan, axis_weight_sum, box, gaussian_1d
 from unetseg.inference.tta import predict_probs
 
@@ -74,13 +75,15 @@ class StreamPredictor:
     """Sliding-window prediction from a lazy source into a writer, in memory bounded by one tile band of
     one strip.
 
-    ``strip``: columns per strip on each axis after the first (default: :data:`STRIP_STEPS` tile steps,
-    rounded up to whole writer chunks). ``max_buffer_rows`` / ``max_window`` / ``max_input_rows``: the
+    ``strip``: columns per strip on each axis after the first, rounded up to whole writer chunks (default:
+    as wide as ``window_bytes`` allows, see :func:`~unetseg.inference.stream_io.strip_extents`).
+    ``max_buffer_rows`` / ``max_window`` / ``max_input_rows``: the
     accumulator window's rows and elements and the most input rows held by the compute loop in the last
     call (for tests and capacity planning)."""
 
-    def __init__(self, predictor: Predictor, strip: Sequence[int] | None = None) -> None:
-        self.predictor = predictor
+    def __init__(self, predictor: Predictor, strip: Sequence[int] | None = None,
+                 window_bytes: int = WINDOW_BYTES) -> None:
+        self.predictor, self.window_bytes = predictor, int(window_bytes)
         self.strip = None if strip is None else tuple(int(s) for s in strip)
         self.max_buffer_rows = self.max_window = self.max_input_rows = 0
 
@@ -139,7 +142,11 @@ class _Pass:
         plan = self.plan = pred.plan(shape)
         self.positions = list(plan.positions())
         self.per_band = math.prod(len(a) for a in plan.starts[1:])
-        strips = make_strips(plan, shape, getattr(writer, "chunks", None), owner.strip)
+        # per window column: the accumulator's rows and the input bands in flight (one computing, the
+        # prefetch queue's and the one being read)
+        column = 4 * (pred.out_channels * plan.tile_out[0] + 4 * pred.engine.in_channels * plan.tile_in[0])
+        strips = make_strips(plan, shape, getattr(writer, "chunks", None), owner.strip, column,
+                             owner.window_bytes)
         self.done = [done_rows(writer, shape[0], s.own) for s in strips]
         self.states = _tile_states(plan, shape, strips, self.done, skip)
         n, bs = len(self.positions), pred.batch_size

@@ -16,9 +16,12 @@ import torch
 from unetseg.errors import DataError
 from unetseg.inference.tiling import Plan
 
-# A strip is this many tile steps wide on every axis after the first (recomputed tiles at its two edges
-# cost about 2/STRIP_STEPS more compute per axis; the window it holds is tile height x strip).
-STRIP_STEPS = {2: 16, 3: 8}
+# Strips are as wide as the memory budget lets them (the accumulator window and the input bands in flight,
+# WINDOW_BYTES), and never narrower than MIN_STRIP_STEPS tile steps: a slide or volume whose whole width fits
+# is one strip (no tile runs twice); wider ones are cut into square-ish strips, and the tiles over a cut run
+# in both strips (about tile / strip more compute per cut axis).
+WINDOW_BYTES = 1 << 30
+MIN_STRIP_STEPS = 4
 
 
 @dataclass(frozen=True)
@@ -39,21 +42,46 @@ class Strip:
         return self.tiles[k * self.per_band : (k + 1) * self.per_band]
 
 
-def strip_extent(plan: Plan, axis: int, chunk: int, given: int | None) -> int:
-    """Columns per strip on ``axis``: ``given`` or STRIP_STEPS tile steps, rounded up to whole chunks."""
+def _step(plan: Plan, axis: int) -> float:
     starts = plan.starts[axis]
-    step = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else plan.tile_out[axis]
-    want = int(given) if given is not None else int(math.ceil(STRIP_STEPS[len(plan.starts)] * step))
-    return max(chunk, -(-want // chunk) * chunk)
+    return (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else plan.tile_out[axis]
+
+
+def strip_extents(plan: Plan, shape: tuple[int, ...], chunks: Sequence[int], column_bytes: int,
+                  budget: int = WINDOW_BYTES) -> list[int]:
+    """Columns per strip on each axis after the first: the whole axis where the budget allows (the
+    shortest axes first), else an equal share of it per remaining axis in whole chunks."""
+    axes = sorted(range(1, len(shape)), key=lambda a: shape[a])
+    left = max(1.0, budget / max(1, column_bytes))  # window columns the budget holds
+    ext = {}
+    for i, a in enumerate(axes):
+        share = left ** (1.0 / (len(axes) - i))
+        width = shape[a] + plan.tile_out[a]  # the window reaches over the edge tiles
+        if width <= share:
+            ext[a] = shape[a]
+        else:  # whole chunks within the share, but no fewer than MIN_STRIP_STEPS tile steps
+            c = chunks[a]
+            least = -(-math.ceil(MIN_STRIP_STEPS * _step(plan, a)) // c) * c
+            ext[a] = max(least, c, int(share - plan.tile_out[a]) // c * c)
+            width = ext[a] + plan.tile_out[a]
+        left = max(1.0, left / width)
+    return [ext[a] for a in range(1, len(shape))]
 
 
 def make_strips(plan: Plan, shape: tuple[int, ...], chunks: Sequence[int] | None,
-                given: Sequence[int] | None = None) -> list[Strip]:
-    """The strips of an image, in the order they are predicted (row-major over the strip grid)."""
+                given: Sequence[int] | None = None, column_bytes: int = 0,
+                budget: int = WINDOW_BYTES) -> list[Strip]:
+    """The strips of an image, in the order they are predicted (row-major over the strip grid): ``given``
+    columns per strip (rounded up to whole chunks), else :func:`strip_extents` for windows of
+    ``column_bytes`` per column within ``budget`` bytes."""
     lens = [len(s) for s in plan.starts]
+    grid = [int(c) for c in chunks] if chunks else [1] * len(shape)
+    if given is not None:
+        extents = [max(c, -(-int(g) // c) * c) for g, c in zip(given, grid[1:], strict=True)]
+    else:
+        extents = strip_extents(plan, shape, grid, column_bytes, budget)
     ranges, touching = [], []
-    for a in range(1, len(shape)):
-        ext = strip_extent(plan, a, int(chunks[a]) if chunks else 1, None if given is None else given[a - 1])
+    for a, ext in zip(range(1, len(shape)), extents, strict=True):
         own = [(lo, min(lo + ext, shape[a])) for lo in range(0, shape[a], ext)]
         ranges.append(own)
         t = plan.tile_out[a]
