@@ -105,8 +105,8 @@ def _model_grid(image: Any, level: int, job: Any) -> tuple[tuple[int, ...], tupl
     the image's (3D; spacings in the units the in-memory reader reports, as the plan's), else None."""
     target = job.config.data.spacing
     level0 = image.meta.get("spacing")
-    if not target or level0 is None or len(level0) != len(target) or len(target) != image.spatial_dims:
-        return None
+    if not target or level0 is None or image.spatial_dims != 3 or len(level0) != 3 or len(target) != 3:
+        return None  # data.spacing is 3D resampling; 2D slides match the pixel size by pyramid level
     own = tuple(float(s) * f for s, f in zip(level0, image.level_scale(level), strict=True))
     if np.allclose(own, target):
         return None
@@ -169,8 +169,8 @@ def _grid_store(final: dict[str, Any], shape: tuple[int, ...], classes: int) -> 
     if px is not None:
         px = tuple(p * n / m for p, n, m in zip(px, final["shape"], shape, strict=True))
     path = out.with_name(f".{out.name.lstrip('.')}.model-grid")
-    return {"path": str(path), "shape": shape, "dtype": "uint8" if classes <= 256 else "uint16", "levels": 1,
-            "probabilities": classes,
+    dtype = "uint8" if classes <= 256 else "uint16"  # its labels are not used; they must fit
+    return {"path": str(path), "shape": shape, "dtype": dtype, "levels": 1, "probabilities": classes,
             "prob_dtype": "float32", "pixel_size": px}
 
 

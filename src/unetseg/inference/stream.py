@@ -6,11 +6,11 @@ a writer (:class:`~unetseg.data.ngff.LabelZarrWriter`). Labels equal ``Predictor
 normalised image bit for bit. Why it is exact, and flat:
 
 * **Strips and bands.** The image is cut into *strips*: boxes of whole writer chunks on the axes after the
-  first, as wide as the memory budget allows (:func:`~unetseg.inference.stream_io.strip_extents`; an image
-  whose whole width fits is one strip), predicted one after the other. A strip runs every plan tile that
-  reaches into it (tiles over a strip edge run in both strips), in plan order; tiles with the same start on
-  the first axis form a *band*. Every pixel so receives its tile contributions in the in-memory order (float
-  addition is not associative).
+  first, 16 tile steps wide or as wide as the memory budget allows
+  (:func:`~unetseg.inference.stream_io.strip_extents`), predicted one after the other. A strip runs every
+  plan tile that reaches into it (tiles over a strip edge run in both strips), in plan order; tiles with the
+  same start on the first axis form a *band*. Every pixel so receives its tile contributions in the
+  in-memory order (float addition is not associative).
 * **Batches.** A tile's output depends on the size of the batch it runs in (CPU kernels round a batch of
   one differently from a larger one, ~1e-5), not on the other tiles in it (checked on the CPU kernels
   here). So a tile runs in a batch of ``batch_size``, or, if the in-memory path ran it in its last,
@@ -76,7 +76,7 @@ class StreamPredictor:
     one strip.
 
     ``strip``: columns per strip on each axis after the first, rounded up to whole writer chunks (default:
-    as wide as ``window_bytes`` allows, see :func:`~unetseg.inference.stream_io.strip_extents`).
+    :func:`~unetseg.inference.stream_io.strip_extents` within ``window_bytes``).
     ``max_buffer_rows`` / ``max_window`` / ``max_input_rows``: the
     accumulator window's rows and elements and the most input rows held by the compute loop in the last
     call (for tests and capacity planning)."""
