@@ -88,8 +88,8 @@ def write_cohort(folder: Path, n: int) -> Path:
 
 
 def write_volume(path: Path, side: int) -> Path:
-    """A side^3 float32 NIfTI of synthetic cells, uncompressed (so it is memory-mapped); sides over 256 tile
-    the 256^3 volume (mirrored, so no seams) instead of synthesising a billion voxels."""
+    """A side^3 uint16 NIfTI of synthetic cells, uncompressed (read region by region); sides over 256
+    tile the 256^3 volume (mirrored, so no seams) instead of synthesising a billion voxels."""
     import nibabel as nib
 
     if not path.exists():
@@ -205,8 +205,8 @@ def section(res: dict[str, Any], volumes: bool = False) -> str:
     facts = machine_facts(len(os.sched_getaffinity(0)))
     title = "## Volumes streamed (issue 14)" if volumes else "## Whole slides, volumes and cohorts (issue 14)"
     how = ("`.venv-bench/bin/python benchmarks/slides.py --part volumes` (one fresh `unetseg predict` "
-           "process per row; small random-weight 3D U-Net, base 8, depth 3, tile 96^3, overlap 0.25, "
-           "Gaussian blending; float32 NIfTI, memory-mapped).  ") if volumes else (
+           "process per row; small random-weight 3D U-Net, base 8, depth 3, tile 96^3, overlap 0.5 (the 3D "
+           "default), Gaussian blending; uint16 NIfTI, uncompressed).  ") if volumes else (
         "`.venv-bench/bin/python benchmarks/slides.py` (one fresh `unetseg predict` process per row; "
         "small random-weight U-Net, base 8, depth 3, tile 512, overlap 0.25, Gaussian blending).  ")
     lines = [title, "", how,
