@@ -20,8 +20,8 @@ from unetseg.inference.tiling import Plan
 # shorter), unless its window (the accumulator and the input bands in flight) would exceed WINDOW_BYTES:
 # then as wide as the budget allows, in square-ish strips of whole chunks, never under MIN_STRIP_STEPS
 # steps. Tiles over a strip edge run in both strips (about tile / strip more compute per cut axis): 2D
-# strips of 16 steps of 512 px tiles cost ~6% per cut for a ~75 MiB window; 3D 96^3 tiles hit the budget
-# first (a 512^3 volume is one strip, 1024^3 four of 512^2 columns).
+# strips of 16 steps of 512 px tiles cost ~8% per cut for a ~75 MiB window; 3D 96^3 tiles hit the budget
+# first (a 512^3 volume is one strip, 1024^3 four of ~512 x 640 columns).
 STRIP_STEPS = 16
 MIN_STRIP_STEPS = 4
 WINDOW_BYTES = 1 << 30
