@@ -66,6 +66,11 @@ def test_validation_picks_the_values_with_the_best_dsb_score(run: Path) -> None:
     metrics = json.loads((run / "best" / "config.json").read_text())["metrics"]
     for key, grid in CALIBRATION["three_class"]:
         assert metrics[f"infer.{key}"] == getattr(cfg.infer, key) and getattr(cfg.infer, key) in grid
+    # past the memory budget for held probabilities, images are predicted again per option: the same
+    tight = Validator(data, cfg, torch.device("cpu"), DistInfo(), "fp32")
+    tight.held_bytes = 0
+    np.testing.assert_array_equal(tight.run(model), row)
+    assert tight.chosen == validator.chosen
     fixed = Validator(data, cfg, torch.device("cpu"), DistInfo(), "fp32",
                       fixed=frozenset({"infer.interior_threshold"}))
     assert [k for k, _ in fixed.search] == ["foreground_threshold"]

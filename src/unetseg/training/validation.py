@@ -26,6 +26,9 @@ CALIBRATION = {
 }
 
 
+HELD_BYTES = 1 << 30  # validation probabilities kept (float16) while the watershed options are searched
+
+
 class Validator:
     """Mean Dice per class over this rank's share of the validation cases, summed across ranks.
 
@@ -58,6 +61,7 @@ class Validator:
         self.search = [(k, g) for k, g in CALIBRATION[cfg.data.instance_target] if f"infer.{k}" not in fixed]
         self.chosen: dict[str, float] = {}  # after run(): an instance model's calibrated watershed options
         self._probe = cfg.copy_deep()  # the config each tried value is set on
+        self.held_bytes = HELD_BYTES
 
     def run(self, model: torch.nn.Module) -> np.ndarray:
         """Mean Dice per class; for an instance model ``[foreground Dice, DSB score, AP@0.5]`` (the DSB score,
@@ -85,10 +89,13 @@ class Validator:
     def _instances(self, predictor: Any) -> np.ndarray:
         """Objects of every validation image for each tried value (probabilities computed once, kept as
         float16 while the options are searched)."""
-        held = []
+        held, size = [], 0
         for case in self.cases:
             image, labels, _ = self.store.get(case)
-            held.append((predictor.predict_proba(image).astype(np.float16), labels))
+            probs = predictor.predict_proba(image).astype(np.float16)
+            size += probs.nbytes
+            # past the budget (big 3D validation sets) an image is predicted again for each option searched
+            held.append((probs if size <= self.held_bytes else (predictor, case), labels))
         cfg, options = self._probe, [k for k, _ in CALIBRATION[self.cfg.data.instance_target]]
         for key in options:
             setattr(cfg.infer, key, getattr(self.cfg.infer, key))
@@ -111,6 +118,9 @@ class Validator:
         sums = torch.zeros(3 * len(tries) + 1, dtype=torch.float64)
         for stored, labels in held:
             truth = (np.asarray(labels) > 0).astype(np.int64)
+            if isinstance(stored, tuple):
+                predictor, case = stored
+                stored = predictor.predict_proba(self.store.get(case)[0]).astype(np.float16)
             probs = stored.astype(np.float32)  # once per image, not once per tried value
             for t, tried in enumerate(tries):
                 if tried is not None:
