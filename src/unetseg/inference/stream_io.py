@@ -83,7 +83,7 @@ def make_strips(plan: Plan, shape: tuple[int, ...], chunks: Sequence[int] | None
     lens = [len(s) for s in plan.starts]
     grid = [int(c) for c in chunks] if chunks else [1] * len(shape)
     if given is not None:
-        extents = [max(c, -(-int(g) // c) * c) for g, c in zip(given, grid[1:], strict=True)]
+        extents = [_whole(int(g), c) for g, c in zip(given, grid[1:], strict=True)]
     else:
         extents = strip_extents(plan, shape, grid, column_bytes, budget)
     ranges, touching = [], []
