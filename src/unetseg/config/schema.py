@@ -162,6 +162,11 @@ class DataConfig(Section):
     window: Range | None = None
     intensity_stats: Range | None = None  # [mean, std] for "ct"
     spacing: list[Annotated[Float, Field(gt=0)]] | None = None  # target spacing (3D resampling), z y x
+    # the model's grid: each axis of data.spacing (or, without it, of each image's own grid) coarser by this
+    # factor, so a patch sees more of large structures (the planner's resolution choice; predictions are
+    # brought back to the input's grid)
+    downsample: Annotated[list[Annotated[Float, Field(ge=1.0, le=64.0)]],
+                          Field(min_length=2, max_length=3)] | None = None
     pixel_size: list[Annotated[Float, Field(gt=0)]] | None = None  # of the training images, micrometres
     patch_size: Size | None = None
     foreground_fraction: Prob = 0.33
@@ -252,6 +257,9 @@ class TrainConfig(Section):
     val_interval: PosInt = 1
     patience: PosInt | None = None
     max_minutes: Annotated[Float, Field(gt=0.0, le=10**6)] | None = None
+    # when the planner leaves the resolution to a timed probe of its candidates: auto (budgets of a few
+    # minutes and more), on (whatever the budget), off (the rules' first choice)
+    probe: Literal["auto", "on", "off"] = "auto"
 
 
 class InferConfig(Section):

@@ -24,7 +24,7 @@ from unetseg.data.fingerprint_stats import PERCENTILES, _Classes, _Intensity, _v
 from unetseg.data.labels import ClassMap
 from unetseg.errors import DataError
 
-FORMAT_VERSION = 1  # bump when the fields or their meaning change: cached fingerprints are then recomputed
+FORMAT_VERSION = 2  # bump when the fields or their meaning change: cached fingerprints are then recomputed
 SEED = 1234  # nnU-Net's
 
 
@@ -38,8 +38,13 @@ class Fingerprint:
     ``"255"``), or the entries of the given class map (``"0"``, ``"1+2"`` for a merged class).
     ``class_fraction`` (voxel share) and ``images_with_class`` (cases holding it) have every label;
     ``objects`` the foreground ones (values > 0, or classes >= 1 of a map): ``{count, median_voxels,
-    p10_voxels, min_voxels, max_voxels, median_volume, p10_volume, median_extent}`` (volumes in spacing
-    units, i.e. voxels times prod(spacing); extents in voxels per axis of the bounding boxes).
+    p10_voxels, min_voxels, max_voxels, median_volume, p10_volume, median_extent, p90_extent,
+    median_extent_share, p90_extent_share, border_fraction}`` (volumes in spacing units, i.e. voxels times
+    prod(spacing); extents in voxels per axis of the bounding boxes, shares as a fraction of the image's
+    side; border_fraction: the share of objects touching the image border). ``thickness`` has every label:
+    ``{p10, median}`` of twice the volume over the surface of its connected regions (spacing units: a band's
+    width, a disc's radius), weighted by voxels: how fine a class's structures are, what a coarser
+    resolution would lose.
     """
 
     spatial_dims: int
@@ -61,6 +66,7 @@ class Fingerprint:
     class_fraction: dict[str, float]
     images_with_class: dict[str, int]
     objects: dict[str, dict[str, Any]]
+    thickness: dict[str, dict[str, float | None]]
     foreground_fraction: float
     version: int = FORMAT_VERSION
 
@@ -143,7 +149,7 @@ class _Pass:
             sample = self.all[c].add(image[c].ravel(), rng)
             self.fg[c].add(image[c][fg], rng)
             ranges.append(np.percentile(sample, [PERCENTILES[0], PERCENTILES[2]]).tolist())
-        self.classes.add(labels, float(np.prod(spacing)), objects=mask if self.instances else None)
+        self.classes.add(labels, spacing, objects=mask if self.instances else None)
         self.total += int(mask.size)
         self.foreground += int(np.count_nonzero(fg))
         dtype = str(meta.get("dtype"))
@@ -190,6 +196,7 @@ class _Pass:
             class_fraction={n: per.voxels.get(k, 0) / self.total for n, k in zip(names, keys, strict=True)},
             images_with_class={n: per.cases.get(k, 0) for n, k in zip(names, keys, strict=True)},
             objects={n: per.object_stats(k) for n, k in zip(names, keys, strict=True) if k > 0},
+            thickness={n: per.thickness_stats(k) for n, k in zip(names, keys, strict=True)},
             foreground_fraction=self.foreground / self.total,
         )
 

@@ -3,6 +3,7 @@ sampled percentiles per channel, class coverage and connected objects per class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -78,21 +79,49 @@ def _value_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(arr, return_counts=True)
 
 
-def _objects(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Face-connected components of equal non-zero value: (value, size in voxels, extent per axis) each."""
-    comp = label_components(labels, background=0, connectivity=1)
+def _regions(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, np.ndarray]:
+    """Face-connected regions of equal value (0 included), each with its ``value``, ``size`` (voxels),
+    ``extent`` (bounding-box side per axis, voxels), ``surface`` (area of the faces it shares with another
+    value, in spacing units: the image's own border is not a surface) and ``border`` (touches the image
+    border)."""
+    comp = label_components(labels.astype(np.int64, copy=False), background=-1, connectivity=1)
     n = int(comp.max())
-    if n == 0:
-        return np.zeros(0, labels.dtype), np.zeros(0, np.int64), np.zeros((0, labels.ndim), np.int64)
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+    flat = comp.ravel()
+    size = np.bincount(flat, minlength=n + 1)[1:]
     value = np.zeros(n + 1, labels.dtype)
-    value[comp.ravel()] = labels.ravel()  # every voxel of a component holds its value: any one will do
-    extents = np.array([[s.stop - s.start for s in box] for box in ndimage.find_objects(comp)])
-    return value[1:], sizes, extents
+    value[flat] = labels.ravel()  # every voxel of a region holds its value: any one will do
+    boxes = ndimage.find_objects(comp)
+    extent = np.array([[b.stop - b.start for b in box] for box in boxes], dtype=np.int64)
+    border = np.array([any(b.start == 0 or b.stop == m for b, m in zip(box, comp.shape, strict=True))
+                       for box in boxes], dtype=bool)
+    surface = np.zeros(n + 1, np.float64)
+    voxel = float(np.prod(spacing))
+    for axis in range(labels.ndim):
+        lo = [slice(None)] * labels.ndim
+        hi = [slice(None)] * labels.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        a, b = comp[tuple(lo)], comp[tuple(hi)]
+        cut = a != b
+        face = voxel / float(spacing[axis])
+        surface += face * (np.bincount(a[cut], minlength=n + 1) + np.bincount(b[cut], minlength=n + 1))
+    return {"value": value[1:], "size": size, "extent": extent, "surface": surface[1:], "border": border}
+
+
+def _weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of ``values`` where each counts ``weights`` times (the value below which
+    ``q`` % of the weight lies)."""
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order], dtype=np.float64)
+    return float(values[order][min(int(np.searchsorted(cum, q / 100.0 * cum[-1])), values.size - 1)])
+
+
+OBJECT_KEYS = ("median_voxels", "p10_voxels", "min_voxels", "max_voxels", "median_volume", "p10_volume",
+               "median_extent", "p90_extent", "median_extent_share", "p90_extent_share", "border_fraction")
 
 
 class _Classes:
-    """Voxel counts, case counts and objects per class key (a mask value, or a class index of a map)."""
+    """Voxel counts, case counts, objects and region thickness per class key (a mask value, or a class
+    index of a map)."""
 
     def __init__(self) -> None:
         self.voxels: dict[float, int] = {}
@@ -100,38 +129,46 @@ class _Classes:
         self.sizes: dict[float, list[np.ndarray]] = {}
         self.volumes: dict[float, list[np.ndarray]] = {}
         self.extents: dict[float, list[np.ndarray]] = {}
+        self.shares: dict[float, list[np.ndarray]] = {}
+        self.borders: dict[float, list[np.ndarray]] = {}
+        self.thick: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {}  # (thickness, voxels) per region
 
-    def add(self, labels: np.ndarray, voxel_volume: float, objects: np.ndarray | None = None) -> None:
+    def add(self, labels: np.ndarray, spacing: Sequence[float], objects: np.ndarray | None = None) -> None:
         """Count ``labels``; objects are its connected regions, or the ids of an instance image
-        ``objects`` (all under class 1)."""
+        ``objects`` (all under class 1). Every region (background too) adds its thickness: twice its
+        volume over its surface, in spacing units (the width of a band, the radius of a disc)."""
         for v, c in zip(*_value_counts(labels), strict=True):
             key = float(v)
             self.voxels[key] = self.voxels.get(key, 0) + int(c)
             self.cases[key] = self.cases.get(key, 0) + 1
-        values, sizes, extents = _objects(labels if objects is None else objects)
+        reg = _regions(labels if objects is None else objects, spacing)
+        values = reg["value"]
         if objects is not None:
             values = (values > 0).astype(values.dtype)
-        for v in np.unique(values[values > 0]):
+        volume = reg["size"] * float(np.prod(spacing))
+        side = np.asarray(labels.shape, dtype=np.float64)
+        # a region with no surface fills the image: as thick as the image is wide
+        whole = 2.0 * volume / np.maximum(reg["surface"], 1e-12)
+        thickness = np.where(reg["surface"] > 0, whole, float(np.max(side * np.asarray(spacing))))
+        for v in np.unique(values):
             pick = values == v
             key = float(v)
-            self.sizes.setdefault(key, []).append(sizes[pick])
-            self.volumes.setdefault(key, []).append(sizes[pick] * voxel_volume)
-            self.extents.setdefault(key, []).append(extents[pick])
+            self.thick.setdefault(key, []).append((thickness[pick], reg["size"][pick]))
+            if key <= 0:
+                continue
+            self.sizes.setdefault(key, []).append(reg["size"][pick])
+            self.volumes.setdefault(key, []).append(volume[pick])
+            self.extents.setdefault(key, []).append(reg["extent"][pick])
+            self.shares.setdefault(key, []).append(reg["extent"][pick] / side)
+            self.borders.setdefault(key, []).append(reg["border"][pick])
 
     def object_stats(self, key: float) -> dict[str, Any]:
+        """Objects of a foreground class: sizes, volumes, bounding-box extents per axis (voxels, and as a
+        share of the image's side; median and 90th percentile) and the share touching the image border."""
         if key not in self.sizes:
-            return {"count": 0} | dict.fromkeys(
-                (
-                    "median_voxels",
-                    "p10_voxels",
-                    "min_voxels",
-                    "max_voxels",
-                    "median_volume",
-                    "p10_volume",
-                    "median_extent",
-                )
-            )
+            return {"count": 0} | dict.fromkeys(OBJECT_KEYS)
         sizes, volumes = np.concatenate(self.sizes[key]), np.concatenate(self.volumes[key])
+        extents, shares = np.concatenate(self.extents[key]), np.concatenate(self.shares[key])
         return {
             "count": int(sizes.size),
             "median_voxels": float(np.median(sizes)),
@@ -140,8 +177,22 @@ class _Classes:
             "max_voxels": int(sizes.max()),
             "median_volume": float(np.median(volumes)),
             "p10_volume": float(np.percentile(volumes, 10)),
-            "median_extent": np.median(np.concatenate(self.extents[key]), axis=0).tolist(),
+            "median_extent": np.median(extents, axis=0).tolist(),
+            "p90_extent": np.percentile(extents, 90, axis=0).tolist(),
+            "median_extent_share": np.median(shares, axis=0).tolist(),
+            "p90_extent_share": np.percentile(shares, 90, axis=0).tolist(),
+            "border_fraction": float(np.concatenate(self.borders[key]).mean()),
         }
+
+    def thickness_stats(self, key: float) -> dict[str, float | None]:
+        """How thin a class's regions are (spacing units), weighted by voxels so that specks do not
+        decide: ``p10`` (10% of the class's voxels lie in thinner regions) and ``median``."""
+        if key not in self.thick:
+            return {"p10": None, "median": None}
+        values = np.concatenate([t for t, _ in self.thick[key]])
+        weights = np.concatenate([w for _, w in self.thick[key]]).astype(np.float64)
+        return {"p10": _weighted_percentile(values, weights, 10.0),
+                "median": _weighted_percentile(values, weights, 50.0)}
 
 
 # ---------------------------------------------------------------------------------------------- the pass

@@ -22,7 +22,7 @@ from unetseg.data.instances import InstanceLabels
 from unetseg.data.io import SkipLog, raise_or_skip
 from unetseg.data.labels import ClassMap, fmt_values, infer_class_values, unique_values
 from unetseg.data.normalize import Normalizer
-from unetseg.data.resample import shape_after
+from unetseg.data.resample import model_grid, shape_after
 from unetseg.data.store import GIB, CaseStore, DiskCache, cache_budget, to_training_space
 from unetseg.errors import ConfigError, DataError
 
@@ -232,10 +232,9 @@ def _split(cfg: Config, scans: list[_Scan], val_scans: list[_Scan]) -> tuple[lis
 
 
 def _training_shape(s: _Scan, d: DataConfig) -> tuple[int, ...]:
-    """A case's size in training space (at ``data.spacing`` when the images are resampled)."""
-    if d.spacing and s.spacing and len(s.spacing) == len(d.spacing):
-        return tuple(shape_after(s.shape, s.spacing, d.spacing))
-    return s.shape
+    """A case's size on the model's grid (:func:`~unetseg.data.resample.model_grid`)."""
+    grid = model_grid(s.spacing, d, len(s.shape))
+    return tuple(shape_after(s.shape, *grid)) if grid is not None else s.shape
 
 
 def _fill_store(store: CaseStore, scans: list[_Scan]) -> CaseStore:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from unetseg.config import DataConfig
 from unetseg.data.labels import unique_values
 from unetseg.errors import ConfigError
 
@@ -63,6 +64,24 @@ def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequenc
         coarse = float(np.percentile(sp[:, worst], 10))
         target[worst] = coarse if coarse >= finer else finer + 1e-5  # nnU-Net's guard
     return tuple(float(t) for t in target)
+
+
+def model_grid(own: Sequence[float] | None, data_cfg: DataConfig,
+               dims: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(own, target)``: the spacing of an image (``own``; unknown: the training spacing, else 1 per axis)
+    and of the grid its model works on: ``data.spacing`` (3D resampling) or, without it, the image's own,
+    each axis times ``data.downsample``. None when the two are the same grid. The one rule every path
+    (training store, validation, in-memory and streamed prediction) resamples by."""
+    spacing = data_cfg.spacing if data_cfg.spacing and len(data_cfg.spacing) == dims else None
+    if own is None or len(own) != dims:
+        own = spacing or (1.0,) * dims
+    own = _spacing(own, dims, "spacing")
+    factor = data_cfg.downsample
+    if factor is not None and len(factor) != dims:
+        raise ConfigError(f"data.downsample {list(factor)} has {len(factor)} factor(s) but the images are "
+                          f"{dims}D; give one per axis")
+    target = tuple(float(b) * float(f) for b, f in zip(spacing or own, factor or (1.0,) * dims, strict=True))
+    return None if np.allclose(own, target) else (own, target)
 
 
 def _coarse_axis(spacing: Sequence[float], target: Sequence[float]) -> int | None:

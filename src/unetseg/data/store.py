@@ -17,7 +17,7 @@ from unetseg.data.cases import Case, read_pair
 from unetseg.data.instances import InstanceLabels
 from unetseg.data.labels import ClassMap
 from unetseg.data.normalize import Normalizer
-from unetseg.data.resample import resample_image, resample_mask
+from unetseg.data.resample import model_grid, resample_image, resample_mask
 from unetseg.errors import DataError
 from unetseg.fileio import atomic_write, ensure_dir, write_json
 
@@ -37,23 +37,21 @@ def cache_budget(data_cfg: DataConfig) -> float:
     return {"lazy": 0.0, "memory": float("inf")}.get(data_cfg.cache, float(data_cfg.cache_gib) * GIB)
 
 
-def needs_resampling(meta: dict[str, Any], data_cfg: DataConfig) -> bool:
-    """True when ``data.spacing`` asks for another grid than the image's own (3D)."""
-    target, own = data_cfg.spacing, meta.get("spacing")
-    return bool(target) and own is not None and len(own) == len(target) and not np.allclose(own, target)
-
-
 def to_training_space(
     image: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any], data_cfg: DataConfig, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Resample a normalised image (third-order spline) and its class indices to ``data.spacing``."""
-    if not needs_resampling(meta, data_cfg):
+    """Resample a normalised image (third-order spline) and its class indices to the model's grid
+    (:func:`~unetseg.data.resample.model_grid`); ``meta`` then records the ``original_shape`` and
+    ``original_spacing``."""
+    grid = model_grid(meta.get("spacing"), data_cfg, image.ndim - 1)
+    if grid is None:
         return image, labels, meta
-    own, target = tuple(meta["spacing"]), tuple(data_cfg.spacing)
+    own, target = grid
+    shape = tuple(image.shape[1:])
     image = resample_image(image, own, target)
     if labels is not None:
         labels = resample_mask(labels, own, target, num_classes or None).astype(labels.dtype, copy=False)
-    return image, labels, {**meta, "spacing": target, "original_shape": meta.get("shape")}
+    return image, labels, {**meta, "spacing": target, "original_shape": shape, "original_spacing": own}
 
 
 def _resample_classes(class_map: Any) -> int | None:
@@ -99,6 +97,7 @@ class DiskCache:
         recipe = {
             "norm": [data_cfg.normalization, data_cfg.percentiles, data_cfg.window, data_cfg.intensity_stats],
             "spacing": data_cfg.spacing,
+            "downsample": data_cfg.downsample,
             "classes": class_map.groups,
         }
         self.key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -11,6 +11,10 @@ Kinds:
   {0 background, 1 cytoplasm, 2 nucleus}; z spacing 2 (anisotropic, like confocal stacks).
 * ``nuclei``: the ``cells`` images with instance masks (0 background, ids 1..N, one per blob): the
   instance task's data, touching objects included.
+* ``lesions``: RGB dermoscopy-like images with one large irregular lesion (a third to two thirds of the
+  image's side, sometimes cut by the border) that fades towards its rim, on textured skin with darker
+  shadows as dark as a lesion's rim: locally a patch of lesion and a patch of shadow look alike, only a view
+  of the whole object tells them apart. Mask values {0, 255}.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from unetseg.data.augment import elastic_displacement, rotation_matrix
 from unetseg.data.io import write_image, write_mask
 from unetseg.errors import ConfigError
 
-KINDS = ("cells", "membranes", "cells3d", "nuclei")
-DEFAULT_SIZE = {"cells": (256, 256), "membranes": (256, 256), "cells3d": (32, 64, 64), "nuclei": (256, 256)}
+KINDS = ("cells", "membranes", "cells3d", "nuclei", "lesions")
+DEFAULT_SIZE = {"cells": (256, 256), "membranes": (256, 256), "cells3d": (32, 64, 64), "nuclei": (256, 256),
+                "lesions": (192, 256)}
 SPACING_3D = (2.0, 1.0, 1.0)
 
 
@@ -150,16 +155,43 @@ def _cells3d(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarr
     return image, mask
 
 
+def _lesions(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    side = float(min(shape))
+    yy, xx = np.indices(shape, dtype=np.float32)
+    # skin: a smooth tone, fine texture and a few soft shadows as dark as a lesion's rim
+    skin = 0.62 + 0.06 * _smooth(shape, 3, rng)
+    skin += 0.05 * ndimage.gaussian_filter(rng.normal(size=shape), 1.2).astype(np.float32) * 3
+    for _ in range(int(rng.integers(2, 5))):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = rng.uniform(0.06, 0.16) * side
+        skin -= rng.uniform(0.12, 0.26) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    # the lesion: one irregular blob, darkest inside, fading to the skin's shadows at its rim
+    radius = rng.uniform(0.18, 0.4) * side
+    cy, cx = (rng.uniform(0.2, 0.8, size=2) * np.asarray(shape)).tolist()
+    wobble = 1.0 + 0.18 * _smooth(shape, 4, rng)
+    a = rng.uniform(0.75, 1.3)
+    q = np.sqrt(((yy - cy) * a) ** 2 + ((xx - cx) / a) ** 2) / radius * wobble
+    inside = q < 1.0
+    depth = np.where(inside, 0.05 + 0.25 * (1.0 - q**2), 0.0).astype(np.float32)
+    depth *= 1.0 + 0.25 * _smooth(shape, 6, rng)  # mottled pigment
+    grey = skin - depth
+    # colour: skin is pink-beige; pigment takes more blue and green than red
+    rgb = np.stack([grey * 1.15 + 0.5 * depth, grey * 0.85, grey * 0.75 - 0.2 * depth])
+    image = np.stack([_finish(ch, rng, blur=0.8, noise=0.02, peak=255) for ch in rgb.astype(np.float32)])
+    return image, np.where(inside, 255, 0).astype(np.uint8)
+
+
 def make_image(kind: str = "cells", size: tuple[int, ...] | None = None, *,
                seed: int | np.random.Generator = 0) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image and its exact mask.
 
     Args:
-        kind: ``cells``, ``membranes``, ``nuclei`` (2D) or ``cells3d`` (3D).
+        kind: ``cells``, ``membranes``, ``nuclei``, ``lesions`` (2D) or ``cells3d`` (3D).
         size: spatial size; default 256x256 (2D) or 32x64x64 (3D).
         seed: an int or a numpy Generator.
     Returns:
-        ``(image, mask)``: image uint8 (2D) / uint16 (3D, 12-bit) of shape ``size``; mask uint8 with the
+        ``(image, mask)``: image uint8 (2D; ``(3, *size)`` RGB for ``lesions``) / uint16 (3D, 12-bit) of
+        shape ``size``; mask uint8 with the
         kind's original values (see the module docstring), uint16 object ids for ``nuclei``.
     """
     if kind not in KINDS:
@@ -169,7 +201,8 @@ def make_image(kind: str = "cells", size: tuple[int, ...] | None = None, *,
         want = "3D" if kind == "cells3d" else "2D"
         raise ConfigError(f"synthetic {kind}: size {list(shape)} must be {want}, each side >= 8")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    make = {"cells": _cells, "membranes": _membranes, "cells3d": _cells3d, "nuclei": _nuclei}[kind]
+    make = {"cells": _cells, "membranes": _membranes, "cells3d": _cells3d, "nuclei": _nuclei,
+            "lesions": _lesions}[kind]
     return make(shape, rng)
 
 

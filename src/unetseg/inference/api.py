@@ -56,18 +56,29 @@ def predict_image(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(labels, probabilities or None)`` of a normalised ``(C, *spatial)`` image, on the image's own grid.
 
-    When the model was trained at ``config.data.spacing`` and the image's ``spacing`` differs (3D), the
-    image is resampled to the training spacing (third-order spline), predicted there, and the
-    probabilities are resampled back to the image's grid (linear) before the argmax, as nnU-Net does."""
-    target = config.data.spacing if config is not None else None
-    if not target or spacing is None or len(spacing) != len(target) or np.allclose(spacing, target):
+    When the model works on another grid (trained at ``config.data.spacing`` and the image's ``spacing``
+    differs, or at a coarser resolution, ``config.data.downsample``: :func:`~unetseg.data.resample.model_grid`),
+    the image is resampled to it (third-order spline), predicted there, and the probabilities are resampled
+    back to the image's grid (linear) before the argmax, as nnU-Net does."""
+    from unetseg.data.resample import model_grid, resample_image
+
+    grid = model_grid(spacing, config.data, image.ndim - 1) if config is not None else None
+    if grid is None:
         if probabilities:
             return predictor.predict_both(image)
         return predictor.predict(image), None
-    from unetseg.data.resample import resample_image, resample_probabilities
+    probs = predictor.predict_proba(resample_image(image, *grid))
+    return from_model_grid(probs, tuple(image.shape[1:]), probabilities=probabilities)
 
-    probs = predictor.predict_proba(resample_image(image, tuple(spacing), tuple(target)))
-    probs = resample_probabilities(probs, tuple(image.shape[1:]))
+
+def from_model_grid(probs: np.ndarray, shape: Sequence[int], *,
+                    probabilities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels, probabilities or None)`` on an image's grid ``shape`` from the model grid's probabilities:
+    linear per class (as the streamed path's :class:`~unetseg.data.regrid.RegriddedProbabilities`), then
+    the argmax."""
+    from unetseg.data.resample import resample_probabilities
+
+    probs = resample_probabilities(probs, tuple(shape))
     labels = probs.argmax(axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
     return labels, probs if probabilities else None
 
@@ -125,7 +136,8 @@ def predict(
         device: where a module runs (``None``: where it is); precision: ``auto|fp32|bf16|fp16``.
         return_probabilities: also return the ``(max(2, C), *spatial)`` float32 probabilities.
         spacing: the image's voxel spacing (3D): with a config trained at another spacing the image is
-            resampled for the network and the result brought back to the image's grid.
+            resampled for the network and the result brought back to the image's grid (as it is for a
+            model trained at a coarser resolution, ``config.data.downsample``, whatever the spacing).
     """
     if isinstance(model_or_engine, (str, Path)):
         engine, file_config = load_engine(model_or_engine, device or "auto", precision)

@@ -29,7 +29,7 @@ from unetseg.data.lazy import choose_level, header_nbytes, open_lazy
 from unetseg.data.ngff import LabelZarrWriter
 from unetseg.data.ometiff import write_ome_tiff_from_zarr
 from unetseg.data.regrid import RegriddedProbabilities, ResampledImage
-from unetseg.data.resample import shape_after
+from unetseg.data.resample import model_grid, shape_after
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.regions import stream_normalizer, tissue_skip
 from unetseg.inference.stream import StreamPredictor
@@ -101,17 +101,18 @@ class _Channels:
 
 def _model_grid(image: Any, level: int, job: Any) -> tuple[tuple[int, ...], tuple[float, ...],
                                                                         tuple[float, ...]] | None:
-    """``(shape, spacing, target)`` of the grid the model predicts on when the training spacing differs from
-    the image's (3D; spacings in the units the in-memory reader reports, as the plan's), else None."""
-    target = job.config.data.spacing
-    level0 = image.meta.get("spacing")
-    if not target or level0 is None or image.spatial_dims != 3 or len(level0) != 3 or len(target) != 3:
-        return None  # data.spacing is 3D resampling; 2D slides match the pixel size by pyramid level
-    own = tuple(float(s) * f for s, f in zip(level0, image.level_scale(level), strict=True))
-    if np.allclose(own, target):
+    """``(shape, spacing, target)`` of the grid the model predicts on when it is not the level's own
+    (:func:`~unetseg.data.resample.model_grid`: the training spacing, 3D, in the units the in-memory reader
+    reports, as the plan's; a coarser resolution, ``data.downsample``), else None."""
+    level0, dims = image.meta.get("spacing"), image.spatial_dims
+    own = None
+    if level0 is not None and len(level0) == dims:
+        own = tuple(float(s) * f for s, f in zip(level0, image.level_scale(level), strict=True))
+    grid = model_grid(own, job.config.data, dims)
+    if grid is None:
         return None
-    shape = shape_after(image.shape(level), own, target)
-    return tuple(shape), own, tuple(float(t) for t in target)
+    shape = shape_after(image.shape(level), *grid)
+    return tuple(shape), *grid
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ class Plan:
     given: set[str] = field(default_factory=set)
     timing: Timing = field(default_factory=Timing)
     estimate: str = ""
+    name: str = "full"  # the resolution planned (:func:`unetseg.planning.rules.resolution`)
+    alternatives: list[Plan] = field(default_factory=list)  # what a timed probe tries against this plan
 
     def planned(self) -> dict[str, Any]:
         """The values the planner chose (not the ones the user gave), as dotted keys."""
@@ -49,13 +51,15 @@ class Plan:
         """``cfg`` with the planned values set (validated); what the user gave is left alone."""
         return apply_values(cfg, self.planned())
 
-    def recipe(self, cfg: Config) -> str:
-        """A YAML recipe ``train --config`` accepts: every planned value with its reason as a comment."""
-        lines = [
-            f"# {d.key}: {d.reason}" + (" (given)" if d.key in self.given else "") for d in self.decisions
-        ]
-        head = "\n".join(["unetseg plan: " + self.estimate, *[ln[2:] for ln in lines]])
-        return dump_yaml(cfg, head)
+    def recipe(self, cfg: Config, notes: list[str] | None = None) -> str:
+        """A YAML recipe ``train --config`` accepts: every planned value with its reason as a comment
+        (``notes``: lines to put first, e.g. what a probe measured)."""
+        return dump_yaml(cfg, self.header(notes))
+
+    def header(self, notes: list[str] | None = None) -> str:
+        """The comment block of :meth:`recipe`."""
+        lines = [f"{d.key}: {d.reason}" + (" (given)" if d.key in self.given else "") for d in self.decisions]
+        return "\n".join([*(notes or []), "unetseg plan: " + self.estimate, *lines])
 
     def rows(self) -> list[tuple[str, str, str]]:
         return [
@@ -94,7 +98,14 @@ class _Work:
     """The config as decided so far: given values win, planned ones fill the rest."""
 
     def __init__(self, cfg: Config, given: set[str]) -> None:
-        self.cfg, self.given, self.decisions = cfg.copy_deep(), given, []
+        self.cfg, self.given = cfg.copy_deep(), given
+        self.decisions: list[Decision] = []
+
+    def fork(self) -> _Work:
+        """An independent copy (the decisions so far included), to plan an alternative from."""
+        other = _Work(self.cfg, self.given)
+        other.decisions = list(self.decisions)
+        return other
 
     def get(self, key: str) -> Any:
         parts = key.split(".")
@@ -133,7 +144,9 @@ def device_of(cfg: Config) -> tuple[torch.device, Device]:
 
 def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = None) -> Plan:
     """Plan every option of ``cfg`` that is not in ``given`` from ``cfg.data.data``'s fingerprint, the
-    device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or a default for the device)."""
+    device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or a default for the device).
+    When the rules cannot be sure of the resolution (:func:`unetseg.planning.rules.resolution`), the plan's
+    ``alternatives`` hold the other candidates, each planned whole, for a timed probe in ``train``."""
     cases = find_cases(cfg.data.data, skip_bad=cfg.data.skip_bad)
     instances = cfg.data.task == "instances"
     fp = cached_fingerprint(
@@ -156,17 +169,40 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     work.cfg.model.num_classes = _num_classes(work.cfg, fp)
     work.take(rules.normalization(fp))
     work.take(rules.spacing(fp))
-    work.take(rules.geometry(fp, device, work.get("data.spacing")))
-    patch = list(work.get("data.patch_size"))
+    options = _resolutions(work, fp, device, cfg.data.task)
+    plans = [_finish(work.fork(), fp, device, torch_dev, option) for option in options]
+    plans[0].alternatives = plans[1:]
+    return plans[0]
+
+
+def _resolutions(work: _Work, fp: Fingerprint, device: Device, task: str) -> list[rules.Resolution]:
+    """The resolutions to plan: the rules' (the first is their choice); the user's when they gave the
+    resolution or the patch (nothing to probe then)."""
+    if {"data.downsample", "data.patch_size"} & work.given:
+        why = "given" if "data.downsample" in work.given else "data.patch_size is given: no other resolution"
+        budget = rules.PATCH_VOXELS[(device.kind, fp.spatial_dims)]
+        return [rules.Resolution("given", work.get("data.downsample"), budget, why)]
+    return rules.resolution(fp, device, work.get("data.spacing"), task)
+
+
+def _finish(work: _Work, fp: Fingerprint, device: Device, torch_dev: torch.device,
+            option: rules.Resolution) -> Plan:
+    """Everything after the resolution: geometry, sampling, loss, augmentation, inference, batch, budget,
+    width (timed) and schedule."""
+    work.take([Decision("data.downsample", option.downsample, option.reason)])
     target = work.get("data.spacing")
+    work.take(rules.geometry(fp, device, target, work.get("data.downsample"), option.voxels))
+    patch = list(work.get("data.patch_size"))
+    factor = work.get("data.downsample") or [1.0] * fp.spatial_dims
     pairs = zip(fp.shapes, fp.spacings, strict=True)
     shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
-    check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(cfg.data.data))  # given values
-    work.take(rules.sampling(fp, patch))
-    work.take(rules.loss(fp, cfg.data.task))
+    shapes = [tuple(max(1, round(n / f)) for n, f in zip(sh, factor, strict=True)) for sh in shapes]
+    check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(work.cfg.data.data))  # given values
+    work.take(rules.sampling(fp, patch, factor))
+    work.take(rules.loss(fp, work.cfg.data.task))
     work.take(rules.augmentation(fp))
     divisor = _divisor(work)
-    work.take(rules.inference(fp, device, patch, divisor))
+    work.take(rules.inference(fp, device, patch, divisor, factor))
     work.take(
         [
             Decision(
@@ -177,7 +213,7 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
         ]
     )
     work.take([rules.default_budget(fp, device)])
-    plan = Plan(fp, device, given=given)
+    plan = Plan(fp, device, given=work.given, name=option.name)
     _width_and_schedule(work, plan, torch_dev)
     plan.decisions = work.decisions
     return plan
@@ -282,7 +318,7 @@ def _schedule(work: _Work, plan: Plan, steps: int) -> None:
 def _tiles_per_image(fp: Fingerprint, cfg: Config) -> int:
     tile = cfg.infer.tile or cfg.data.patch_size
     overlap = cfg.infer.overlap if cfg.infer.overlap is not None else (0.25 if fp.spatial_dims == 2 else 0.5)
-    median = np.median(np.asarray(fp.shapes), axis=0)
+    median = np.median(np.asarray(fp.shapes), axis=0) / np.asarray(cfg.data.downsample or [1.0] * len(tile))
     return int(
         math.prod(
             max(1, math.ceil((m - t) / max(1, t * (1 - overlap)))) + (m > t)

@@ -39,4 +39,15 @@ def show_plan(plan: Plan, console: Console) -> None:
     console.print(table)
     for note in plan.timing.notes:
         console.print(f"note: {note}", highlight=False)
+    for alt in plan.alternatives:
+        console.print(f"probe: train will also try {describe(alt)} against {describe(plan)} for a short "
+                      "time each and keep the one with the better validation Dice", highlight=False)
     console.print(f"this run: {plan.estimate}", highlight=False)
+
+
+def describe(plan: Plan) -> str:
+    """``coarse (2.1x2.1 coarser, patch [256, 256], base 16)``: a candidate in a few words."""
+    v = plan.planned() | {k: d.value for d in plan.decisions for k in [d.key]}
+    factor = v.get("data.downsample")
+    grid = "x".join(f"{f:g}" for f in factor) + " coarser" if factor else "full resolution"
+    return f"{plan.name} ({grid}, patch {v.get('data.patch_size')}, base {v.get('model.base_channels')})"

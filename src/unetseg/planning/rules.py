@@ -139,25 +139,157 @@ def _pools(
     return strides, kernels
 
 
-def _patch(median: list[int], budget: int, step: int) -> list[int]:
-    """The median image size (the aspect kept), shrunk on its largest axis until it fits ``budget``
-    voxels, each axis a multiple of ``step`` (at least one step)."""
-    size = [max(step, int(m) // step * step) for m in median]
-    while math.prod(size) > budget and max(size) > step:
-        size[int(np.argmax(size))] -= step
+def _patch(median: list[int], budget: int, step: int | list[int]) -> list[int]:
+    """The median image size (the aspect kept), each axis a multiple of ``step`` (at least one step):
+    rounded up when that fits ``budget`` voxels (the whole image in one patch), else shrunk on its largest
+    axis until it fits."""
+    steps = [step] * len(median) if isinstance(step, int) else list(step)
+    up = [max(st, -(-int(m) // st) * st) for m, st in zip(median, steps, strict=True)]
+    if math.prod(up) <= budget:
+        return up
+    size = [max(st, int(m) // st * st) for m, st in zip(median, steps, strict=True)]
+    while math.prod(size) > budget:
+        axis = int(np.argmax(size))
+        if size[axis] <= steps[axis]:
+            break
+        size[axis] -= steps[axis]
     return size
 
 
-def geometry(fp: Fingerprint, device: Device, target: list[float] | None) -> list[Decision]:
-    """Patch, depth and (3D) per-axis strides and kernels: the median image (at the target spacing) within
-    the device's voxel budget; down-steps until the coarsest map is 4-8 voxels per axis."""
+# The field of view (resolution and patch) from the data: a patch should see a large object whole, with
+# context around it, or the whole image when objects fill it; a coarser grid buys that view at the same cost
+# per step, as long as the finest structures survive it (nnU-Net's 3d_lowres does the first in 3D; its 2D
+# configurations take the whole image on a GPU, which a CPU cannot afford at full resolution).
+FOV_MARGIN = 1.5  # a large object and a quarter of its size on each side
+WHOLE_SHARE = 0.7  # when the view wanted reaches this share of an image's side, take the whole side
+DETAIL_PX = 6.0  # the thinnest 10% of every class (thickness p10: a band's width, a disc's radius) keep >= this
+INSTANCE_DETAIL_PX = 12.0  # instances also need the 1-2 px gaps between touching objects
+MAX_DOWNSAMPLE = 4.0
+MIN_GAIN = 1.25  # a coarser grid only when it widens the view by at least this factor
+SURE_GAIN = 2.0  # from here on the rules decide alone; between MIN_GAIN and it, a timed probe decides
+PATCH_STRETCH = {2: 1.6, 3: 1.0}  # the most a patch may exceed the device budget to see its objects whole
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """One resolution the planner considers: ``downsample`` per axis (None: the training grid itself), the
+    patch voxels it may use there, and why."""
+
+    name: str
+    downsample: list[float] | None
+    voxels: int
+    reason: str
+
+
+def _view(fp: Fingerprint, median: list[int], scale: list[float]) -> tuple[list[int], str]:
+    """The field of view the objects want per axis (voxels of the training grid, ``scale``: training voxels
+    per image voxel), and why: the 90th-percentile object with :data:`FOV_MARGIN`, the whole side when
+    that reaches :data:`WHOLE_SHARE` of it or when most objects are cut by the image border."""
+    want, why = [0] * len(median), "no objects"
+    for name, o in fp.objects.items():
+        if not o.get("count") or o.get("p90_extent") is None:
+            continue
+        cut = o["border_fraction"] >= 0.5 and max(o["p90_extent_share"]) >= 0.25
+        for a, (m, e, share) in enumerate(zip(median, o["p90_extent"], o["p90_extent_share"], strict=True)):
+            whole = cut or FOV_MARGIN * share >= WHOLE_SHARE
+            w = m if whole else min(m, math.ceil(FOV_MARGIN * e * scale[a]))
+            if w > want[a]:
+                want[a] = w
+                ext = [round(x * f) for x, f in zip(o["p90_extent"], scale, strict=True)]
+                why = (f"class {name}: 90% of objects within {ext} px "
+                       f"({', '.join(f'{100 * x:.0f}%' for x in o['p90_extent_share'])} of the image)"
+                       + ("; most touch the border" if cut else ""))
+    return want, why
+
+
+def _finest(fp: Fingerprint, unit: float, task: str) -> tuple[float, str]:
+    """The largest downsampling that keeps every class's thin structures (``unit``: spacing units per
+    training voxel): the smallest p10 thickness over :data:`DETAIL_PX` (instances: INSTANCE_DETAIL_PX)."""
+    need = INSTANCE_DETAIL_PX if task == "instances" else DETAIL_PX
+    thin = [(t["p10"] / unit, name) for name, t in fp.thickness.items() if t.get("p10") is not None]
+    if not thin:
+        return MAX_DOWNSAMPLE, "no classes measured"
+    px, name = min(thin)
+    return float(np.clip(px / need, 1.0, MAX_DOWNSAMPLE)), f"class {name}'s thinnest 10% are {px:.1f} px"
+
+
+def _coarser(want: list[int], budget: int, spacing: list[float], limit: float) -> list[float]:
+    """Per-axis factors (nnU-Net's 3d_lowres walk): the finest axes grow 5% at a time until the view,
+    rounded up to whole pooling steps, fits ``budget`` voxels; an axis stops at ``limit`` or when its view
+    would fall under 32 voxels."""
+    f = [1.0] * len(want)
+    step = 32 if len(want) == 2 else 16  # 2**depth of the patches the device affords
+
+    def size(x: list[float]) -> int:
+        return math.prod(-(-math.ceil(w / v) // step) * step for w, v in zip(want, x, strict=True))
+
+    while size(f) > budget:
+        sp = [s * x for s, x in zip(spacing, f, strict=True)]
+        grow = [a for a in range(len(f)) if sp[a] < 2 * min(sp) and f[a] * 1.05 <= limit and want[a] / f[a] > 32]
+        if not grow:
+            break
+        for a in grow:
+            f[a] *= 1.05
+    return [round(x, 2) for x in f]
+
+
+def resolution(fp: Fingerprint, device: Device, target: list[float] | None,
+               task: str = "semantic") -> list[Resolution]:
+    """The training grid's resolution and patch allowance: the rule's choice first, then (when the rules
+    cannot be sure) the alternative a timed probe tries against it. Full resolution when the device's patch
+    already sees the objects whole; a coarser grid (:func:`_coarser`) when they need more view and the thin
+    structures allow it (:func:`_finest`); a patch up to :data:`PATCH_STRETCH` over the budget when they do
+    not. Sure from :data:`SURE_GAIN` on; between MIN_GAIN and SURE_GAIN, or when thin structures cap the
+    factor, the probe decides."""
     d = fp.spatial_dims
+    spacing = list(target or fp.median_spacing)
+    shapes = [shape_after(s, sp, target) if target else s for s, sp in zip(fp.shapes, fp.spacings, strict=True)]
+    median = [int(v) for v in np.median(np.asarray(shapes), axis=0)]
+    scale = [m / max(float(o), 1.0) for m, o in zip(median, fp.median_shape, strict=True)]
+    budget = PATCH_VOXELS[(device.kind, d)]
+    full = Resolution("full", None, budget, "")
+    want, why = _view(fp, median, scale)
+    need = math.prod(want) / budget
+    if need <= 1:
+        return [Resolution("full", None, budget, f"the patch sees the objects whole ({why})")]
+    limit, thin = _finest(fp, min(spacing), task)
+    factor = _coarser(want, budget, spacing, limit)
+    gain = math.prod(factor) ** (1 / d)
+    stretch = int(min(math.prod(w / x for w, x in zip(want, factor, strict=True)), PATCH_STRETCH[d] * budget))
+    view = f"the objects want a view of {want} px ({why})"
+    if gain < MIN_GAIN:
+        big = max(budget, stretch)
+        how = "a patch up to " + f"{big / budget:.2g}x the device's budget" if big > budget else "the budget"
+        return [Resolution("full", None, big, f"{view}; {thin}: full resolution, {how}")]
+    coarse = Resolution("coarse", factor, stretch if stretch > budget else budget,
+                        f"{view}: {gain:.2g}x coarser sees them whole; {thin}")
+    sure = need ** (1 / d) >= SURE_GAIN and gain >= need ** (1 / d) * 0.95
+    if sure:
+        return [coarse]
+    return [coarse, Resolution("full", full.downsample, budget, "full resolution (the probe's alternative)")]
+
+
+def receptive_field(depth: int) -> int:
+    """Pixels one output of a U-Net of ``depth`` down-steps sees at its coarsest level (two 3x3 convolutions
+    per level, 2x pooling): what a patch's context is worth."""
+    return 1 + 4 * (2 ** (depth + 1) - 1) + (2**depth - 1)
+
+
+def geometry(fp: Fingerprint, device: Device, target: list[float] | None,
+             downsample: list[float] | None = None, voxels: int | None = None) -> list[Decision]:
+    """Patch, depth and (3D) per-axis strides and kernels: the median image (at the target spacing, and
+    ``downsample`` coarser) within ``voxels`` (the device's budget by default); down-steps until the
+    coarsest map is 4-8 voxels per axis."""
+    d = fp.spatial_dims
+    factor = downsample or [1.0] * d
     shapes = [
         shape_after(s, sp, target) if target else s for s, sp in zip(fp.shapes, fp.spacings, strict=True)
     ]
+    shapes = [[max(1, round(n / f)) for n, f in zip(s, factor, strict=True)] for s in shapes]
     median = [int(v) for v in np.median(np.asarray(shapes), axis=0)]
-    budget = PATCH_VOXELS[(device.kind, d)]
+    budget = voxels or PATCH_VOXELS[(device.kind, d)]
     out = []
+    at = f" at {'x'.join(f'{f:g}' for f in factor)} coarser" if downsample else ""
     if d == 2:
         depth = next(
             (
@@ -168,9 +300,12 @@ def geometry(fp: Fingerprint, device: Device, target: list[float] | None) -> lis
             MAX_DEPTH[2],
         )
         patch = _patch(median, budget, 2**depth)
-        out.append(Decision("model.depth", depth, f"coarsest map {min(patch) // 2**depth} px (4-8 wanted)"))
+        rf = receptive_field(depth)
+        out.append(Decision("model.depth", depth, f"coarsest map {min(patch) // 2**depth} px (4-8 wanted); "
+                            f"receptive field ~{rf} px" + (f" ({round(rf * max(factor))} px of the image)"
+                                                           if downsample else "")))
     else:
-        sp = list(target or fp.median_spacing)
+        sp = [s * f for s, f in zip(target or fp.median_spacing, factor, strict=True)]
         coarse = _patch(median, budget, 16)
         strides, kernels = _pools(sp, coarse, MAX_DEPTH[3])
         depth = len(strides)
@@ -193,17 +328,20 @@ def geometry(fp: Fingerprint, device: Device, target: list[float] | None) -> lis
             )
         )
     out.append(
-        Decision("data.patch_size", patch, f"median image {median} within {budget:,} voxels ({device.kind})")
+        Decision("data.patch_size", patch,
+                 f"median image {median}{at} within {budget:,} voxels ({device.kind})")
     )
     return out
 
 
-def sampling(fp: Fingerprint, patch: list[int]) -> list[Decision]:
+def sampling(fp: Fingerprint, patch: list[int], downsample: list[float] | None = None) -> list[Decision]:
     """Foreground oversampling from class frequency and object size: rare classes and objects small
-    against the patch get more patches centred on them (nnU-Net's 1/3 is the floor)."""
+    against the patch (at the model's grid, ``downsample`` coarser) get more patches centred on them
+    (nnU-Net's 1/3 is the floor)."""
     fg = fp.foreground_fraction
     share = 0.33 if fg >= 0.2 else 0.5 if fg >= 0.05 else 0.67
-    small = [o["median_voxels"] for o in fp.objects.values() if o["count"]]
+    shrink = math.prod(downsample or [1.0])
+    small = [o["median_voxels"] / shrink for o in fp.objects.values() if o["count"]]
     tiny = bool(small) and min(small) < 0.002 * math.prod(patch)
     if tiny:
         share = min(0.67, share + 0.17)  # more would starve the background of patches (false positives)
@@ -260,12 +398,13 @@ def augmentation(fp: Fingerprint) -> list[Decision]:
     return [Decision(k, v, why) for k, v in values.items()]
 
 
-def inference(fp: Fingerprint, device: Device, patch: list[int], divisor: list[int]) -> list[Decision]:
+def inference(fp: Fingerprint, device: Device, patch: list[int], divisor: list[int],
+              downsample: list[float] | None = None) -> list[Decision]:
     """Tiles larger than the patch where memory allows (fewer seams and overlaps), overlap 0.25 on a CPU
     (0.5, nnU-Net's, on a GPU)."""
     d = fp.spatial_dims
     cap = {2: 512 if not device.gpu else 1024, 3: 128 if not device.gpu else 192}[d]
-    median = np.median(np.asarray(fp.shapes), axis=0)
+    median = np.median(np.asarray(fp.shapes), axis=0) / np.asarray(downsample or [1.0] * d)
     tile = [
         int(min(max(p, -(-int(m) // dv) * dv), cap // dv * dv if cap >= p else p))
         for p, m, dv in zip(patch, median, divisor, strict=True)

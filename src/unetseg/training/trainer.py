@@ -43,7 +43,9 @@ from unetseg.training.distributed import (
 )
 from unetseg.training.interrupt import GRACE_S, Termination, caused_by_ctrl_c, termination
 from unetseg.training.loader import build_loader
+from unetseg.training import probe
 from unetseg.training.optim import build_optimizer, lr_factor
+from unetseg.training.probe import Start, Trial
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
 from unetseg.training.runlog import RunLogger
 from unetseg.training.state import Clock, resumable, rng_state, set_rng_state
@@ -82,12 +84,14 @@ def train(
         run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
         synchronize(info)  # every rank has checked --out before rank 0 writes into it
         configure_process(device)
-        if given is not None and not resume:
-            _plan(cfg, given, run, info, quiet)
+        # a resumed run without a checkpoint (stopped while planning or probing) plans again
+        candidates = _plan(cfg, given, run, info, quiet) if given is not None and not (
+            resume and _has_checkpoint(run.path)) else []
         with termination() as stop:
-            trainer = Trainer(cfg, device, info, run, resume=resume, quiet=quiet, stop=stop, hint=resume_hint,
-                              fixed=given or set())
             try:
+                start = _probe(cfg, candidates, device, info, run, quiet, stop, resume_hint, given or set())
+                trainer = Trainer(cfg, device, info, run, resume=resume and start is None, quiet=quiet,
+                                  stop=stop, hint=resume_hint, fixed=given, start=start)
                 return trainer.fit()
             except BaseException as e:
                 if not caused_by_ctrl_c(e):  # also a Ctrl-C that an extension's import wrapped
@@ -103,25 +107,107 @@ def train(
         cleanup(info)
 
 
-def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: bool) -> None:
+def _has_checkpoint(run: Path) -> bool:
+    try:
+        ckpt.find_checkpoint(run / "last")
+        return True
+    except CheckpointError:
+        return False
+
+
+def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: bool) -> list[Trial]:
     """Plan what the user did not give (rank 0 plans; under torchrun every rank applies rank 0's values,
-    so the replicas are the same network); print the table; keep the recipe in RUN/plan.yaml."""
+    so the replicas are the same network); print the table; keep the recipe in RUN/plan.yaml. Returns the
+    candidates a probe should compare (the plan's choice first), or none when the rules are sure."""
     from rich.console import Console
 
     from unetseg.planning import make_plan
     from unetseg.planning.plan import apply_values
-    from unetseg.planning.report import show_plan
+    from unetseg.planning.report import describe, show_plan
 
     plan = make_plan(cfg, given) if info.is_main else None
-    planned = broadcast_object(plan.planned() if plan is not None else None, info)
-    apply_values(cfg, planned)
+    shared = broadcast_object(
+        [(p.name, p.planned(), describe(p), p.header()) for p in [plan, *plan.alternatives]]
+        if plan is not None else None,
+        info,
+    )
+    assert isinstance(shared, list)
+    apply_values(cfg, shared[0][1])
     check_config(cfg, "the plan")
     if plan is not None:
         show_plan(plan, Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140))
-        target = run.path / "plan.yaml"
-        if run.may_write(target):
-            ensure_dir(run.path, "--out")
-            write_text(target, plan.recipe(cfg))
+        _write_plan(run, plan.recipe(cfg))
+    return [Trial(*row) for row in shared] if len(shared) > 1 else []
+
+
+def _write_plan(run: RunFolder, text: str) -> None:
+    target = run.path / "plan.yaml"
+    if run.may_write(target):
+        ensure_dir(run.path, "--out")
+        write_text(target, text)
+
+
+def _probe(cfg: Config, trials: list[Trial], device: torch.device, info: DistInfo, run: RunFolder,
+           quiet: bool, stop: Termination, hint: str | None, fixed: set[str]) -> Start | None:
+    """Train each candidate for :data:`~unetseg.training.probe.PROBE_SHARE` of the budget, score it on the
+    validation images, apply the winner's values to ``cfg`` and return where its trial stopped (None: no
+    probe). Finished trials of an interrupted run are reused."""
+    from unetseg.planning.plan import apply_values
+
+    if not trials:
+        return None
+    log = RunLogger(run.path, enabled=info.is_main, quiet=quiet)
+    why = probe.skip_reason(cfg, len(trials))
+    if why is not None:
+        log.log(f"probe: not run ({why}); the plan's choice trains")
+        return None
+    share = probe.PROBE_SHARE * float(cfg.train.max_minutes or 0.0)
+    log.log(f"probe: {len(trials)} candidates, {share:.1f} min each on the training split, scored on the "
+            "validation images: " + "; ".join(f"{t.name}: {t.summary}" for t in trials))
+    for trial in trials:
+        folder = run.path / "probe" / trial.name
+        done = probe.load_result(folder)
+        if done is not None:
+            trial.score, trial.steps, trial.minutes = done.get("score"), int(done["steps"]), float(done["minutes"])
+            continue
+        t0 = time.monotonic()
+        if info.is_main:
+            probe.fresh(folder)
+        synchronize(info)
+        sub = probe.trial_config(cfg, trial, folder, share)
+        trainer = Trainer(sub, device, info, RunFolder(folder), resume=False, quiet=quiet, stop=stop, hint=hint,
+                          fixed=fixed)
+        trainer.fit()
+        trial.score, trial.steps, trial.minutes = trainer.last_score, trainer.step, probe.elapsed_minutes(t0)
+        if info.is_main:
+            probe.save_result(folder, trial)
+    winner = probe.choose(trials)
+    lines = probe.report(trials, winner)
+    for line in lines:
+        log.log(line)
+    apply_values(cfg, winner.values)
+    check_config(cfg, "the probe's choice")
+    if info.is_main:
+        _write_plan(run, dump_yaml(cfg, "\n".join([*lines, winner.header])))
+    spent = sum(t.minutes for t in trials)
+    return Start(run.path / "probe" / winner.name / "last", spent, winner.name)
+
+
+def _keep_saved(cfg: Config, saved: Config, *, planned: bool, given: set[str]) -> None:
+    """A resumed run goes on as it was: the class map, the grid (patch, spacing, resolution) and the
+    architecture are facts of the run; a planned run also keeps every planned value (what the user gives
+    on the resume command, e.g. a longer budget, still applies)."""
+    if planned:
+        now = cfg.copy_deep()
+        for section in ("data", "augment", "train", "infer"):
+            setattr(cfg, section, getattr(saved, section).model_copy(deep=True))
+        for key in given:
+            part, name = key.split(".")[:2]
+            if part != "model":
+                setattr(getattr(cfg, part), name, getattr(getattr(now, part), name))
+    cfg.data.class_values, cfg.data.patch_size = saved.data.class_values, saved.data.patch_size
+    cfg.data.spacing, cfg.data.downsample = saved.data.spacing, saved.data.downsample
+    cfg.model = saved.model
 
 
 class Trainer:
@@ -139,6 +225,7 @@ class Trainer:
         stop: Termination | None = None,
         hint: str | None = None,
         fixed: set[str] | None = None,
+        start: Start | None = None,
     ) -> None:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
         self.fixed = fixed or set()  # options the user set: never calibrated
@@ -147,11 +234,11 @@ class Trainer:
         instances = cfg.data.task == "instances"
         self.log = RunLogger(self.run, enabled=info.is_main, quiet=quiet, instances=instances)
         found = resumable(self.run, self.log) if resume else None
+        if found is None and start is not None:  # the probe's winner goes on where its trial stopped
+            found = resumable(start.checkpoint.parent, self.log)
         if found is not None:
-            # the class map, patch size and architecture are facts of the run: keep them
-            saved = found[1]
-            cfg.data.class_values, cfg.data.patch_size = saved.data.class_values, saved.data.patch_size
-            cfg.model = saved.model
+            _keep_saved(cfg, found[1], planned=resume and fixed is not None and start is None,
+                        given=self.fixed)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         random.seed(cfg.train.seed)
@@ -163,8 +250,14 @@ class Trainer:
         self._build(cfg, device, info)
         self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0
         self.batch_in_epoch, self.save_seconds, self.val_minutes = 0, 0.0, 0.0
+        self.last_score: float | None = None  # the latest validation's score
         if found is not None:
-            self._load_state(found[0], found[2], found[3])
+            self._load_state(found[0], found[2], found[3], history=start is None)
+        if start is not None and found is not None:
+            # the clock counts every trial of the probe; best and patience are this run's own
+            self.minutes_before, self.best, self.stale = start.minutes, -1.0, 0
+            self.log.log(f"continuing the probe's {start.name} trial (step {self.step}) with "
+                         f"{start.minutes:.1f} of {cfg.train.max_minutes:g} minutes spent")
 
     def _build(self, cfg: Config, device: torch.device, info: DistInfo) -> None:
         self.model = build_model(cfg.model.name, **cfg.model.build_kwargs()).to(device)
@@ -188,7 +281,8 @@ class Trainer:
         self.total_steps = cfg.train.epochs * cfg.train.iters_per_epoch
 
     # -- resume ---------------------------------------------------------------------------------------
-    def _load_state(self, folder: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    def _load_state(self, folder: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor],
+                    history: bool = True) -> None:
         ckpt.load_weights(self.model, folder / ckpt.MODEL_FILE, tensors=tensors)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -203,8 +297,9 @@ class Trainer:
         self.best, self.stale = float(state["best"]), int(state["stale"])
         self.minutes_before = float(state["minutes"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-        self.log.load_history()
-        self.log.truncate_history(self.epoch)
+        if history:
+            self.log.load_history()
+            self.log.truncate_history(self.epoch)
         self.log.log(f"resumed from {folder} at epoch {self.epoch}, step {self.step}")
 
     def _training_state(self, minutes: float) -> dict[str, Any]:
@@ -383,6 +478,7 @@ class Trainer:
                 score = float(np.mean(per_class[1:])) if len(per_class) > 1 else float(per_class[0])
                 row["val_dice"] = round(score, 5)
             row["val_dice_per_class"] = " ".join(f"{d:.4f}" for d in per_class)
+            self.last_score = score
             metrics.update(val_dice=score if "val_dsb" not in row else float(per_class[0]), val_score=score,
                            val_dice_per_class=[float(d) for d in per_class])
             if score > self.best:

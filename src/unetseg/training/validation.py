@@ -10,7 +10,8 @@ import torch
 
 from unetseg.config import Config
 from unetseg.data.prepare import PreparedData
-from unetseg.inference.api import predictor_for
+from unetseg.data.store import load_case
+from unetseg.inference.api import from_model_grid, predictor_for
 from unetseg.inference.engines import TorchEngine
 from unetseg.metrics import dice
 from unetseg.training.distributed import DistInfo, all_reduce_sum
@@ -62,6 +63,7 @@ class Validator:
         self.chosen: dict[str, float] = {}  # after run(): an instance model's calibrated watershed options
         self._probe = cfg.copy_deep()  # the config each tried value is set on
         self.held_bytes = HELD_BYTES
+        self._originals: dict[tuple[str, ...], np.ndarray] = {}  # labels of resampled cases, own grid
 
     def run(self, model: torch.nn.Module) -> np.ndarray:
         """Mean Dice per class; for an instance model ``[foreground Dice, DSB score, AP@0.5]`` (the DSB score,
@@ -75,12 +77,36 @@ class Validator:
                 return self._instances(predictor)
             sums = torch.zeros(self.num_classes + 1, dtype=torch.float64)
             for case in self.cases:
-                image, labels, _ = self.store.get(case)
-                sums[:-1] += torch.from_numpy(dice(predictor.predict(image), labels, self.num_classes))
+                image, labels, meta = self.store.get(case)
+                if "original_shape" in meta:  # scored on the image's own grid, as predict writes it
+                    pred = from_model_grid(predictor.predict_proba(image), meta["original_shape"],
+                                           probabilities=False)[0]
+                    labels = self._original_labels(case)
+                else:
+                    pred = predictor.predict(image)
+                sums[:-1] += torch.from_numpy(dice(pred, labels, self.num_classes))
                 sums[-1] += 1
             return self._mean(sums)
         finally:
             model.train(was_training)
+
+    def _original_labels(self, case: Any) -> np.ndarray:
+        """A resampled case's labels on its own grid (read once, then kept: small next to the images)."""
+        key = self.store.key(case)
+        if key not in self._originals:
+            _, labels, _ = load_case(case, self.store.data_cfg, self.store.class_map, compact=True)
+            assert labels is not None  # a validation case has a mask (the store read it)
+            self._originals[key] = labels
+        return self._originals[key]
+
+    def _proba(self, predictor: Any, case: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, labels)`` of a case on its own grid (float16 probabilities)."""
+        image, labels, meta = self.store.get(case)
+        probs = predictor.predict_proba(image)
+        if "original_shape" in meta:
+            probs = from_model_grid(probs, meta["original_shape"])[1]
+            labels = self._original_labels(case)
+        return probs.astype(np.float16), labels
 
     def _mean(self, sums: torch.Tensor) -> np.ndarray:
         sums = all_reduce_sum(sums, self.info)
@@ -91,8 +117,7 @@ class Validator:
         float16 while the options are searched)."""
         held, size = [], 0
         for case in self.cases:
-            image, labels, _ = self.store.get(case)
-            probs = predictor.predict_proba(image).astype(np.float16)
+            probs, labels = self._proba(predictor, case)
             size += probs.nbytes
             # past the budget (big 3D validation sets) an image is predicted again for each option searched
             held.append((probs if size <= self.held_bytes else (predictor, case), labels))
@@ -119,8 +144,7 @@ class Validator:
         for stored, labels in held:
             truth = (np.asarray(labels) > 0).astype(np.int64)
             if isinstance(stored, tuple):
-                predictor, case = stored
-                stored = predictor.predict_proba(self.store.get(case)[0]).astype(np.float16)
+                stored = self._proba(*stored)[0]
             probs = stored.astype(np.float32)  # once per image, not once per tried value
             for t, tried in enumerate(tries):
                 if tried is not None:
