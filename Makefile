@@ -10,6 +10,8 @@ STARDIST_VENV := .venv-stardist
 STARDIST_STAMP := $(STARDIST_VENV)/.installed
 CELLPOSE_VENV := .venv-cellpose
 CELLPOSE_STAMP := $(CELLPOSE_VENV)/.installed
+NNUNET_VENV := .venv-nnunet
+NNUNET_STAMP := $(NNUNET_VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
@@ -43,7 +45,7 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[bench,dask]"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) $(STARDIST_STAMP) $(CELLPOSE_STAMP)
+bench: $(BENCH_STAMP) $(STARDIST_STAMP) $(CELLPOSE_STAMP) $(NNUNET_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/run.py
 
 # The instance benchmark's peers (benchmarks/instances.py), each in its own venv: StarDist on TensorFlow
@@ -64,5 +66,19 @@ $(CELLPOSE_STAMP):
 	  > $(CELLPOSE_VENV).log 2>&1 && touch $@ || \
 	  { echo "cellpose: install failed, see $(CELLPOSE_VENV).log"; rm -rf $(CELLPOSE_VENV); }
 
+# The nnU-Net reference (benchmarks/reference_nnunet.py), in its own venv on the pinned CPU torch. nnunetv2
+# pulls timm and, through it, torchvision from the index: a CUDA build that breaks against the CPU torch
+# ("operator torchvision::nms does not exist") once nnU-Net's trainer search imports its Primus trainers.
+# Neither is needed for nnU-Net's U-Nets, so both go; reference_nnunet.py keeps the Primus module from loading.
+$(NNUNET_STAMP):
+	rm -rf $(NNUNET_VENV) && $(PY) -m venv $(NNUNET_VENV)
+	( $(NNUNET_VENV)/bin/python -m pip install -q --upgrade pip && \
+	  $(NNUNET_VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0 && \
+	  $(NNUNET_VENV)/bin/python -m pip install -q -c constraints.txt nnunetv2==2.8.1 && \
+	  $(NNUNET_VENV)/bin/python -m pip uninstall -y torchvision timm && \
+	  $(NNUNET_VENV)/bin/python -c "import nnunetv2.run.run_training, nibabel, tifffile, PIL" ) \
+	  > $(NNUNET_VENV).log 2>&1 && touch $@ || \
+	  { echo "nnunet: install failed, see $(NNUNET_VENV).log"; rm -rf $(NNUNET_VENV); }
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(STARDIST_VENV) $(CELLPOSE_VENV) build dist src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(STARDIST_VENV) $(CELLPOSE_VENV) $(NNUNET_VENV) build dist src/*.egg-info

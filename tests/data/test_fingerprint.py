@@ -79,6 +79,31 @@ def test_hand_made_numbers(hand: Path) -> None:
     assert _json_round_trip(fp) == fp
 
 
+def test_object_extents_border_contact_and_thickness(tmp_path: Path) -> None:
+    """What the resolution rules read: how far objects reach (pixels and share of the image side, median
+    and 90th percentile), how many touch the border, and how thin each class's regions are."""
+    root = tmp_path / "geo"
+    for i in range(3):
+        mask = np.zeros((100, 200), np.uint8)
+        yy, xx = np.indices(mask.shape)
+        mask[(yy - 50) ** 2 + (xx - 60 - 20 * i) ** 2 <= 30**2] = 1  # a disc of radius 30, inside
+        mask[:, 150 + 5 * i : 154 + 5 * i] = 2  # a band 4 px wide from border to border
+        write_image(root / "images" / f"c{i}.png", np.full(mask.shape, 90, np.uint8))
+        write_mask(root / "masks" / f"c{i}.png", mask)
+    fp = compute_fingerprint(find_cases(root))
+    disc, band = fp.objects["1"], fp.objects["2"]
+    assert disc["p90_extent"] == [61.0, 61.0] and disc["border_fraction"] == 0.0
+    assert disc["p90_extent_share"] == pytest.approx([0.61, 0.305])
+    assert band["median_extent"] == [100.0, 4.0] and band["border_fraction"] == 1.0
+    # twice the area over the perimeter (pixel faces, corrected by their mean excess 4/pi over a smooth
+    # outline): a disc's radius; a band's width, here 4/pi over as its edges run along the pixel grid (the
+    # image border is no surface)
+    assert fp.thickness["1"]["median"] == pytest.approx(30, rel=0.05)
+    assert fp.thickness["2"]["p10"] == pytest.approx(4.0 * 4 / np.pi)
+    assert fp.thickness["0"]["p10"] > 20  # the background around them is wide
+    assert _json_round_trip(fp) == fp
+
+
 def test_class_map_merges_values_and_objects(hand: Path) -> None:
     fp = compute_fingerprint(find_cases(hand), class_values=[0, [1, 2]])
     assert fp.class_map == [0, [1, 2]] and fp.classes == ["0", "1+2"] and fp.class_values == [0, 1, 2]

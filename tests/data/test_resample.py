@@ -138,3 +138,41 @@ def test_probabilities_back_to_the_original_grid() -> None:
     np.testing.assert_allclose(aniso[:, 0::2], probs, atol=1e-6)  # (renormalised: last bits differ)
     with pytest.raises(ConfigError, match="does not fit"):
         resample_probabilities(probs, (16, 16))
+
+
+def test_a_2d_image_downsampled_and_brought_back_is_within_interpolation_error() -> None:
+    """The planner's coarser resolution in 2D: the image to the model's grid (cubic spline) and
+    probabilities back to the image's own grid (linear) keep a smooth image and the class borders."""
+    from unetseg.config import DataConfig
+    from unetseg.data.resample import model_grid
+
+    cfg = DataConfig(downsample=[2.0, 2.0])
+    own, target = model_grid((1.0, 1.0), cfg, 2)
+    assert target == (2.0, 2.0)
+    image = _field((96, 130), (1.0, 1.0))
+    coarse = resample_image(image, own, target)
+    assert coarse.shape == (1, 48, 65)
+    back = resample_image(coarse, target, own)
+    assert back.shape == image.shape
+    assert np.abs(back - image)[:, 4:-4, 4:-4].max() < 0.02  # smooth: the spline's error only
+    labels = _labels((96, 130), (0, 1), seed=4)
+    onehot = np.stack([labels == 0, labels == 1]).astype(np.float32)
+    small = resample_probabilities(onehot, (48, 65))
+    again = resample_probabilities(small, (96, 130)).argmax(0)
+    assert (again == labels).mean() > 0.97  # only pixels at the borders move
+
+
+def test_the_model_grid_rule() -> None:
+    """One rule for every path: data.spacing (3D) or each image's own grid, times data.downsample."""
+    from unetseg.config import DataConfig
+    from unetseg.data.resample import model_grid
+
+    assert model_grid((1.0, 1.0), DataConfig(), 2) is None
+    assert model_grid((0.5, 0.5), DataConfig(downsample=[3.0, 3.0]), 2) == ((0.5, 0.5), (1.5, 1.5))
+    assert model_grid(None, DataConfig(downsample=[2.0, 2.0]), 2) == ((1.0, 1.0), (2.0, 2.0))
+    cfg = DataConfig(spacing=[2.0, 1.0, 1.0], downsample=[1.0, 2.0, 2.0])
+    assert model_grid((1.0, 0.5, 0.5), cfg, 3) == ((1.0, 0.5, 0.5), (2.0, 2.0, 2.0))
+    assert model_grid(None, cfg, 3) == ((2.0, 1.0, 1.0), (2.0, 2.0, 2.0))  # unknown: the training spacing
+    assert model_grid((2.0, 1.0, 1.0), DataConfig(spacing=[2.0, 1.0, 1.0]), 3) is None
+    with pytest.raises(ConfigError, match="one per axis"):
+        model_grid((1.0, 1.0), DataConfig(downsample=[2.0, 2.0, 2.0]), 2)

@@ -128,3 +128,33 @@ def test_on_a_dask_cluster_the_resampled_volume_is_the_single_process_one(checkp
     assert a.shape == (20, 40, 36)
     np.testing.assert_array_equal(a, b)
     assert not list((tmp_path / "cluster").glob(".*model-grid*"))
+
+
+def test_a_2d_model_at_a_coarser_resolution_writes_the_inputs_size_in_memory_and_streamed(tmp_path):
+    """The planner's coarser resolution (data.downsample): the image goes to the model's grid, the
+    probabilities come back linearly, and the labels are written at the input's own size; a streamed slide
+    gets the in-memory labels, region by region."""
+    import tifffile
+
+    cfg = tiny_config(spatial_dims=2, in_channels=3)
+    cfg.data.downsample = [2.0, 2.0]
+    cfg.data.patch_size, cfg.infer.tile = [16, 16], [16, 16]
+    ckpt = save_checkpoint(tmp_path / "ckpt", tiny_model(cfg, seed=2), cfg)
+    rng = np.random.default_rng(5)
+    image = (ndimage.gaussian_filter(rng.random((3, 83, 101)), (0, 3, 3)) * 4000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", np.moveaxis(image, 0, -1), photometric="rgb")
+    common = ["--checkpoint", str(ckpt), "--input", str(tmp_path / "img.tif"), "--device", "cpu",
+              "--precision", "fp32"]
+    proc = _cli(*common, "--output", str(tmp_path / "mem"))
+    assert proc.returncode == 0, proc.stderr
+    want = read_image(tmp_path / "mem" / "img.png")[0][0]
+    assert want.shape == (83, 101) and len(np.unique(want)) == 2  # the input's size, both classes
+    proc = _cli(*common, "--output", str(tmp_path / "stream"), "--output-format", "ome-zarr")
+    assert proc.returncode == 0, proc.stderr
+    got = zarr.open_array(str(tmp_path / "stream" / "img.ome.zarr" / "0"), mode="r")[...]
+    assert got.shape == want.shape
+    assert (got == want).mean() > 0.9999
+    # and the Python API gives the same labels
+    import unetseg
+
+    assert (unetseg.predict(str(ckpt), image, device="cpu", precision="fp32") == want).mean() > 0.9999

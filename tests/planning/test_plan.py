@@ -89,6 +89,58 @@ def test_the_plan_in_the_run_is_a_recipe_train_reads_back(cells, tmp_path, capsy
     assert yaml.safe_load((first / "plan.yaml").read_text())["train"]["max_minutes"] == 0.1
 
 
+def test_a_planned_resolution_is_recorded_predicted_back_and_read_again(tmp_path, capsys):
+    """Lesions that fill most of a 575x700 image: the plan trains at a coarser resolution (no probe: the
+    rules are sure), plan.yaml records it, ``train --config plan.yaml`` keeps it, and predictions come
+    back at each input's own size."""
+    from unetseg.data.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "lesions", n=5, size=(575, 700), kind="lesions", seed=2)
+    first, second = tmp_path / "A", tmp_path / "B"
+    code, err = run_inprocess("train", "--data", data, "--out", first, "--max-minutes", "0.1",
+                              "--workers", "0", capsys=capsys)
+    assert code == 0, err
+    plan = yaml.safe_load((first / "plan.yaml").read_text())
+    factor = plan["data"]["downsample"]
+    assert factor is not None and factor[0] == factor[1] >= 2.0
+    assert "# data.downsample: the objects want a view of [575, 700] px" in (first / "plan.yaml").read_text()
+    assert _saved(first)["data"]["downsample"] == factor
+    assert "probe" not in (first / "log.txt").read_text()  # sure: nothing to probe
+    code, err = run_inprocess("train", "--config", first / "plan.yaml", "--data", data, "--out", second,
+                              "--max-minutes", "0.1", "--workers", "0", capsys=capsys)
+    assert code == 0, err
+    assert _saved(second)["data"]["downsample"] == factor
+    assert _saved(second)["data"]["patch_size"] == plan["data"]["patch_size"]
+    assert "# data.downsample: given" in (second / "plan.yaml").read_text()
+    out = tmp_path / "pred"
+    code, err = run_inprocess("predict", "--checkpoint", second, "--input", data / "images", "--output", out,
+                              capsys=capsys)
+    assert code == 0, err
+    from unetseg.data.io import read_mask
+
+    assert read_mask(out / "case_000.png")[0].shape == (575, 700)
+
+
+def test_a_resumed_planned_run_keeps_its_plan(cells, tmp_path, capsys):
+    """--resume goes on with the planned values (not the built-in defaults); what the resume command gives,
+    a longer budget, applies."""
+    run = tmp_path / "RUN"
+    code, err = run_inprocess("train", "--data", cells, "--out", run, "--max-minutes", "0.05",
+                              "--workers", "0", capsys=capsys)
+    assert code == 0, err
+    planned = json.loads((run / "last" / "config.json").read_text())
+    assert planned["train"]["lr"] == 0.002 != 1e-3  # the plan's, not the default
+    code, err = run_inprocess("train", "--data", cells, "--out", run, "--max-minutes", "0.1",
+                              "--workers", "0", "--resume", capsys=capsys)
+    assert code == 0, err
+    resumed = json.loads((run / "last" / "config.json").read_text())
+    assert resumed["train"]["max_minutes"] == 0.1
+    for section in ("model", "augment", "infer"):
+        assert resumed[section] == planned[section]
+    for key in ("lr", "batch_size", "iters_per_epoch", "loss_options", "val_interval"):
+        assert resumed["train"][key] == planned["train"][key]
+
+
 def test_plan_command_writes_a_recipe_and_refuses_to_replace_a_users_file(cells, tmp_path, capsys):
     out = tmp_path / "plan.yaml"
     code, err = run_inprocess("plan", "--data", cells, "--max-minutes", "5", "--out", out, capsys=capsys)

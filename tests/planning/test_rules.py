@@ -9,7 +9,7 @@ import pytest
 
 from unetseg.config.schema import INSTANCE_TARGETS
 from unetseg.data.cases import find_cases
-from unetseg.data.fingerprint import compute_fingerprint
+from unetseg.data.fingerprint import Fingerprint, compute_fingerprint
 from unetseg.data.io import write_image, write_mask
 from unetseg.planning import rules
 from unetseg.planning.plan import choose_width
@@ -155,3 +155,83 @@ def cells2d(tmp_path):
     from unetseg.data.synthetic import make_dataset
 
     return make_dataset(tmp_path / "cells", n=4, size=(64, 64), kind="cells", seed=0)
+
+
+def _objects_fp(shape: list[int], share: float, thin: float, *, spacing: list[float] | None = None,
+                border: float = 0.0, n: int = 30) -> Fingerprint:
+    """A fingerprint of ``n`` images of ``shape`` whose foreground objects reach ``share`` of each side
+    (90th percentile) and whose thinnest class regions are ``thin`` spacing units thick (p10)."""
+    d = len(shape)
+    spacing = spacing or [1.0] * d
+    extent = [share * s for s in shape]
+    objects = {"count": 2 * n, "median_voxels": float(np.prod(extent)) / 2, "p10_voxels": 10.0,
+               "min_voxels": 1, "max_voxels": int(np.prod(extent)), "median_volume": 1.0, "p10_volume": 1.0,
+               "median_extent": [e / 2 for e in extent], "p90_extent": extent,
+               "median_extent_share": [share / 2] * d, "p90_extent_share": [share] * d,
+               "border_fraction": border}
+    stats = {"mean": 100.0, "std": 20.0, "min": 0.0, "max": 255.0, "p0.5": 5.0, "median": 100.0,
+             "p99.5": 250.0, "voxels": 1000}
+    return Fingerprint(
+        spatial_dims=d, channels=1, n_cases=n, names=[f"c{i}" for i in range(n)], shapes=[list(shape)] * n,
+        spacings=[list(spacing)] * n, dtypes=["uint8"] * n, raw_dtypes=["uint8"] * n,
+        median_shape=[float(s) for s in shape], median_spacing=list(spacing), intensity=[stats],
+        intensity_foreground=[stats], file_ranges=[[[5.0, 250.0]]] * n, class_values=[0, 255], class_map=None,
+        classes=["0", "255"], class_fraction={"0": 0.7, "255": 0.3}, images_with_class={"0": n, "255": n},
+        objects={"255": objects}, thickness={"0": {"p10": 100.0, "median": 200.0},
+                                             "255": {"p10": thin, "median": 2 * thin}},
+        foreground_fraction=0.3,
+    )
+
+
+def _geometry(fp: Fingerprint, option: rules.Resolution) -> dict:
+    return {x.key: x.value for x in rules.geometry(fp, CPU, None, option.downsample, option.voxels)}
+
+
+def test_large_objects_are_seen_whole_at_a_coarser_resolution():
+    fp = _objects_fp([575, 765], share=0.8, thin=60.0)  # dermoscopy: lesions fill most of the image
+    (choice,) = rules.resolution(fp, CPU, None)  # sure: no probe
+    assert choice.name == "coarse" and choice.downsample[0] == choice.downsample[1] >= 2.0
+    g = _geometry(fp, choice)
+    seen = [p * f for p, f in zip(g["data.patch_size"], choice.downsample, strict=True)]
+    assert all(s >= 0.95 * m for s, m in zip(seen, [575, 765], strict=True))  # the whole image in view
+    assert np.prod(g["data.patch_size"]) <= rules.PATCH_VOXELS[("cpu", 2)]  # at the cost of today's patch
+    assert "receptive field" in rules.geometry(fp, CPU, None, choice.downsample, choice.voxels)[0].reason
+
+
+def test_small_objects_keep_the_full_resolution():
+    fp = _objects_fp([512, 512], share=0.1, thin=8.0)  # nuclei
+    (choice,) = rules.resolution(fp, CPU, None)
+    assert choice.name == "full" and choice.downsample is None
+    assert choice.voxels == rules.PATCH_VOXELS[("cpu", 2)] and "whole" in choice.reason
+    assert _geometry(fp, choice)["data.patch_size"] == [256, 256]  # today's patch
+
+
+def test_thin_structures_keep_the_full_resolution_and_widen_the_patch_instead():
+    fp = _objects_fp([575, 765], share=0.8, thin=3.0)  # large regions, but a class only 3 px thin
+    (choice,) = rules.resolution(fp, CPU, None)
+    assert choice.downsample is None and "thinnest" in choice.reason
+    assert choice.voxels == int(rules.PATCH_STRETCH[2] * rules.PATCH_VOXELS[("cpu", 2)])
+    assert np.prod(_geometry(fp, choice)["data.patch_size"]) > rules.PATCH_VOXELS[("cpu", 2)]
+
+
+def test_when_the_rules_cannot_be_sure_a_probe_compares_the_candidates():
+    fp = _objects_fp([288, 384], share=0.6, thin=30.0)  # colonoscopy frames: a patch sees most of it
+    coarse, full = rules.resolution(fp, CPU, None)
+    assert coarse.name == "coarse" and 1.25 <= max(coarse.downsample) < 2.0
+    assert full.name == "full" and full.downsample is None
+
+
+def test_instances_need_their_gaps_at_full_resolution():
+    fp = _objects_fp([575, 765], share=0.8, thin=10.0)
+    assert rules.resolution(fp, CPU, None, "semantic")[0].downsample is not None
+    assert rules.resolution(fp, CPU, None, "instances")[0].downsample is None
+
+
+def test_a_large_3d_structure_gets_a_low_resolution_stage_in_plane_first():
+    fp = _objects_fp([40, 256, 256], share=0.7, thin=20.0, spacing=[3.0, 1.0, 1.0])
+    (choice,) = rules.resolution(fp, CPU, [3.0, 1.0, 1.0])
+    z, y, x = choice.downsample
+    # the fine in-plane axes coarsen first, z once they are within 2x of it (nnU-Net's 3d_lowres walk)
+    assert y == x >= 2.0 and 1.0 <= z < y and max(3 * z, y) / min(3 * z, y) <= 2.1
+    g = {d.key: d.value for d in rules.geometry(fp, CPU, [3.0, 1.0, 1.0], choice.downsample, choice.voxels)}
+    assert g["data.patch_size"][0] <= 40 and np.prod(g["data.patch_size"]) <= rules.PATCH_VOXELS[("cpu", 3)]

@@ -115,6 +115,7 @@ def _weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> f
     return float(values[order][min(int(np.searchsorted(cum, q / 100.0 * cum[-1])), values.size - 1)])
 
 
+FACES_PER_AREA = {2: 4 / np.pi, 3: 1.5}  # mean |n|_1 / |n|_2 of a boundary's normal, random orientations
 OBJECT_KEYS = ("median_voxels", "p10_voxels", "min_voxels", "max_voxels", "median_volume", "p10_volume",
                "median_extent", "p90_extent", "median_extent_share", "p90_extent_share", "border_fraction")
 
@@ -136,7 +137,8 @@ class _Classes:
     def add(self, labels: np.ndarray, spacing: Sequence[float], objects: np.ndarray | None = None) -> None:
         """Count ``labels``; objects are its connected regions, or the ids of an instance image
         ``objects`` (all under class 1). Every region (background too) adds its thickness: twice its
-        volume over its surface, in spacing units (the width of a band, the radius of a disc)."""
+        volume over its surface, in spacing units (the width of a band, the radius of a disc; the surface
+        counted in voxel faces, corrected by their mean excess over a smooth boundary's area)."""
         for v, c in zip(*_value_counts(labels), strict=True):
             key = float(v)
             self.voxels[key] = self.voxels.get(key, 0) + int(c)
@@ -147,8 +149,9 @@ class _Classes:
             values = (values > 0).astype(values.dtype)
         volume = reg["size"] * float(np.prod(spacing))
         side = np.asarray(labels.shape, dtype=np.float64)
+        # faces overcount a boundary's true area by 4/pi (2D), 3/2 (3D) on average over its orientations;
         # a region with no surface fills the image: as thick as the image is wide
-        whole = 2.0 * volume / np.maximum(reg["surface"], 1e-12)
+        whole = FACES_PER_AREA[labels.ndim] * 2.0 * volume / np.maximum(reg["surface"], 1e-12)
         thickness = np.where(reg["surface"] > 0, whole, float(np.max(side * np.asarray(spacing))))
         for v in np.unique(values):
             pick = values == v

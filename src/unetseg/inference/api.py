@@ -57,7 +57,8 @@ def predict_image(
     """``(labels, probabilities or None)`` of a normalised ``(C, *spatial)`` image, on the image's own grid.
 
     When the model works on another grid (trained at ``config.data.spacing`` and the image's ``spacing``
-    differs, or at a coarser resolution, ``config.data.downsample``: :func:`~unetseg.data.resample.model_grid`),
+    differs, or at a coarser resolution, ``config.data.downsample``:
+    :func:`~unetseg.data.resample.model_grid`),
     the image is resampled to it (third-order spline), predicted there, and the probabilities are resampled
     back to the image's grid (linear) before the argmax, as nnU-Net does."""
     from unetseg.data.resample import model_grid, resample_image

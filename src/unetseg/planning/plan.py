@@ -197,7 +197,8 @@ def _finish(work: _Work, fp: Fingerprint, device: Device, torch_dev: torch.devic
     pairs = zip(fp.shapes, fp.spacings, strict=True)
     shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
     shapes = [tuple(max(1, round(n / f)) for n, f in zip(sh, factor, strict=True)) for sh in shapes]
-    check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(work.cfg.data.data))  # given values
+    # given values too
+    check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(work.cfg.data.data))
     work.take(rules.sampling(fp, patch, factor))
     work.take(rules.loss(fp, work.cfg.data.task))
     work.take(rules.augmentation(fp))

@@ -162,7 +162,8 @@ def _patch(median: list[int], budget: int, step: int | list[int]) -> list[int]:
 # configurations take the whole image on a GPU, which a CPU cannot afford at full resolution).
 FOV_MARGIN = 1.5  # a large object and a quarter of its size on each side
 WHOLE_SHARE = 0.7  # when the view wanted reaches this share of an image's side, take the whole side
-DETAIL_PX = 6.0  # the thinnest 10% of every class (thickness p10: a band's width, a disc's radius) keep >= this
+# the thinnest 10% of every class (thickness p10: a band's width, a disc's radius) keep at least this many px
+DETAIL_PX = 6.0
 INSTANCE_DETAIL_PX = 12.0  # instances also need the 1-2 px gaps between touching objects
 MAX_DOWNSAMPLE = 4.0
 MIN_GAIN = 1.25  # a coarser grid only when it widens the view by at least this factor
@@ -214,7 +215,8 @@ def _finest(fp: Fingerprint, unit: float, task: str) -> tuple[float, str]:
 
 
 def _coarser(want: list[int], budget: int, spacing: list[float], limit: float) -> list[float]:
-    """Per-axis factors (nnU-Net's 3d_lowres walk): the finest axes grow 5% at a time until the view,
+    """Per-axis factors (nnU-Net's 3d_lowres walk): the axes over 2x finer than the coarsest (all, once
+    none is) grow 5% at a time until the view,
     rounded up to whole pooling steps, fits ``budget`` voxels; an axis stops at ``limit`` or when its view
     would fall under 32 voxels."""
     f = [1.0] * len(want)
@@ -225,7 +227,8 @@ def _coarser(want: list[int], budget: int, spacing: list[float], limit: float) -
 
     while size(f) > budget:
         sp = [s * x for s, x in zip(spacing, f, strict=True)]
-        grow = [a for a in range(len(f)) if sp[a] < 2 * min(sp) and f[a] * 1.05 <= limit and want[a] / f[a] > 32]
+        fine = [a for a in range(len(f)) if max(sp) / sp[a] > 2] or list(range(len(f)))
+        grow = [a for a in fine if f[a] * 1.05 <= limit and want[a] / f[a] > 32]
         if not grow:
             break
         for a in grow:
@@ -243,7 +246,8 @@ def resolution(fp: Fingerprint, device: Device, target: list[float] | None,
     factor, the probe decides."""
     d = fp.spatial_dims
     spacing = list(target or fp.median_spacing)
-    shapes = [shape_after(s, sp, target) if target else s for s, sp in zip(fp.shapes, fp.spacings, strict=True)]
+    pairs = zip(fp.shapes, fp.spacings, strict=True)
+    shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
     median = [int(v) for v in np.median(np.asarray(shapes), axis=0)]
     scale = [m / max(float(o), 1.0) for m, o in zip(median, fp.median_shape, strict=True)]
     budget = PATCH_VOXELS[(device.kind, d)]

@@ -113,7 +113,8 @@ def report(trials: list[Trial], winner: Trial) -> list[str]:
         verdict = "kept" if t is winner else (
             f"lost by {winner.score - t.score:.4f}" if t.score is not None and winner.score is not None
             else "lost")
-        lines.append(f"probe {t.name}: {t.summary}; {t.steps} steps in {t.minutes:.1f} min, {score}: {verdict}")
+        lines.append(f"probe {t.name}: {t.summary}; {t.steps} steps in {t.minutes:.1f} min, {score}: "
+                     f"{verdict}")
     return lines
 
 

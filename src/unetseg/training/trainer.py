@@ -33,6 +33,7 @@ from unetseg.runtime import (
     resolve_device,
     use_channels_last,
 )
+from unetseg.training import probe
 from unetseg.training.distributed import (
     DistInfo,
     average_buffers,
@@ -43,7 +44,6 @@ from unetseg.training.distributed import (
 )
 from unetseg.training.interrupt import GRACE_S, Termination, caused_by_ctrl_c, termination
 from unetseg.training.loader import build_loader
-from unetseg.training import probe
 from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.probe import Start, Trial
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
@@ -89,7 +89,8 @@ def train(
             resume and _has_checkpoint(run.path)) else []
         with termination() as stop:
             try:
-                start = _probe(cfg, candidates, device, info, run, quiet, stop, resume_hint, given or set())
+                start = run_probe(cfg, candidates, device, info, run, quiet, stop, resume_hint,
+                                  given or set())
                 trainer = Trainer(cfg, device, info, run, resume=resume and start is None, quiet=quiet,
                                   stop=stop, hint=resume_hint, fixed=given, start=start)
                 return trainer.fit()
@@ -147,7 +148,7 @@ def _write_plan(run: RunFolder, text: str) -> None:
         write_text(target, text)
 
 
-def _probe(cfg: Config, trials: list[Trial], device: torch.device, info: DistInfo, run: RunFolder,
+def run_probe(cfg: Config, trials: list[Trial], device: torch.device, info: DistInfo, run: RunFolder,
            quiet: bool, stop: Termination, hint: str | None, fixed: set[str]) -> Start | None:
     """Train each candidate for :data:`~unetseg.training.probe.PROBE_SHARE` of the budget, score it on the
     validation images, apply the winner's values to ``cfg`` and return where its trial stopped (None: no
@@ -168,15 +169,17 @@ def _probe(cfg: Config, trials: list[Trial], device: torch.device, info: DistInf
         folder = run.path / "probe" / trial.name
         done = probe.load_result(folder)
         if done is not None:
-            trial.score, trial.steps, trial.minutes = done.get("score"), int(done["steps"]), float(done["minutes"])
+            trial.score, trial.steps = done.get("score"), int(done["steps"])
+            trial.minutes = float(done["minutes"])
+            trial.summary = trial.summary or str(done.get("summary", ""))
             continue
         t0 = time.monotonic()
         if info.is_main:
             probe.fresh(folder)
         synchronize(info)
         sub = probe.trial_config(cfg, trial, folder, share)
-        trainer = Trainer(sub, device, info, RunFolder(folder), resume=False, quiet=quiet, stop=stop, hint=hint,
-                          fixed=fixed)
+        trainer = Trainer(sub, device, info, RunFolder(folder), resume=False, quiet=quiet, stop=stop,
+                          hint=hint, fixed=fixed)
         trainer.fit()
         trial.score, trial.steps, trial.minutes = trainer.last_score, trainer.step, probe.elapsed_minutes(t0)
         if info.is_main:
