@@ -116,3 +116,21 @@ def test_bad_format_opset_or_extension_is_a_config_error(fmt, opset, name, err, 
     ckpt = make_checkpoint(tmp_path / "ckpt", "unet")
     with pytest.raises(ConfigError, match=err):
         export_model(ckpt, fmt, tmp_path / name, opset=opset)
+
+
+def test_an_onnx_model_at_a_coarser_resolution_predicts_at_the_inputs_size(tmp_path):
+    """The resolution travels with the exported model: ONNX Runtime predicts on the model's coarser grid and
+    the labels come back at the input's size, as the checkpoint's do."""
+    import unetseg
+    from inference.helpers import tiny_config, tiny_model
+    from unetseg.checkpoint import save_checkpoint
+
+    cfg = tiny_config()
+    cfg.data.downsample = [2.0, 2.0]
+    ckpt = save_checkpoint(tmp_path / "ckpt", tiny_model(cfg), cfg)
+    export_model(ckpt, "onnx", tmp_path / "model.onnx")
+    image = np.random.default_rng(1).normal(size=(45, 61)).astype(np.float32) * 50 + 100
+    want = unetseg.predict(str(ckpt), image, device="cpu", precision="fp32")
+    got = unetseg.predict(str(tmp_path / "model.onnx"), image, device="cpu", precision="fp32")
+    assert got.shape == want.shape == (45, 61) and len(np.unique(want)) == 2
+    assert (got == want).mean() > 0.999

@@ -199,6 +199,7 @@ def _finish(work: _Work, fp: Fingerprint, device: Device, torch_dev: torch.devic
     shapes = [tuple(max(1, round(n / f)) for n, f in zip(sh, factor, strict=True)) for sh in shapes]
     # given values too
     check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(work.cfg.data.data))
+    work.take(rules.norm_layer(fp, patch, factor))
     work.take(rules.sampling(fp, patch, factor))
     work.take(rules.loss(fp, work.cfg.data.task))
     work.take(rules.augmentation(fp))

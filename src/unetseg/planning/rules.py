@@ -216,9 +216,8 @@ def _finest(fp: Fingerprint, unit: float, task: str) -> tuple[float, str]:
 
 def _coarser(want: list[int], budget: int, spacing: list[float], limit: float) -> list[float]:
     """Per-axis factors (nnU-Net's 3d_lowres walk): the axes over 2x finer than the coarsest (all, once
-    none is) grow 5% at a time until the view,
-    rounded up to whole pooling steps, fits ``budget`` voxels; an axis stops at ``limit`` or when its view
-    would fall under 32 voxels."""
+    none is) grow 5% at a time until the view, rounded up to whole pooling steps, fits ``budget`` voxels;
+    an axis stops at ``limit`` or when its view would fall under 32 voxels."""
     f = [1.0] * len(want)
     step = 32 if len(want) == 2 else 16  # 2**depth of the patches the device affords
 
@@ -251,7 +250,6 @@ def resolution(fp: Fingerprint, device: Device, target: list[float] | None,
     median = [int(v) for v in np.median(np.asarray(shapes), axis=0)]
     scale = [m / max(float(o), 1.0) for m, o in zip(median, fp.median_shape, strict=True)]
     budget = PATCH_VOXELS[(device.kind, d)]
-    full = Resolution("full", None, budget, "")
     want, why = _view(fp, median, scale)
     need = math.prod(want) / budget
     if need <= 1:
@@ -270,7 +268,7 @@ def resolution(fp: Fingerprint, device: Device, target: list[float] | None,
     sure = need ** (1 / d) >= SURE_GAIN and gain >= need ** (1 / d) * 0.95
     if sure:
         return [coarse]
-    return [coarse, Resolution("full", full.downsample, budget, "full resolution (the probe's alternative)")]
+    return [coarse, Resolution("full", None, budget, "full resolution (the probe's alternative)")]
 
 
 def receptive_field(depth: int) -> int:
@@ -378,6 +376,24 @@ def loss(fp: Fingerprint, task: str = "semantic") -> list[Decision]:
         Decision("train.loss", "dice_ce", "; ".join(reasons)),
         Decision("train.loss_options", opts, "see train.loss"),
     ]
+
+
+WHOLE_VIEW = 0.9  # a patch this close to the image on every axis holds the whole image
+
+
+def norm_layer(fp: Fingerprint, patch: list[int], downsample: list[float] | None = None) -> list[Decision]:
+    """2D patches that hold whole images (large structures, often at a coarser grid): instance norm, as
+    nnU-Net's everywhere: each image is normalised by its own statistics, where a batch of a few whole images
+    of different lighting and colour (endoscopy, dermoscopy, ultrasound) gives BatchNorm noisy statistics
+    (measured on CVC-ClinicDB, BENCHMARKS.md). Crops of larger images keep BatchNorm (the measured default
+    there, folded into the convolutions for prediction)."""
+    if fp.spatial_dims != 2:
+        return []
+    median = np.median(np.asarray(fp.shapes), axis=0) / np.asarray(downsample or [1.0, 1.0])
+    if all(p >= WHOLE_VIEW * m for p, m in zip(patch, median, strict=True)):
+        return [Decision("model.options.norm", "instance",
+                         "a patch holds a whole image: per-image statistics (nnU-Net's instance norm)")]
+    return [Decision("model.options.norm", None, "patches are crops of larger images: batch norm")]
 
 
 def augmentation(fp: Fingerprint) -> list[Decision]:

@@ -1,9 +1,9 @@
 """The timed probe: when the planner's rules cannot be sure of the resolution (a coarse grid that sees large
 objects whole, or full resolution with a smaller view), each candidate trains for the same short share of
-the budget on the training split and is scored on the validation images at their own grid; the winner's
-trial then continues as the run for the rest of the budget, so only the losers' minutes are spent on the
-question. nnU-Net settles it by five-fold cross-validation of every configuration over days; this does it
-in minutes, and says what it tried.
+the budget on the training split, with the learning rate the whole run would have at that time, and is
+scored on the validation images at their own grid; the winner's trial then continues as the run for the
+rest of the budget, so only the losers' minutes are spent on the question. nnU-Net settles it by five-fold
+cross-validation of every configuration over days; this does it in minutes, and says what it tried.
 
 Each trial is an ordinary run in ``RUN/probe/<name>`` (log, curves, checkpoints) with a ``result.json``
 when it finished: a resumed run reuses finished trials and redoes only an interrupted one.
@@ -64,8 +64,9 @@ def skip_reason(cfg: Config, candidates: int) -> str | None:
 
 
 def trial_config(cfg: Config, trial: Trial, folder: Path, minutes: float) -> Config:
-    """The config one trial trains with: the candidate's values, a budget of ``minutes``, one validation at
-    its end, no warm-up (a trial is short), no early stop."""
+    """The config one trial trains with: the candidate's values, a budget of ``minutes`` (its learning rate
+    follows the whole run's budget: the winner goes on without a restart), one validation at its end, no
+    warm-up (a trial is short), no early stop."""
     from unetseg.planning.plan import apply_values
 
     c = apply_values(cfg.copy_deep(), trial.values)

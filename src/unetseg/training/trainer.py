@@ -179,7 +179,7 @@ def run_probe(cfg: Config, trials: list[Trial], device: torch.device, info: Dist
         synchronize(info)
         sub = probe.trial_config(cfg, trial, folder, share)
         trainer = Trainer(sub, device, info, RunFolder(folder), resume=False, quiet=quiet, stop=stop,
-                          hint=hint, fixed=fixed)
+                          hint=hint, fixed=fixed, lr_minutes=float(cfg.train.max_minutes or share))
         trainer.fit()
         trial.score, trial.steps, trial.minutes = trainer.last_score, trainer.step, probe.elapsed_minutes(t0)
         if info.is_main:
@@ -229,9 +229,13 @@ class Trainer:
         hint: str | None = None,
         fixed: set[str] | None = None,
         start: Start | None = None,
+        lr_minutes: float | None = None,
     ) -> None:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
         self.fixed = fixed or set()  # options the user set: never calibrated
+        # the budget the learning rate decays over (a probe's trial: the whole run's, so its winner goes on
+        # with the learning rate it would have had)
+        self.lr_minutes = lr_minutes or cfg.train.max_minutes
         self.run = run.path
         self.stop, self.hint = stop or Termination(), hint
         instances = cfg.data.task == "instances"
@@ -329,11 +333,11 @@ class Trainer:
     def _set_lr(self, minutes: float) -> float:
         cfg = self.cfg.train
         factor = lr_factor(self.step, self.total_steps, cfg.warmup_epochs * cfg.iters_per_epoch, cfg.schedule)
-        if cfg.max_minutes:
+        if self.lr_minutes:
             # With a time budget the schedule also follows the clock, so it decays fully by the deadline.
             warm = cfg.warmup_epochs * cfg.iters_per_epoch
             if self.step >= warm:
-                by_time = lr_factor(int(1000 * minutes / cfg.max_minutes), 1000, 0, cfg.schedule)
+                by_time = lr_factor(int(1000 * minutes / self.lr_minutes), 1000, 0, cfg.schedule)
                 factor = min(factor, by_time)
         lr = cfg.lr * factor
         for g in self.optimizer.param_groups:
