@@ -17,9 +17,8 @@ from unetseg.config import Config
 from unetseg.data.io import write_image, write_mask
 from unetseg.training.distributed import DistInfo
 from unetseg.training.interrupt import Termination
-from unetseg.training.probe import Trial, choose
+from unetseg.training.probe import Trial, choose, run_probe
 from unetseg.training.run import RunFolder
-from unetseg.training.trainer import run_probe
 
 
 def _rings(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:

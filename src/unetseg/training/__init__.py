@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from unetseg.training.run import TrainingInterrupted
-from unetseg.training.trainer import train
+from unetseg.training.session import train
 
 __all__ = ["train", "TrainingInterrupted"]

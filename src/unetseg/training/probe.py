@@ -18,8 +18,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from unetseg.config import Config
+import torch
+
+from unetseg.config import Config, dump_yaml
 from unetseg.fileio import write_json
+from unetseg.training.distributed import DistInfo, synchronize
+from unetseg.training.interrupt import Termination
+from unetseg.training.run import RunFolder, write_plan
+from unetseg.training.runlog import RunLogger
+from unetseg.training.trainer import Start, Trainer
+from unetseg.validate import check_config
 
 PROBE_SHARE = 0.15  # of the budget, per candidate (the winner's share is not lost: it continues)
 MIN_BUDGET = 4.0  # minutes; below it a probe would leave too little for the winner: the rules decide
@@ -37,15 +45,6 @@ class Trial:
     score: float | None = None  # validation score at the images' own grid (mean foreground Dice, or DSB)
     steps: int = 0
     minutes: float = 0.0  # wall minutes the trial took, data preparation and validation included
-
-
-@dataclass(frozen=True)
-class Start:
-    """Where the run continues from: the winning trial's last checkpoint and the minutes already spent."""
-
-    checkpoint: Path
-    minutes: float
-    name: str
 
 
 def skip_reason(cfg: Config, candidates: int) -> str | None:
@@ -121,3 +120,51 @@ def report(trials: list[Trial], winner: Trial) -> list[str]:
 
 def elapsed_minutes(since: float) -> float:
     return (time.monotonic() - since) / 60.0
+
+
+def run_probe(cfg: Config, trials: list[Trial], device: torch.device, info: DistInfo, run: RunFolder,
+              quiet: bool, stop: Termination, hint: str | None, fixed: set[str]) -> Start | None:
+    """Train each candidate for :data:`PROBE_SHARE` of the budget, score it on the
+    validation images, apply the winner's values to ``cfg`` and return where its trial stopped (None: no
+    probe). Finished trials of an interrupted run are reused."""
+    from unetseg.planning.plan import apply_values
+
+    if not trials:
+        return None
+    log = RunLogger(run.path, enabled=info.is_main, quiet=quiet)
+    why = skip_reason(cfg, len(trials))
+    if why is not None:
+        log.log(f"probe: not run ({why}); the plan's choice trains")
+        return None
+    share = PROBE_SHARE * float(cfg.train.max_minutes or 0.0)
+    log.log(f"probe: {len(trials)} candidates, {share:.1f} min each on the training split, scored on the "
+            "validation images: " + "; ".join(f"{t.name}: {t.summary}" for t in trials))
+    for trial in trials:
+        folder = run.path / "probe" / trial.name
+        done = load_result(folder)
+        if done is not None:
+            trial.score, trial.steps = done.get("score"), int(done["steps"])
+            trial.minutes = float(done["minutes"])
+            trial.summary = trial.summary or str(done.get("summary", ""))
+            continue
+        t0 = time.monotonic()
+        if info.is_main:
+            fresh(folder)
+        synchronize(info)
+        sub = trial_config(cfg, trial, folder, share)
+        trainer = Trainer(sub, device, info, RunFolder(folder), resume=False, quiet=quiet, stop=stop,
+                          hint=hint, fixed=fixed, lr_minutes=float(cfg.train.max_minutes or share))
+        trainer.fit()
+        trial.score, trial.steps, trial.minutes = trainer.last_score, trainer.step, elapsed_minutes(t0)
+        if info.is_main:
+            save_result(folder, trial)
+    winner = choose(trials)
+    lines = report(trials, winner)
+    for line in lines:
+        log.log(line)
+    apply_values(cfg, winner.values)
+    check_config(cfg, "the probe's choice")
+    if info.is_main:
+        write_plan(run, dump_yaml(cfg, "\n".join([*lines, winner.header])))
+    spent = sum(t.minutes for t in trials)
+    return Start(run.path / "probe" / winner.name / "last", spent, winner.name)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unetseg.errors import ConfigError, OutputError, UnetsegError
-from unetseg.fileio import printable
+from unetseg.fileio import ensure_dir, printable, write_text
 
 RUN_MARKERS = ("log.txt", "last", "best", "metrics.csv", "config.yaml", "last.old", "best.old", "last.tmp")
 
@@ -122,3 +122,11 @@ def interrupted_message(run: Path, resume_hint: str | None, signal_name: str, sa
     )
     how = resume_hint or "train(cfg, resume=True)"
     return f"{signal_name}: training stopped; {where}; resume with: {how}"
+
+
+def write_plan(run: RunFolder, text: str) -> None:
+    """``RUN/plan.yaml``: the recipe the plan (and the probe) chose, never over a file the command reads."""
+    target = run.path / "plan.yaml"
+    if run.may_write(target):
+        ensure_dir(run.path, "--out")
+        write_text(target, text)

@@ -1,16 +1,16 @@
 """The training loop: patches in, checkpoints out.
 
-:func:`train` checks the whole configuration and the run folder before any data is read, then drives a
-small :class:`Trainer` whose parts (data, model, optimisation, validation, checkpoints) are plain methods
-over the config tree; nothing is configured by subclassing.
+A small :class:`Trainer` whose parts (data, model, optimisation, validation, checkpoints) are plain methods
+over the config tree; nothing is configured by subclassing. :func:`unetseg.training.session.train` checks,
+plans and probes before it drives one.
 """
 
 from __future__ import annotations
 
 import random
 import signal
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,179 +21,37 @@ from unetseg import checkpoint as ckpt
 from unetseg.config import Config, dump_yaml
 from unetseg.data.prepare import prepare_data
 from unetseg.errors import CheckpointError, TrainingError
-from unetseg.fileio import ensure_dir, write_text
+from unetseg.fileio import write_text
 from unetseg.losses import DeepSupervisionLoss, build_loss
 from unetseg.models import build_model
 from unetseg.runtime import (
     autocast,
     autocast_dtype,
-    configure_process,
     memory_format,
     precision_name,
-    resolve_device,
     use_channels_last,
 )
-from unetseg.training import probe
 from unetseg.training.distributed import (
     DistInfo,
     average_buffers,
-    broadcast_object,
-    cleanup,
-    init_distributed,
     synchronize,
 )
-from unetseg.training.interrupt import GRACE_S, Termination, caused_by_ctrl_c, termination
+from unetseg.training.interrupt import GRACE_S, Termination
 from unetseg.training.loader import build_loader
 from unetseg.training.optim import build_optimizer, lr_factor
-from unetseg.training.probe import Start, Trial
-from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run
+from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message
 from unetseg.training.runlog import RunLogger
 from unetseg.training.state import Clock, resumable, rng_state, set_rng_state
 from unetseg.training.validation import Validator
-from unetseg.validate import check_config
 
 
-def train(
-    cfg: Config,
-    resume: bool = False,
-    quiet: bool = False,
-    *,
-    overwrite: bool = False,
-    config_file: str | Path | None = None,
-    resume_hint: str | None = None,
-    given: set[str] | None = None,
-) -> Path:
-    """Train the model ``cfg`` describes on ``cfg.data.data``; return the run folder.
+@dataclass(frozen=True)
+class Start:
+    """Where the run continues from: the winning trial's last checkpoint and the minutes already spent."""
 
-    ``resume`` continues ``RUN/last``; ``overwrite`` replaces an earlier run in ``cfg.train.out`` (kept until
-    the new run's first checkpoint); ``config_file`` is the recipe the config came from (never rewritten).
-    ``given``: the dotted keys the user set (command line and YAML); when it is not None, the planner
-    (:mod:`unetseg.planning`) chooses every other option from the data, the device and the time budget,
-    prints its table and writes ``RUN/plan.yaml``.
-    Under ``torchrun`` every process calls this; DDP, sharded sampling and synchronised validation follow
-    from the environment, and only rank 0 writes files. Ctrl-C or SIGTERM raise
-    :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
-    """
-    check_config(cfg, "configuration")  # every option, before any data is read
-    if cfg.train.out is None:
-        raise TrainingError("train needs an output folder (--out RUN / train.out)")
-    info, device = init_distributed(resolve_device(cfg.train.device))
-    run = None
-    try:
-        inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
-        run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
-        synchronize(info)  # every rank has checked --out before rank 0 writes into it
-        configure_process(device)
-        # a resumed run without a checkpoint (stopped while planning or probing) plans again
-        candidates = _plan(cfg, given, run, info, quiet) if given is not None and not (
-            resume and _has_checkpoint(run.path)) else []
-        with termination() as stop:
-            try:
-                start = run_probe(cfg, candidates, device, info, run, quiet, stop, resume_hint,
-                                  given or set())
-                trainer = Trainer(cfg, device, info, run, resume=resume and start is None, quiet=quiet,
-                                  stop=stop, hint=resume_hint, fixed=given, start=start)
-                return trainer.fit()
-            except BaseException as e:
-                if not caused_by_ctrl_c(e):  # also a Ctrl-C that an extension's import wrapped
-                    raise
-                raise TrainingInterrupted(
-                    interrupted_message(run.path, resume_hint, "interrupted (Ctrl-C)", False), 130
-                ) from None
-    except BaseException:
-        if run is not None and info.is_main:
-            run.roll_back()  # only while the new run has no checkpoint of its own
-        raise
-    finally:
-        cleanup(info)
-
-
-def _has_checkpoint(run: Path) -> bool:
-    try:
-        ckpt.find_checkpoint(run / "last")
-        return True
-    except CheckpointError:
-        return False
-
-
-def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: bool) -> list[Trial]:
-    """Plan what the user did not give (rank 0 plans; under torchrun every rank applies rank 0's values,
-    so the replicas are the same network); print the table; keep the recipe in RUN/plan.yaml. Returns the
-    candidates a probe should compare (the plan's choice first), or none when the rules are sure."""
-    from rich.console import Console
-
-    from unetseg.planning import make_plan
-    from unetseg.planning.plan import apply_values
-    from unetseg.planning.report import describe, show_plan
-
-    plan = make_plan(cfg, given) if info.is_main else None
-    shared = broadcast_object(
-        [(p.name, p.planned(), describe(p), p.header()) for p in [plan, *plan.alternatives]]
-        if plan is not None else None,
-        info,
-    )
-    assert isinstance(shared, list)
-    apply_values(cfg, shared[0][1])
-    check_config(cfg, "the plan")
-    if plan is not None:
-        show_plan(plan, Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140))
-        _write_plan(run, plan.recipe(cfg))
-    return [Trial(*row) for row in shared] if len(shared) > 1 else []
-
-
-def _write_plan(run: RunFolder, text: str) -> None:
-    target = run.path / "plan.yaml"
-    if run.may_write(target):
-        ensure_dir(run.path, "--out")
-        write_text(target, text)
-
-
-def run_probe(cfg: Config, trials: list[Trial], device: torch.device, info: DistInfo, run: RunFolder,
-           quiet: bool, stop: Termination, hint: str | None, fixed: set[str]) -> Start | None:
-    """Train each candidate for :data:`~unetseg.training.probe.PROBE_SHARE` of the budget, score it on the
-    validation images, apply the winner's values to ``cfg`` and return where its trial stopped (None: no
-    probe). Finished trials of an interrupted run are reused."""
-    from unetseg.planning.plan import apply_values
-
-    if not trials:
-        return None
-    log = RunLogger(run.path, enabled=info.is_main, quiet=quiet)
-    why = probe.skip_reason(cfg, len(trials))
-    if why is not None:
-        log.log(f"probe: not run ({why}); the plan's choice trains")
-        return None
-    share = probe.PROBE_SHARE * float(cfg.train.max_minutes or 0.0)
-    log.log(f"probe: {len(trials)} candidates, {share:.1f} min each on the training split, scored on the "
-            "validation images: " + "; ".join(f"{t.name}: {t.summary}" for t in trials))
-    for trial in trials:
-        folder = run.path / "probe" / trial.name
-        done = probe.load_result(folder)
-        if done is not None:
-            trial.score, trial.steps = done.get("score"), int(done["steps"])
-            trial.minutes = float(done["minutes"])
-            trial.summary = trial.summary or str(done.get("summary", ""))
-            continue
-        t0 = time.monotonic()
-        if info.is_main:
-            probe.fresh(folder)
-        synchronize(info)
-        sub = probe.trial_config(cfg, trial, folder, share)
-        trainer = Trainer(sub, device, info, RunFolder(folder), resume=False, quiet=quiet, stop=stop,
-                          hint=hint, fixed=fixed, lr_minutes=float(cfg.train.max_minutes or share))
-        trainer.fit()
-        trial.score, trial.steps, trial.minutes = trainer.last_score, trainer.step, probe.elapsed_minutes(t0)
-        if info.is_main:
-            probe.save_result(folder, trial)
-    winner = probe.choose(trials)
-    lines = probe.report(trials, winner)
-    for line in lines:
-        log.log(line)
-    apply_values(cfg, winner.values)
-    check_config(cfg, "the probe's choice")
-    if info.is_main:
-        _write_plan(run, dump_yaml(cfg, "\n".join([*lines, winner.header])))
-    spent = sum(t.minutes for t in trials)
-    return Start(run.path / "probe" / winner.name / "last", spent, winner.name)
+    checkpoint: Path
+    minutes: float
+    name: str
 
 
 def _keep_saved(cfg: Config, saved: Config, *, planned: bool, given: set[str]) -> None:

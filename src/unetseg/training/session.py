@@ -1,0 +1,107 @@
+"""A training session: :func:`train` checks the whole configuration and the run folder before any data is
+read, plans what the user did not give, lets a timed probe settle what the planner's rules could not, then
+drives a :class:`~unetseg.training.trainer.Trainer`; Ctrl-C and SIGTERM end it with the resume command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from unetseg import checkpoint as ckpt
+from unetseg.config import Config
+from unetseg.errors import CheckpointError, TrainingError
+from unetseg.runtime import configure_process, resolve_device
+from unetseg.training.distributed import DistInfo, broadcast_object, cleanup, init_distributed, synchronize
+from unetseg.training.interrupt import caused_by_ctrl_c, termination
+from unetseg.training.probe import Trial, run_probe
+from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run, write_plan
+from unetseg.training.trainer import Trainer
+from unetseg.validate import check_config
+
+
+def train(
+    cfg: Config,
+    resume: bool = False,
+    quiet: bool = False,
+    *,
+    overwrite: bool = False,
+    config_file: str | Path | None = None,
+    resume_hint: str | None = None,
+    given: set[str] | None = None,
+) -> Path:
+    """Train the model ``cfg`` describes on ``cfg.data.data``; return the run folder.
+
+    ``resume`` continues ``RUN/last``; ``overwrite`` replaces an earlier run in ``cfg.train.out`` (kept until
+    the new run's first checkpoint); ``config_file`` is the recipe the config came from (never rewritten).
+    ``given``: the dotted keys the user set (command line and YAML); when it is not None, the planner
+    (:mod:`unetseg.planning`) chooses every other option from the data, the device and the time budget,
+    prints its table and writes ``RUN/plan.yaml``.
+    Under ``torchrun`` every process calls this; DDP, sharded sampling and synchronised validation follow
+    from the environment, and only rank 0 writes files. Ctrl-C or SIGTERM raise
+    :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
+    """
+    check_config(cfg, "configuration")  # every option, before any data is read
+    if cfg.train.out is None:
+        raise TrainingError("train needs an output folder (--out RUN / train.out)")
+    info, device = init_distributed(resolve_device(cfg.train.device))
+    run = None
+    try:
+        inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
+        run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
+        synchronize(info)  # every rank has checked --out before rank 0 writes into it
+        configure_process(device)
+        # a resumed run without a checkpoint (stopped while planning or probing) plans again
+        candidates = _plan(cfg, given, run, info, quiet) if given is not None and not (
+            resume and _has_checkpoint(run.path)) else []
+        with termination() as stop:
+            try:
+                start = run_probe(cfg, candidates, device, info, run, quiet, stop, resume_hint,
+                                  given or set())
+                trainer = Trainer(cfg, device, info, run, resume=resume and start is None, quiet=quiet,
+                                  stop=stop, hint=resume_hint, fixed=given, start=start)
+                return trainer.fit()
+            except BaseException as e:
+                if not caused_by_ctrl_c(e):  # also a Ctrl-C that an extension's import wrapped
+                    raise
+                raise TrainingInterrupted(
+                    interrupted_message(run.path, resume_hint, "interrupted (Ctrl-C)", False), 130
+                ) from None
+    except BaseException:
+        if run is not None and info.is_main:
+            run.roll_back()  # only while the new run has no checkpoint of its own
+        raise
+    finally:
+        cleanup(info)
+
+
+def _has_checkpoint(run: Path) -> bool:
+    try:
+        ckpt.find_checkpoint(run / "last")
+        return True
+    except CheckpointError:
+        return False
+
+
+def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: bool) -> list[Trial]:
+    """Plan what the user did not give (rank 0 plans; under torchrun every rank applies rank 0's values,
+    so the replicas are the same network); print the table; keep the recipe in RUN/plan.yaml. Returns the
+    candidates a probe should compare (the plan's choice first), or none when the rules are sure."""
+    from rich.console import Console
+
+    from unetseg.planning import make_plan
+    from unetseg.planning.plan import apply_values
+    from unetseg.planning.report import describe, show_plan
+
+    plan = make_plan(cfg, given) if info.is_main else None
+    shared = broadcast_object(
+        [(p.name, p.planned(), describe(p), p.header()) for p in [plan, *plan.alternatives]]
+        if plan is not None else None,
+        info,
+    )
+    assert isinstance(shared, list)
+    apply_values(cfg, shared[0][1])
+    check_config(cfg, "the plan")
+    if plan is not None:
+        show_plan(plan, Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140))
+        write_plan(run, plan.recipe(cfg))
+    return [Trial(*row) for row in shared] if len(shared) > 1 else []
