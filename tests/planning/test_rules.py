@@ -235,3 +235,16 @@ def test_a_large_3d_structure_gets_a_low_resolution_stage_in_plane_first():
     assert y == x >= 2.0 and 1.0 <= z < y and max(3 * z, y) / min(3 * z, y) <= 2.1
     g = {d.key: d.value for d in rules.geometry(fp, CPU, [3.0, 1.0, 1.0], choice.downsample, choice.voxels)}
     assert g["data.patch_size"][0] <= 40 and np.prod(g["data.patch_size"]) <= rules.PATCH_VOXELS[("cpu", 3)]
+
+
+def test_whole_image_patches_normalise_per_image():
+    """A 2D patch that holds a whole image (large structures at a coarser grid) uses instance norm; crops of
+    larger images keep BatchNorm; 3D keeps it too."""
+    fp = _objects_fp([575, 765], share=0.8, thin=60.0)
+    (choice,) = rules.resolution(fp, CPU, None)
+    patch = _geometry(fp, choice)["data.patch_size"]
+    (whole,) = rules.norm_layer(fp, patch, choice.downsample)
+    assert whole.value == "instance" and "whole image" in whole.reason
+    (crops,) = rules.norm_layer(_objects_fp([512, 512], share=0.1, thin=8.0), [256, 256])
+    assert crops.value is None
+    assert rules.norm_layer(_objects_fp([32, 64, 64], share=0.1, thin=8.0), [32, 64, 64]) == []

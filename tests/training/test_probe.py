@@ -104,30 +104,3 @@ def test_train_probes_then_continues_the_winner(tmp_path: Path, capsys: pytest.C
     assert int(rows[0]["step"]) > results[winner]["steps"]  # the winner's trial went on: no fresh start
     plan = (run / "plan.yaml").read_text()
     assert plan.startswith("# probe ") and f"probe {winner}:" in plan and "kept" in plan
-
-
-def test_validation_of_a_coarser_model_scores_what_predict_writes(tmp_path: Path) -> None:
-    """A model trained at a coarser resolution is validated at the images' own grid: the run's validation
-    Dice is the Dice ``evaluate`` reports for the same checkpoint and images."""
-    import subprocess
-    import sys
-
-    from unetseg.data.synthetic import make_dataset
-    from unetseg.training import train
-
-    data = make_dataset(tmp_path / "train", n=6, size=(80, 96), kind="lesions", seed=3)
-    val = make_dataset(tmp_path / "val", n=3, size=(75, 90), kind="lesions", seed=4)
-    cfg = _config(data, tmp_path / "RUN", 0.1)
-    cfg.data.val_data = str(val)
-    cfg.data.downsample, cfg.data.patch_size, cfg.model.depth = [2.5, 2.5], [32, 48], 3
-    cfg.train.max_minutes, cfg.train.epochs, cfg.train.iters_per_epoch = None, 2, 5
-    run = train(cfg, quiet=True)
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
-    proc = subprocess.run([sys.executable, "-m", "unetseg", "evaluate", "--checkpoint", str(run / "last"),
-                           "--data", str(val), "--out", str(tmp_path / "m.json"), "--device", "cpu",
-                           "--precision", "fp32"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "m.json").read_text())
-    assert result["per_image"][0]["dice"] and float(rows[-1]["val_dice"]) == pytest.approx(
-        result["mean"]["dice"][1], abs=2e-4)

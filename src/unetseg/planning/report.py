@@ -13,15 +13,20 @@ def fingerprint_lines(fp: Fingerprint) -> list[str]:
     inten = fp.intensity[0]
     objects = "; ".join(
         f"class {k}: {o['count']} objects, median {o['median_voxels']:.0f} voxels"
+        + (f", 90% within {'x'.join(f'{e:.0f}' for e in o['p90_extent'])} px "
+           f"({'x'.join(f'{100 * e:.0f}%' for e in o['p90_extent_share'])} of the image), "
+           f"{100 * o['border_fraction']:.0f}% at the border" if o.get("p90_extent") else "")
         for k, o in fp.objects.items()
         if o.get("count")
     )
+    thin = ", ".join(f"{k}: {t['p10']:.3g}" for k, t in fp.thickness.items() if t.get("p10") is not None)
     return [
         f"{fp.n_cases} cases, {fp.spatial_dims}D, {fp.channels} channel(s), median size {fp.median_shape}, "
         f"median spacing {[round(s, 3) for s in fp.median_spacing]}, pixel types {sorted(set(fp.dtypes))}",
         f"intensity (channel 0): {inten['min']:g} .. {inten['max']:g}, mean {inten['mean']:.3g}, "
         f"std {inten['std']:.3g}; foreground {100 * fp.foreground_fraction:.1f}% of voxels",
         f"mask values {fp.class_values}; {objects or 'no objects'}",
+        f"thinnest 10% of each class (thickness, spacing units): {thin or '-'}",
     ]
 
 
