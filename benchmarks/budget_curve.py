@@ -1,4 +1,4 @@
-"""Dice against the training budget for the planner and the MONAI reference, as a picture.
+"""Dice against the training budget for the planner, the MONAI reference and nnU-Net v2, as a picture.
 
 For each dataset and each budget (default 2, 5, 10, 20 CPU minutes) it runs ``real_data.py``'s planner and
 reference on the same split and scores the foreground class on the held-out images, then draws
@@ -19,6 +19,8 @@ from pathlib import Path
 import real_data
 
 HERE = Path(__file__).resolve().parent
+LABELS = {"planner": "unetseg planner (no recipe)", "reference": "MONAI BasicUNet + DiceCE",
+          "nnunet": "nnU-Net v2 (its planner, clock-stopped)"}
 MAIN = {
     "dsb2018": "dice/nucleus",
     "isbi2012": "dice/membrane",
@@ -34,12 +36,32 @@ def one(name: str, tool: str, minutes: float, work: Path) -> float:
     values = real_data.ClassMap(cfg.data.class_values).values
     if tool == "planner":
         info = real_data.run_unetseg(name, train, val, work, minutes, [], planner=True)
+    elif tool == "nnunet":
+        info = run_nnunet(train, val, work, minutes, values)
     else:
         info = real_data.run_reference(train, val, work, minutes, values, [])
     scores = real_data.score(
-        Path(info["pred"]), cases, values, name, data, original=info.get("pred_values") == "original"
+        Path(info["pred"]), cases, values, name, data, original=info.get("pred_values") == "original",
+        flat=info.get("flat_values"),
     )
     return scores[MAIN[name]]
+
+
+def run_nnunet(train: Path, val: Path, work: Path, minutes: float, values: list) -> dict:
+    """``benchmarks/reference_nnunet.py`` in its own venv (``.venv-nnunet``, made by ``make bench``):
+    nnU-Net's planner and default trainer stopped by the clock; every mask value its own label, as for
+    MONAI."""
+    import shutil
+
+    flat = sorted({float(x) for v in values for x in (v if isinstance(v, list) else [v])})
+    pred = work / "nnunet" / "pred"
+    shutil.rmtree(work / "nnunet", ignore_errors=True)
+    python = real_data.REPO / ".venv-nnunet" / "bin" / "python"
+    real_data.run([str(python), "benchmarks/reference_nnunet.py", "--train", str(train), "--predict",
+                   str(val / "images"), "--out", str(pred), "--minutes", f"{minutes:g}", "--class-values",
+                   *[f"{v:g}" for v in flat], "--work", str(work / "nnunet" / "work")], work / "nnunet.log")
+    shutil.rmtree(work / "nnunet" / "work", ignore_errors=True)
+    return {"pred": str(pred), "flat_values": flat}
 
 
 def draw(results: dict, path: Path) -> None:
@@ -50,14 +72,14 @@ def draw(results: dict, path: Path) -> None:
     fig = Figure(figsize=(5 * len(names), 4))
     FigureCanvasAgg(fig)
     for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
-        for tool, style in (("planner", "o-"), ("reference", "s--")):
+        for tool, style in (("planner", "o-"), ("reference", "s--"), ("nnunet", "^-.")):
             pts = sorted((float(m), d) for m, d in results[name].get(tool, {}).items())
             if pts:
                 ax.plot(
                     [m for m, _ in pts],
                     [d for _, d in pts],
                     style,
-                    label="unetseg planner (no recipe)" if tool == "planner" else "MONAI BasicUNet + DiceCE",
+                    label=LABELS[tool],
                 )
         ax.set(
             title=f"{real_data.DATASETS[name][0]}: {MAIN[name]}",
@@ -77,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="+", choices=sorted(MAIN))
     ap.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10, 20])
-    ap.add_argument("--tools", nargs="+", default=["planner", "reference"], choices=["planner", "reference"])
+    ap.add_argument("--tools", nargs="+", default=["planner", "reference"], choices=sorted(LABELS))
     ap.add_argument("--redo", action="store_true")
     args = ap.parse_args()
     store = HERE / "budget_curve.json"
