@@ -177,7 +177,7 @@ def plan(
 
     from unetseg.fileio import OutputGuard, record_written, write_text
     from unetseg.planning import make_plan
-    from unetseg.planning.report import show_plan
+    from unetseg.planning.report import probe_notes, show_plan
 
     opts = {name: None for name in TRAIN_KEYS} | {"patch_size": None, "option": None, "config": config}
     opts.update(data=data, max_minutes=max_minutes, device=device, classes=classes, task=task)
@@ -193,7 +193,7 @@ def plan(
     result.apply(cfg)
     show_plan(result, Console(stderr=True, width=None if sys.stderr.isatty() else 140))
     if out is not None:
-        record_written([write_text(out, result.recipe(cfg))])
+        record_written([write_text(out, result.recipe(cfg, probe_notes(result)))])
         typer.echo(f"wrote {out}; train with: unetseg train --config {out} --out RUN")
 
 

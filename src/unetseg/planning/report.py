@@ -44,10 +44,15 @@ def show_plan(plan: Plan, console: Console) -> None:
     console.print(table)
     for note in plan.timing.notes:
         console.print(f"note: {note}", highlight=False)
-    for alt in plan.alternatives:
-        console.print(f"probe: train will also try {describe(alt)} against {describe(plan)} for a short "
-                      "time each and keep the one with the better validation Dice", highlight=False)
+    for note in probe_notes(plan):
+        console.print(note, highlight=False)
     console.print(f"this run: {plan.estimate}", highlight=False)
+
+
+def probe_notes(plan: Plan) -> list[str]:
+    """What ``train`` will try against the plan's choice, one line per alternative."""
+    return [f"probe: train will also try {describe(alt)} against {describe(plan)} for a short time each "
+            "and keep the one with the better validation Dice" for alt in plan.alternatives]
 
 
 def describe(plan: Plan) -> str:
