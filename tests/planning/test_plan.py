@@ -121,6 +121,21 @@ def test_a_planned_resolution_is_recorded_predicted_back_and_read_again(tmp_path
     assert read_mask(out / "case_000.png")[0].shape == (575, 700)
 
 
+def test_the_plan_says_what_a_probe_will_try(tmp_path, capsys):
+    """Lesions that fill most of a 288x384 image: a coarser grid sees them whole, full resolution sees most
+    of them; the rules leave it to the probe, and `plan` says so in its table and its recipe."""
+    from unetseg.data.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "lesions", n=4, size=(288, 384), kind="lesions", seed=5)
+    out = tmp_path / "plan.yaml"
+    code, err = run_inprocess("plan", "--data", data, "--max-minutes", "5", "--out", out, capsys=capsys)
+    assert code == 0, err
+    assert "probe: train will also try full (full resolution" in " ".join(err.split())
+    text = out.read_text()
+    assert text.startswith("# probe: train will also try full")
+    assert yaml.safe_load(text)["data"]["downsample"][0] > 1.0  # the recipe holds the rules' own choice
+
+
 def test_a_resumed_planned_run_keeps_its_plan(cells, tmp_path, capsys):
     """--resume goes on with the planned values (not the built-in defaults); what the resume command gives,
     a longer budget, applies."""
