@@ -242,16 +242,18 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("datasets", nargs="*", choices=sorted(DATASETS), default=sorted(DATASETS))
+    ap.add_argument("datasets", nargs="*", help=f"some of {sorted(DATASETS)} (default: all)")
     ap.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0])
     ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg_large_objects")
     ap.add_argument("--redo", action="store_true", help="run again what the JSON already holds")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md and the picture alone")
     args = ap.parse_args()
+    if unknown := set(args.datasets) - set(DATASETS):
+        ap.error(f"unknown dataset(s) {sorted(unknown)}: choose from {sorted(DATASETS)}")
     stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results, notes = stored.get("results", {}), stored.get("notes", {})
-    for name in args.datasets:
+    for name in args.datasets or sorted(DATASETS):
         train, test, note = DATASETS[name](args.work / name / "data")
         notes[name] = note
         for minutes in args.minutes:
