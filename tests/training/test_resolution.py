@@ -69,3 +69,19 @@ def test_a_3d_low_resolution_model_trains_coarse_and_predicts_the_inputs_grid(ce
     volume, vmeta = read_image(case.image_paths[0])
     labels_out = unetseg.predict(str(run), volume, spacing=vmeta["spacing"], device="cpu", precision="fp32")
     assert labels_out.shape == volume.shape[1:] == (16, 32, 32)
+
+
+def test_the_plan_fills_the_runs_config_not_the_callers(tmp_path: Path) -> None:
+    """``train`` plans (resolution, patch, norm...) into its own copy: the caller's Config is unchanged and
+    the run's config.json holds the planned values."""
+    from unetseg.data.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "train", n=4, size=(64, 80), kind="lesions", seed=5)
+    cfg = _config(data, tmp_path / "RUN")
+    cfg.train.max_minutes = 0.05
+    before = cfg.model_dump()
+    run = train(cfg, quiet=True, given={"data.data", "train.out", "train.max_minutes"})
+    assert cfg.model_dump() == before
+    saved = json.loads((run / "last" / "config.json").read_text())
+    planned = saved["data"]["patch_size"]
+    assert planned is not None and planned != before["data"]["patch_size"]

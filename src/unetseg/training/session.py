@@ -41,6 +41,7 @@ def train(
     :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
     """
     check_config(cfg, "configuration")  # every option, before any data is read
+    cfg = cfg.copy_deep()  # the plan and the probe fill in values: never in the caller's Config
     if cfg.train.out is None:
         raise TrainingError("train needs an output folder (--out RUN / train.out)")
     info, device = init_distributed(resolve_device(cfg.train.device))
