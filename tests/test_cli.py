@@ -64,6 +64,8 @@ def test_multi_value_options_expand() -> None:
         "1",
     ]
     assert expand_multi(["--tile", "8", "16", "32"]) == ["--tile", "8", "--tile", "16", "--tile", "32"]
+    assert expand_multi(["--downsample", "1.5", "2", "--out", "R"]) == [
+        "--downsample", "1.5", "--downsample", "2", "--out", "R"]
 
 
 def test_classes_option_takes_values_and_merged_groups() -> None:

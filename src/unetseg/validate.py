@@ -18,10 +18,12 @@ from unetseg.losses import build_loss
 from unetseg.models import build_model
 
 
-def check_config(cfg: Config, source: str = "config", *, trained: bool = False) -> Config:
+def check_config(cfg: Config, source: str = "config", *, trained: bool = False, dims: bool = True) -> Config:
     """Raise one ConfigError line (prefixed with ``source``) for anything that cannot work; return ``cfg``.
 
     ``trained``: the config of a trained model (a checkpoint, an export), which must also know its classes.
+    ``dims``: check the per-axis sizes against ``model.spatial_dims`` (False while the planner is still to
+    take the dimensionality from the data: it checks them then, :func:`check_axes`).
     """
     try:
         with torch.device("meta"):  # validates the architecture name and options; allocates nothing
@@ -37,14 +39,20 @@ def check_config(cfg: Config, source: str = "config", *, trained: bool = False) 
         raise ConfigError(
             f"{source}: train.loss_options.weight_map: expected true or {{w0: 10, sigma: 5}}, got {wm!r}"
         )
-    dims = cfg.model.spatial_dims
-    for name, size in (("data.patch_size", cfg.data.patch_size), ("infer.tile", cfg.infer.tile)):
-        if size is not None and len(size) != dims:
-            raise ConfigError(f"{source}: {name} {list(size)} has {len(size)} sizes but the model is {dims}D")
+    if dims:
+        check_axes(cfg, cfg.model.spatial_dims, f"{source}: ", "the model is")
     if trained:
         _check_trained(cfg, source)
     del model
     return cfg
+
+
+def check_axes(cfg: Config, dims: int, prefix: str = "", what: str = "the model is") -> None:
+    """The options with one value per axis (patch, tile, resolution) have ``dims`` of them."""
+    for name, size in (("data.patch_size", cfg.data.patch_size), ("infer.tile", cfg.infer.tile),
+                       ("data.downsample", cfg.data.downsample)):
+        if size is not None and len(size) != dims:
+            raise ConfigError(f"{prefix}{name} {list(size)} has {len(size)} values but {what} {dims}D")
 
 
 def _check_trained(cfg: Config, source: str) -> None:

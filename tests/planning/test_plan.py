@@ -192,14 +192,32 @@ def test_the_plan_of_an_instance_task_chooses_the_target_and_keeps_a_given_one(t
     assert "# data.instance_target: given" in text
 
 
-@pytest.mark.parametrize("extra, needle", [(["--depth", "12"], "the largest depth that fits is 8"),
-                                           (["--patch-size", "4096", "4096"], "the largest patch that fits")])
+@pytest.mark.parametrize("extra, needle", [
+    (["--depth", "12"], "the largest depth that fits is 8"),
+    (["--patch-size", "4096", "4096"], "the largest patch that fits"),
+    (["--downsample", "2", "2", "2"], "data.downsample [2.0, 2.0, 2.0] has 3 values but the images in"),
+    (["--downsample", "8", "1"], "leaves the median image of"),
+    (["--downsample", "0.5", "2"], "factors of at least 1"),
+])
 def test_options_that_cannot_work_fail_before_the_plan_is_shown(extra, needle, cells, tmp_path, capsys):
     from reliability.helpers import assert_refused
 
     code, err = run_inprocess("train", "--data", cells, "--out", tmp_path / "R", *extra, capsys=capsys)
     assert_refused(code, err, needle)
     assert not (tmp_path / "R").exists()
+
+
+def test_a_3d_recipe_that_gives_only_the_patch_is_planned_around_it(cells_3d, tmp_path, capsys):
+    """Per-axis options of a recipe are checked against the data's dimensions once the plan knows them: a
+    3D patch (or resolution) given without ``model.spatial_dims`` trains, and the plan keeps it."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {patch_size: [16, 32, 32], downsample: [1, 2, 2]}\n")
+    code, err = run_inprocess("train", "--data", cells_3d, "--out", tmp_path / "R", "--config", recipe,
+                              "--max-minutes", "0.05", "--workers", "0", "--precision", "fp32", capsys=capsys)
+    assert code == 0, err
+    saved = _saved(tmp_path / "R")
+    assert saved["model"]["spatial_dims"] == 3 and saved["data"]["patch_size"] == [16, 32, 32]
+    assert saved["data"]["downsample"] == [1.0, 2.0, 2.0]
 
 
 def _aniso(root: Path, spacings: list[tuple[float, float, float]]) -> Path:

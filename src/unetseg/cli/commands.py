@@ -113,6 +113,8 @@ def train(
     iters_per_epoch: Annotated[int | None, Opt(help="training batches per epoch")] = None,
     max_minutes: Annotated[float | None, Opt(help="stop cleanly after this many minutes")] = None,
     patch_size: Annotated[list[int] | None, Opt(help="H W or D H W")] = None,
+    downsample: Annotated[list[float] | None, Opt(
+        help="train at a coarser resolution: a factor per axis (H W or D H W), e.g. 2 2")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     loss: Annotated[str | None, Opt(help=_losses())] = None,
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
@@ -179,7 +181,8 @@ def plan(
     from unetseg.planning import make_plan
     from unetseg.planning.report import probe_notes, show_plan
 
-    opts = {name: None for name in TRAIN_KEYS} | {"patch_size": None, "option": None, "config": config}
+    opts = {name: None for name in TRAIN_KEYS} | {"patch_size": None, "downsample": None, "option": None,
+                                                "config": config}
     opts.update(data=data, max_minutes=max_minutes, device=device, classes=classes, task=task)
     sources = train_sources(opts)
     cfg = build_config(sources)

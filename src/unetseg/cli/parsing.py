@@ -50,6 +50,8 @@ def train_sources(opts: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     }
     if opts["patch_size"]:
         given["data.patch_size"] = size_option(opts["patch_size"], "--patch-size")
+    if opts["downsample"]:
+        given["data.downsample"] = factor_option(opts["downsample"], "--downsample")
     if opts["classes"]:
         given["data.class_values"] = parse_classes(opts["classes"])
     sources = [(load_yaml(opts["config"]), str(opts["config"]))] if opts["config"] is not None else []
@@ -88,12 +90,26 @@ def size_option(values: list[int] | None, option: str) -> list[int] | None:
     return list(values)
 
 
+def factor_option(values: list[float], option: str) -> list[float]:
+    if len(values) not in (2, 3) or any(v < 1 for v in values):
+        raise UnetsegError(f"{option} takes 2 (H W) or 3 (D H W) factors of at least 1, got {values}")
+    return list(values)
+
+
 def resume_hint(argv: list[str]) -> str:
     kept = [a for a in argv if a not in ("--overwrite", "--resume")]
     return "unetseg " + shlex.join(kept + ["--resume"])
 
 
-_MULTI_INT = ("--patch-size", "--tile")
+_MULTI = ("--patch-size", "--tile", "--downsample")
+
+
+def _number(arg: str) -> bool:
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return not arg.startswith("--")
 
 
 def expand_multi(argv: list[str]) -> list[str]:
@@ -104,9 +120,9 @@ def expand_multi(argv: list[str]) -> list[str]:
         a = argv[i]
         out.append(a)
         i += 1
-        if a in _MULTI_INT:
+        if a in _MULTI:
             first = True
-            while i < len(argv) and argv[i].lstrip("-").isdigit() and not argv[i].startswith("--"):
+            while i < len(argv) and _number(argv[i]):
                 if not first:
                     out.append(a)
                 out.append(argv[i])

@@ -18,10 +18,12 @@ from unetseg.data.fingerprint import Fingerprint
 from unetseg.data.fingerprint_cache import cached_fingerprint
 from unetseg.data.prepare import check_geometry
 from unetseg.data.resample import shape_after
+from unetseg.errors import ConfigError
 from unetseg.planning import rules
 from unetseg.planning.rules import Decision, Device
 from unetseg.planning.timing import Timing, measure, measure_tile
 from unetseg.runtime import resolve_device
+from unetseg.validate import check_axes
 
 MIN_STEPS = {2: 800, 3: 800}  # optimizer steps a width must reach in the budget to be chosen (see README)
 WIDTHS = {"cpu": [8, 16, 32], "cuda": [16, 32, 48]}
@@ -157,6 +159,7 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
         max_bytes=cfg.data.max_image_gib * 2**30,
         instances=instances,
     )
+    check_axes(cfg, fp.spatial_dims, what=f"the images in {cfg.data.data} are")  # before any rule uses them
     torch_dev, device = device_of(cfg)
     work = _Work(cfg, given)
     work.take(
@@ -181,8 +184,27 @@ def _resolutions(work: _Work, fp: Fingerprint, device: Device, task: str) -> lis
     if {"data.downsample", "data.patch_size"} & work.given:
         why = "given" if "data.downsample" in work.given else "data.patch_size is given: no other resolution"
         budget = rules.PATCH_VOXELS[(device.kind, fp.spatial_dims)]
+        _check_downsample(work.get("data.downsample"), fp, work.get("data.spacing"), str(work.cfg.data.data))
         return [rules.Resolution("given", work.get("data.downsample"), budget, why)]
     return rules.resolution(fp, device, work.get("data.spacing"), task)
+
+
+MIN_GRID = 16  # px per axis a given resolution must leave the median image: a network needs room to pool
+
+
+def _check_downsample(factor: list[float] | None, fp: Fingerprint, target: list[float] | None,
+                      data: str) -> None:
+    """A given ``data.downsample`` that shrinks the median image under :data:`MIN_GRID` px on an axis it
+    coarsens is refused with the largest factors that would not."""
+    if not factor:
+        return
+    pairs = zip(fp.shapes, fp.spacings, strict=True)
+    median = np.median(np.asarray([shape_after(s, sp, target) if target else s for s, sp in pairs]), axis=0)
+    if any(f > 1 and m / f < MIN_GRID for m, f in zip(median, factor, strict=True)):  # thin axes stay
+        most = [max(1.0, round(float(m) / MIN_GRID, 2)) for m in median]
+        raise ConfigError(f"data.downsample {list(factor)} leaves the median image of {data} "
+                          f"{[max(1, round(m / f)) for m, f in zip(median, factor, strict=True)]} px at the "
+                          f"model's grid; at most {most} keeps {MIN_GRID} px per axis")
 
 
 def _finish(work: _Work, fp: Fingerprint, device: Device, torch_dev: torch.device,

@@ -40,7 +40,8 @@ def train(
     from the environment, and only rank 0 writes files. Ctrl-C or SIGTERM raise
     :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
     """
-    check_config(cfg, "configuration")  # every option, before any data is read
+    # every option, before any data is read (the per-axis sizes once the plan knows the data's dimensions)
+    check_config(cfg, "configuration", dims=given is None or "model.spatial_dims" in given)
     cfg = cfg.copy_deep()  # the plan and the probe fill in values: never in the caller's Config
     if cfg.train.out is None:
         raise TrainingError("train needs an output folder (--out RUN / train.out)")
