@@ -101,7 +101,26 @@ def test_object_extents_border_contact_and_thickness(tmp_path: Path) -> None:
     assert fp.thickness["1"]["median"] == pytest.approx(30, rel=0.05)
     assert fp.thickness["2"]["p10"] == pytest.approx(4.0 * 4 / np.pi)
     assert fp.thickness["0"]["p10"] > 20  # the background around them is wide
+    # reach: a disc is seen whole; a band need not be seen along its length, 8 of its widths will do
+    assert disc["median_reach"] == [61.0, 61.0] and disc["median_reach_share"] == pytest.approx([0.61, 0.305])
+    assert band["median_reach"] == pytest.approx([8 * 4.0 * 4 / np.pi, 4.0])
     assert _json_round_trip(fp) == fp
+
+
+def test_specks_beside_a_large_object_do_not_hide_it(tmp_path: Path) -> None:
+    """A tumour with satellite specks: 90% of the objects are specks, but most voxels are the tumour, whose
+    reach the field of view is planned from."""
+    root = tmp_path / "specks"
+    for i in range(2):
+        mask = np.zeros((160, 160), np.uint8)
+        yy, xx = np.indices(mask.shape)
+        mask[(yy - 80) ** 2 + (xx - 80 - 5 * i) ** 2 <= 50**2] = 1
+        mask[3:150:12, 2] = 1  # 13 single-pixel specks along the left edge
+        write_image(root / "images" / f"c{i}.png", np.full(mask.shape, 90, np.uint8))
+        write_mask(root / "masks" / f"c{i}.png", mask)
+    o = compute_fingerprint(find_cases(root)).objects["1"]
+    assert o["count"] == 28 and o["p90_extent"] == [1.0, 1.0]
+    assert o["median_reach"] == [101.0, 101.0]
 
 
 def test_class_map_merges_values_and_objects(hand: Path) -> None:

@@ -168,7 +168,8 @@ def _objects_fp(shape: list[int], share: float, thin: float, *, spacing: list[fl
                "min_voxels": 1, "max_voxels": int(np.prod(extent)), "median_volume": 1.0, "p10_volume": 1.0,
                "median_extent": [e / 2 for e in extent], "p90_extent": extent,
                "median_extent_share": [share / 2] * d, "p90_extent_share": [share] * d,
-               "border_fraction": border}
+               "border_fraction": border, "median_reach": [e / 2 for e in extent],
+               "median_reach_share": [share / 2] * d}
     stats = {"mean": 100.0, "std": 20.0, "min": 0.0, "max": 255.0, "p0.5": 5.0, "median": 100.0,
              "p99.5": 250.0, "voxels": 1000}
     return Fingerprint(
@@ -219,6 +220,17 @@ def test_when_the_rules_cannot_be_sure_a_probe_compares_the_candidates():
     coarse, full = rules.resolution(fp, CPU, None)
     assert coarse.name == "coarse" and 1.25 <= max(coarse.downsample) < 2.0
     assert full.name == "full" and full.downsample is None
+
+
+def test_a_large_object_among_specks_is_still_seen_whole():
+    """90% of the objects are specks (count-based extent 2% of the side), but half the voxels lie in an
+    object reaching 80% of it: the view is planned for that object."""
+    fp = _objects_fp([575, 765], share=0.02, thin=60.0)
+    fp.objects["255"].update(median_reach=[0.8 * 575, 0.8 * 765], median_reach_share=[0.8, 0.8])
+    (choice,) = rules.resolution(fp, CPU, None)
+    assert choice.name == "coarse" and choice.downsample[0] >= 2.0 and "half of its voxels" in choice.reason
+    fp.objects["255"].update(median_reach=[0.01 * 575, 0.01 * 765], median_reach_share=[0.01, 0.01])
+    assert rules.resolution(fp, CPU, None)[0].downsample is None  # specks alone: full resolution
 
 
 def test_instances_need_their_gaps_at_full_resolution():

@@ -24,7 +24,7 @@ from unetseg.data.fingerprint_stats import PERCENTILES, _Classes, _Intensity, _v
 from unetseg.data.labels import ClassMap
 from unetseg.errors import DataError
 
-FORMAT_VERSION = 2  # bump when the fields or their meaning change: cached fingerprints are then recomputed
+FORMAT_VERSION = 3  # bump when the fields or their meaning change: cached fingerprints are then recomputed
 SEED = 1234  # nnU-Net's
 
 
@@ -41,7 +41,9 @@ class Fingerprint:
     p10_voxels, min_voxels, max_voxels, median_volume, p10_volume, median_extent, p90_extent,
     median_extent_share, p90_extent_share, border_fraction}`` (volumes in spacing units, i.e. voxels times
     prod(spacing); extents in voxels per axis of the bounding boxes, shares as a fraction of the image's
-    side; border_fraction: the share of objects touching the image border). ``thickness`` has every label:
+    side; border_fraction: the share of objects touching the image border; ``median_reach`` and
+    ``median_reach_share``: weighted by voxels, each object's extent or at most 8 of its widths, so that a
+    large object among specks is seen). ``thickness`` has every label:
     ``{p10, median}`` of twice the volume over the surface of its connected regions (spacing units: a band's
     width, a disc's radius), weighted by voxels: how fine a class's structures are, what a coarser
     resolution would lose.

@@ -116,8 +116,12 @@ def _weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> f
 
 
 FACES_PER_AREA = {2: 4 / np.pi, 3: 1.5}  # mean |n|_1 / |n|_2 of a boundary's normal, random orientations
+# A structure is told from its surroundings within a few of its own widths: a vessel tree or a membrane net
+# spans the image but is traced locally; a blob (lesion, organ) needs its whole extent in view.
+REACH_WIDTHS = 8.0
 OBJECT_KEYS = ("median_voxels", "p10_voxels", "min_voxels", "max_voxels", "median_volume", "p10_volume",
-               "median_extent", "p90_extent", "median_extent_share", "p90_extent_share", "border_fraction")
+               "median_extent", "p90_extent", "median_extent_share", "p90_extent_share", "border_fraction",
+               "median_reach", "median_reach_share")
 
 
 class _Classes:
@@ -133,6 +137,8 @@ class _Classes:
         self.shares: dict[float, list[np.ndarray]] = {}
         self.borders: dict[float, list[np.ndarray]] = {}
         self.thick: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {}  # (thickness, voxels) per region
+        self.reaches: dict[float, list[np.ndarray]] = {}
+        self.reach_shares: dict[float, list[np.ndarray]] = {}
 
     def add(self, labels: np.ndarray, spacing: Sequence[float], objects: np.ndarray | None = None) -> None:
         """Count ``labels``; objects are its connected regions, or the ids of an instance image
@@ -153,6 +159,9 @@ class _Classes:
         # a region with no surface fills the image: as thick as the image is wide
         whole = FACES_PER_AREA[labels.ndim] * 2.0 * volume / np.maximum(reg["surface"], 1e-12)
         thickness = np.where(reg["surface"] > 0, whole, float(np.max(side * np.asarray(spacing))))
+        # how far a region needs to be seen, per axis (voxels): its extent, or REACH_WIDTHS of its widths
+        widths = REACH_WIDTHS * thickness[:, None] / np.asarray(spacing, dtype=np.float64)[None, :]
+        reach = np.minimum(reg["extent"].astype(np.float64), np.maximum(widths, 1.0))
         for v in np.unique(values):
             pick = values == v
             key = float(v)
@@ -164,14 +173,21 @@ class _Classes:
             self.extents.setdefault(key, []).append(reg["extent"][pick])
             self.shares.setdefault(key, []).append(reg["extent"][pick] / side)
             self.borders.setdefault(key, []).append(reg["border"][pick])
+            self.reaches.setdefault(key, []).append(reach[pick])
+            self.reach_shares.setdefault(key, []).append(reach[pick] / side)
 
     def object_stats(self, key: float) -> dict[str, Any]:
         """Objects of a foreground class: sizes, volumes, bounding-box extents per axis (voxels, and as a
-        share of the image's side; median and 90th percentile) and the share touching the image border."""
+        share of the image's side; median and 90th percentile) and the share touching the image border.
+        Weighted by voxels, so that specks beside a large object do not hide it: ``median_reach`` (half of
+        the class's voxels lie in objects that reach no further per axis: the extent, at most
+        :data:`REACH_WIDTHS` widths) and its share of the side."""
         if key not in self.sizes:
             return {"count": 0} | dict.fromkeys(OBJECT_KEYS)
         sizes, volumes = np.concatenate(self.sizes[key]), np.concatenate(self.volumes[key])
         extents, shares = np.concatenate(self.extents[key]), np.concatenate(self.shares[key])
+        reach, reach_share = np.concatenate(self.reaches[key]), np.concatenate(self.reach_shares[key])
+        weights = sizes.astype(np.float64)
         return {
             "count": int(sizes.size),
             "median_voxels": float(np.median(sizes)),
@@ -185,6 +201,9 @@ class _Classes:
             "median_extent_share": np.median(shares, axis=0).tolist(),
             "p90_extent_share": np.percentile(shares, 90, axis=0).tolist(),
             "border_fraction": float(np.concatenate(self.borders[key]).mean()),
+            "median_reach": [_weighted_percentile(reach[:, a], weights, 50.0) for a in range(reach.shape[1])],
+            "median_reach_share": [_weighted_percentile(reach_share[:, a], weights, 50.0)
+                                   for a in range(reach.shape[1])],
         }
 
     def thickness_stats(self, key: float) -> dict[str, float | None]:

@@ -184,21 +184,27 @@ class Resolution:
 
 def _view(fp: Fingerprint, median: list[int], scale: list[float]) -> tuple[list[int], str]:
     """The field of view the objects want per axis (voxels of the training grid, ``scale``: training voxels
-    per image voxel), and why: the 90th-percentile object with :data:`FOV_MARGIN`, the whole side when
-    that reaches :data:`WHOLE_SHARE` of it or when most objects are cut by the image border."""
+    per image voxel), and why: the larger of the 90th-percentile object and the object that holds the
+    median voxel (specks beside a large object do not hide it; a thin network needs a few of its widths,
+    not its span), with :data:`FOV_MARGIN`; the whole side when that reaches :data:`WHOLE_SHARE` of it or
+    when most objects are cut by the image border."""
     want, why = [0] * len(median), "no objects"
     for name, o in fp.objects.items():
         if not o.get("count") or o.get("p90_extent") is None:
             continue
         cut = o["border_fraction"] >= 0.5 and max(o["p90_extent_share"]) >= 0.25
-        for a, (m, e, share) in enumerate(zip(median, o["p90_extent"], o["p90_extent_share"], strict=True)):
+        big = o.get("median_reach_share") and max(o["median_reach_share"]) > max(o["p90_extent_share"])
+        ext, shares, what = (
+            (o["median_reach"], o["median_reach_share"], "half of its voxels in objects reaching") if big
+            else (o["p90_extent"], o["p90_extent_share"], "90% of objects within"))
+        for a, (m, e, share) in enumerate(zip(median, ext, shares, strict=True)):
             whole = cut or FOV_MARGIN * share >= WHOLE_SHARE
             w = m if whole else min(m, math.ceil(FOV_MARGIN * e * scale[a]))
             if w > want[a]:
                 want[a] = w
-                ext = [round(x * f) for x, f in zip(o["p90_extent"], scale, strict=True)]
-                why = (f"class {name}: 90% of objects within {ext} px "
-                       f"({', '.join(f'{100 * x:.0f}%' for x in o['p90_extent_share'])} of the image)"
+                px = [round(x * f) for x, f in zip(ext, scale, strict=True)]
+                why = (f"class {name}: {what} {px} px "
+                       f"({', '.join(f'{100 * x:.0f}%' for x in shares)} of the image)"
                        + ("; most touch the border" if cut else ""))
     return want, why
 
