@@ -31,15 +31,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import real_data
+from _common import cpu_model
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -88,14 +90,8 @@ def make_lesions(work: Path) -> tuple[Path, Path, str]:
 DATASETS = {"cvc": split_cvc, "lesions": make_lesions}
 
 
-def _run(cmd: list[str], log: Path) -> str:
-    print("$ " + " ".join(map(str, cmd)), flush=True)
-    with open(log, "w") as f:
-        proc = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}), see {log}:\n" + "\n".join(text.splitlines()[-15:]))
-    return text
+def _run(cmd: list, log: Path) -> str:
+    return real_data.run([str(c) for c in cmd], log)  # the one runner: output to the log, tail on failure
 
 
 def run_planner(train: Path, test: Path, out: Path, minutes: float) -> dict:
@@ -159,13 +155,10 @@ def machine() -> str:
 
     import torch
 
-    cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    return (f"{cpu} ({'AVX-512-bf16' if bf16 else 'no AVX-512-bf16'}), 2 cores, Python "
+    from unetseg.runtime import cpu_has_fast_bf16
+
+    bf16 = "AVX-512-bf16/AMX" if cpu_has_fast_bf16() else "no fast bf16"
+    return (f"{cpu_model()} ({bf16}), {len(os.sched_getaffinity(0))} cores, Python "
             f"{platform.python_version()}, torch {torch.__version__}")
 
 

@@ -17,7 +17,6 @@ from unetseg.data.cases import find_cases
 from unetseg.data.fingerprint import Fingerprint
 from unetseg.data.fingerprint_cache import cached_fingerprint
 from unetseg.data.prepare import check_geometry
-from unetseg.data.resample import shape_after
 from unetseg.errors import ConfigError
 from unetseg.planning import rules
 from unetseg.planning.rules import Decision, Device
@@ -198,8 +197,7 @@ def _check_downsample(factor: list[float] | None, fp: Fingerprint, target: list[
     coarsens is refused with the largest factors that would not."""
     if not factor:
         return
-    pairs = zip(fp.shapes, fp.spacings, strict=True)
-    median = np.median(np.asarray([shape_after(s, sp, target) if target else s for s, sp in pairs]), axis=0)
+    median = np.median(np.asarray(rules.model_shapes(fp, target)), axis=0)
     if any(f > 1 and m / f < MIN_GRID for m, f in zip(median, factor, strict=True)):  # thin axes stay
         most = [max(1.0, round(float(m) / MIN_GRID, 2)) for m in median]
         raise ConfigError(f"data.downsample {list(factor)} leaves the median image of {data} "
@@ -216,9 +214,7 @@ def _finish(work: _Work, fp: Fingerprint, device: Device, torch_dev: torch.devic
     work.take(rules.geometry(fp, device, target, work.get("data.downsample"), option.voxels))
     patch = list(work.get("data.patch_size"))
     factor = work.get("data.downsample") or [1.0] * fp.spatial_dims
-    pairs = zip(fp.shapes, fp.spacings, strict=True)
-    shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
-    shapes = [tuple(max(1, round(n / f)) for n, f in zip(sh, factor, strict=True)) for sh in shapes]
+    shapes = [tuple(s) for s in rules.model_shapes(fp, target, work.get("data.downsample"))]
     # given values too
     check_geometry(tuple(patch), int(work.get("model.depth")), shapes, str(work.cfg.data.data))
     work.take(rules.norm_layer(fp, patch, factor))

@@ -171,6 +171,16 @@ SURE_GAIN = 2.0  # from here on the rules decide alone; between MIN_GAIN and it,
 PATCH_STRETCH = {2: 1.6, 3: 1.0}  # the most a patch may exceed the device budget to see its objects whole
 
 
+def model_shapes(fp: Fingerprint, target: list[float] | None,
+                 downsample: list[float] | None = None) -> list[list[int]]:
+    """Every image's shape on the model's grid: at the ``target`` spacing (None: its own), then
+    ``downsample`` coarser."""
+    factor = downsample or [1.0] * fp.spatial_dims
+    pairs = zip(fp.shapes, fp.spacings, strict=True)
+    shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
+    return [[max(1, round(n / f)) for n, f in zip(s, factor, strict=True)] for s in shapes]
+
+
 @dataclass(frozen=True)
 class Resolution:
     """One resolution the planner considers: ``downsample`` per axis (None: the training grid itself), the
@@ -251,9 +261,7 @@ def resolution(fp: Fingerprint, device: Device, target: list[float] | None,
     factor, the probe decides."""
     d = fp.spatial_dims
     spacing = list(target or fp.median_spacing)
-    pairs = zip(fp.shapes, fp.spacings, strict=True)
-    shapes = [shape_after(s, sp, target) if target else s for s, sp in pairs]
-    median = [int(v) for v in np.median(np.asarray(shapes), axis=0)]
+    median = [int(v) for v in np.median(np.asarray(model_shapes(fp, target)), axis=0)]
     scale = [m / max(float(o), 1.0) for m, o in zip(median, fp.median_shape, strict=True)]
     budget = PATCH_VOXELS[(device.kind, d)]
     want, why = _view(fp, median, scale)
@@ -290,11 +298,7 @@ def geometry(fp: Fingerprint, device: Device, target: list[float] | None,
     coarsest map is 4-8 voxels per axis."""
     d = fp.spatial_dims
     factor = downsample or [1.0] * d
-    shapes = [
-        shape_after(s, sp, target) if target else s for s, sp in zip(fp.shapes, fp.spacings, strict=True)
-    ]
-    shapes = [[max(1, round(n / f)) for n, f in zip(s, factor, strict=True)] for s in shapes]
-    median = [int(v) for v in np.median(np.asarray(shapes), axis=0)]
+    median = [int(v) for v in np.median(np.asarray(model_shapes(fp, target, downsample)), axis=0)]
     budget = voxels or PATCH_VOXELS[(device.kind, d)]
     out = []
     at = f" at {'x'.join(f'{f:g}' for f in factor)} coarser" if downsample else ""
