@@ -1,4 +1,5 @@
-"""Checkpoints: a folder with ``model.safetensors`` + ``config.json`` (+ ``state.pt`` for --resume).
+"""Checkpoints: a folder with ``model.safetensors`` + ``config.json`` (+ ``state.pt`` for --resume; + the
+first stage's checkpoint in ``stage1/`` for a cascade's second stage, so the folder is whole on its own).
 
 Loading for inference never unpickles anything; training state is read with ``weights_only=True``. Every
 file is written to a temporary folder beside the checkpoint, fsynced, and the folder is swapped in by
@@ -32,6 +33,7 @@ STATE_FILE = "state.pt"
 ONNX_CONFIG_KEY = "unetseg_config"
 TORCHSCRIPT_CONFIG_FILE = "config.json"
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+STAGE1 = "stage1"  # a cascade's first stage: a sub-folder of the checkpoint, or an export's ".stage1" twin
 STATE_KEYS = ("optimizer", "scaler", "epoch", "step", "best", "stale", "minutes", "rng")
 
 
@@ -55,14 +57,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def stage1_of(path: str | Path) -> Path:
+    """Where a cascade's first stage lies beside its second: ``CKPT/stage1`` for a checkpoint folder,
+    ``model.stage1.onnx`` beside ``model.onnx`` (any export suffix)."""
+    p = Path(path)
+    if p.is_dir() or p.name in (MODEL_FILE, CONFIG_FILE):
+        return find_checkpoint(p) / STAGE1
+    return p.with_name(f"{p.stem}.{STAGE1}{p.suffix}")
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, config: Config | dict[str, Any],
-                    metrics: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder atomically: files go to ``folder.tmp``, which then replaces ``folder``."""
+                    metrics: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
+                    previous: str | Path | None = None) -> Path:
+    """Write a checkpoint folder atomically: files go to ``folder.tmp``, which then replaces ``folder``.
+    ``previous``: a cascade's first-stage checkpoint, copied into ``stage1/``."""
     folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    if tmp.exists() or tmp.is_symlink():
-        shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
-    tmp.mkdir(parents=True)
+    tmp = _fresh_tmp(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
     atomic_write(tmp / MODEL_FILE, lambda p: save_file(tensors, str(p)))
     cfg = config.to_dict() if isinstance(config, Config) else dict(config)
@@ -71,9 +81,27 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, config: Config |
     write_text(tmp / CONFIG_FILE, json.dumps(cfg, indent=2, default=float))
     if state is not None:
         atomic_write(tmp / STATE_FILE, lambda p: torch.save(state, p))
+    if previous is not None:
+        (tmp / STAGE1).mkdir()
+        for name in (MODEL_FILE, CONFIG_FILE):
+            atomic_write(tmp / STAGE1 / name, lambda p, n=name: shutil.copyfile(Path(previous) / n, p))
+        fsync_dir(tmp / STAGE1)
     fsync_dir(tmp)
-    # Swap: folder -> folder.old, tmp -> folder, drop old. A kill between the renames leaves folder.old
-    # complete; find_checkpoint() falls back to it (never to folder.tmp, which may be incomplete).
+    return _swap_in(tmp, folder)
+
+
+def _fresh_tmp(folder: Path) -> Path:
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists() or tmp.is_symlink():
+        shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _swap_in(tmp: Path, folder: Path) -> Path:
+    """folder -> folder.old, tmp -> folder, drop old. A kill between the renames leaves folder.old
+    complete; find_checkpoint() falls back to it (never to folder.tmp, which may be incomplete)."""
+    old = folder.with_name(folder.name + ".old")
     if folder.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -83,6 +111,21 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, config: Config |
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def copy_checkpoint(source: str | Path, folder: str | Path, *, state: bool = False) -> Path:
+    """Copy a checkpoint (its weights, config and a cascade's ``stage1/``; the training state only with
+    ``state``) to ``folder`` with the same atomic swap as :func:`save_checkpoint`."""
+    source, folder = find_checkpoint(source), Path(folder)
+    tmp = _fresh_tmp(folder)
+    names = [MODEL_FILE, CONFIG_FILE, *([STATE_FILE] if state and (source / STATE_FILE).is_file() else [])]
+    subs = [STAGE1] if (source / STAGE1).is_dir() else []
+    for sub in ["", *subs]:
+        (tmp / sub).mkdir(exist_ok=True)
+        for name in names if not sub else [MODEL_FILE, CONFIG_FILE]:
+            atomic_write(tmp / sub / name, lambda p, f=source / sub / name: shutil.copyfile(f, p))
+        fsync_dir(tmp / sub)
+    return _swap_in(tmp, folder)
 
 
 def _complete(folder: Path) -> bool:

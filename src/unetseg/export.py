@@ -5,6 +5,8 @@
   (normalisation, class map, tile size, model geometry) goes into the model's ``metadata_props`` under
   ``unetseg_config``, so ``unetseg predict --checkpoint model.onnx`` runs through ONNX Runtime with the
   same tiling code, without the training stack.
+* A cascade's second stage is written with its first stage beside it (``model.stage1.onnx`` beside
+  ``model.onnx``), where ``predict`` looks for it.
 * TorchScript: a trace of the model's padded core wrapped in a small scripted module that pads to a
   multiple of the model's divisor (``2**depth``) at run time; the config travels as the archive's extra
   file ``config.json``.
@@ -34,6 +36,7 @@ from unetseg.checkpoint import (
     TORCHSCRIPT_SUFFIXES,
     find_checkpoint,
     load_checkpoint,
+    stage1_of,
 )
 from unetseg.config import Config, config_from_dict
 from unetseg.errors import ConfigError, UnetsegError, first_line
@@ -288,6 +291,9 @@ def export_model(
     fmt, output = fmt.lower(), Path(output)
     _check_request(checkpoint, fmt, output, opset, overwrite)
     model, config = load_checkpoint(checkpoint, "cpu")
+    if config.data.prior_channels:  # a cascade: its first stage goes beside it, as predict looks for it
+        export_model(stage1_of(checkpoint), fmt, stage1_of(output), opset, atol=atol, exporter=exporter,
+                     overwrite=overwrite)
     model = model.float().eval()
     ensure_dir(output.parent, "--output")
     config = _with_inference_defaults(config)

@@ -70,3 +70,10 @@ def _check_trained(cfg: Config, source: str) -> None:
         )
     if cfg.data.patch_size is None and cfg.infer.tile is None:
         raise ConfigError(f"{source}: neither data.patch_size nor infer.tile is set")
+    prior = cfg.data.prior_channels
+    if prior and (cfg.data.task != "semantic" or prior != k - 1 or cfg.model.in_channels <= prior):
+        raise ConfigError(
+            f"{source}: data.prior_channels {prior} does not fit a cascade's second stage (a semantic model "
+            f"with {k} classes takes {k - 1} prior channels after its image channels; model.in_channels is "
+            f"{cfg.model.in_channels})"
+        )

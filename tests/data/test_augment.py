@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from unetseg.config import AugmentConfig
-from unetseg.data.augment import Augmenter, crop, elastic_displacement
+from unetseg.data.augment import DROP_PROB, MORPH_PROB, Augmenter, crop, elastic_displacement, perturb_prior
 from unetseg.errors import ConfigError
 
 from .helpers import gradient_image
@@ -104,6 +104,36 @@ def test_intensity_changes_image_not_mask_nor_input():
     np.testing.assert_array_equal(mask, before_mask)
     np.testing.assert_array_equal(msk, mask)
     assert img.dtype == np.float32 and not np.allclose(img, image)
+
+
+def test_a_cascades_prior_gets_no_intensity_change_and_is_damaged_as_nnunet_does():
+    """The last channels (a first stage's one-hot prediction) move with the image but keep 0/1 values: the
+    intensity transforms change only the image channels; some draws dilate, erode or drop parts of it."""
+    image, mask = _pair(2)
+    prior = mask[None].astype(np.float32)
+    both = np.concatenate([image, prior])
+    probs = {k: 1.0 for k in ("brightness_prob", "contrast_prob", "gamma_prob", "noise_prob", "blur_prob")}
+    aug = Augmenter(AugmentConfig(**{**OFF, **probs, "flip_prob": 1.0}), 2, prior_channels=1)
+    changed = 0
+    for seed in range(40):
+        img, msk = aug(both, mask, np.random.default_rng(seed))
+        assert set(np.unique(img[1])) <= {0.0, 1.0}  # never brightened, blurred or noised
+        assert not np.allclose(img[0], np.flip(image[0], (0, 1)))  # the image channel was
+        changed += not np.array_equal(img[1], msk.astype(np.float32))  # the prior no longer equals the mask
+    expected = 1 - (1 - MORPH_PROB) * (1 - DROP_PROB)  # at least one kind of damage drawn
+    assert 0.5 * expected * 40 <= changed <= 40 * min(1.0, 1.5 * expected)
+
+
+def test_perturb_prior_dilates_erodes_and_drops_small_parts():
+    prior = np.zeros((2, 48, 48), np.float32)
+    prior[0, 10:30, 10:30] = 1
+    prior[1, 40:44, 40:44] = 1  # a small part (under 15% of the patch) that may be dropped
+    sizes = {tuple(int(p.sum()) for p in perturb_prior(prior.copy(), np.random.default_rng(s)))
+             for s in range(60)}
+    first = {a for a, _ in sizes}
+    assert min(first) < 400 < max(first)  # eroded/opened and dilated/closed
+    assert any(b == 0 for _, b in sizes)  # the small square removed in some draws
+    assert (400, 16) in sizes  # and some draws leave it alone
 
 
 def test_gamma_keeps_the_range():

@@ -115,6 +115,11 @@ def train(
     patch_size: Annotated[list[int] | None, Opt(help="H W or D H W")] = None,
     downsample: Annotated[list[float] | None, Opt(
         help="train at a coarser resolution: a factor per axis (H W or D H W), e.g. 2 2")] = None,
+    probe: Annotated[str | None, Opt(
+        help="auto | on | off: time the candidate resolutions when the rules are not sure")] = None,
+    cascade: Annotated[str | None, Opt(
+        help="auto | on | off: after a coarse run, a full-resolution stage that sees its prediction "
+             "(auto: 3D with 20 minutes left); kept when it validates better")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     loss: Annotated[str | None, Opt(help=_losses())] = None,
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,

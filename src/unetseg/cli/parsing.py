@@ -37,6 +37,8 @@ TRAIN_KEYS = {
     "max_image_gib": "data.max_image_gib",
     "compile": "train.compile",
     "skip_bad": "data.skip_bad",
+    "probe": "train.probe",
+    "cascade": "train.cascade",
 }
 
 

@@ -167,6 +167,9 @@ class DataConfig(Section):
     # brought back to the input's grid)
     downsample: Annotated[list[Annotated[Float, Field(ge=1.0, le=64.0)]],
                           Field(min_length=2, max_length=3)] | None = None
+    # a cascade's second stage: the last N input channels of the model are its first stage's prediction
+    # (one-hot, foreground classes), brought to this model's grid; 0 for every other model
+    prior_channels: Annotated[Int, Field(ge=0, le=255)] = 0
     pixel_size: list[Annotated[Float, Field(gt=0)]] | None = None  # of the training images, micrometres
     patch_size: Size | None = None
     foreground_fraction: Prob = 0.33
@@ -260,6 +263,10 @@ class TrainConfig(Section):
     # when the planner leaves the resolution to a timed probe of its candidates: auto (budgets of a few
     # minutes and more), on (whatever the budget), off (the rules' first choice)
     probe: Literal["auto", "on", "off"] = "auto"
+    # a full-resolution second stage that also sees the coarse model's prediction, after a coarse run:
+    # auto (3D, when the coarse grid was chosen and the budget leaves CASCADE_MINUTES for both stages), on
+    # (whenever the run is coarse), off; it replaces the coarse model only when it scores better
+    cascade: Literal["auto", "on", "off"] = "auto"
 
 
 class InferConfig(Section):

@@ -6,7 +6,10 @@ a coarse 3x3 grid with 10 px standard deviation, interpolated bicubically). Affi
 into ONE coordinate grid that points straight into the source image, so cutting the patch out and
 deforming it is a single resampling pass (``grid_sample``; linear for the image, nearest for the mask,
 which therefore never gets values that were not there). Intensity: brightness, contrast,
-gamma, Gaussian noise and Gaussian blur (nnU-Net's set, Isensee et al. 2021).
+gamma, Gaussian noise and Gaussian blur (nnU-Net's set, Isensee et al. 2021). A cascade's prior channels
+(the first stage's one-hot prediction, the last input channels) move with the image but get no intensity
+change; instead they are damaged as nnU-Net's cascade does (:func:`perturb_prior`), so the second stage
+learns to correct its first stage rather than to copy it.
 
 Every draw comes from the ``numpy.random.Generator`` passed in, so a seed fixes the result.
 """
@@ -112,6 +115,40 @@ class SpatialParams:
         return self.matrix is None and self.displacement is None
 
 
+# nnU-Net's cascade augmentation (its MoveSegAsOneHotToData, ApplyRandomBinaryOperatorTransform and
+# RemoveRandomConnectedComponentFromOneHotEncodingTransform): the prior seen in training was predicted on
+# the training images themselves, better than on new ones
+MORPH_PROB = 0.4  # a random dilation, erosion, opening or closing of each prior channel
+MORPH_RADIUS = (1, 8)  # its size, in pixels of the patch
+DROP_PROB = 0.2  # one random connected component of each prior channel removed ...
+DROP_MAX_SHARE = 0.15  # ... among those covering at most this share of the patch
+
+
+def perturb_prior(prior: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Damage a cascade's prior ``(P, *spatial)`` (one-hot foreground classes, in place): with
+    :data:`MORPH_PROB` a random binary operator per channel, with :data:`DROP_PROB` a random small
+    component per channel removed. Values become 0/1 (the patch's interpolation is thresholded at 0.5)."""
+    morph, drop = rng.random() < MORPH_PROB, rng.random() < DROP_PROB
+    if not (morph or drop):
+        return prior
+    cross = ndimage.generate_binary_structure(prior.ndim - 1, 1)
+    ops = (ndimage.binary_dilation, ndimage.binary_erosion, ndimage.binary_opening, ndimage.binary_closing)
+    for c in rng.permutation(prior.shape[0]):
+        mask = prior[c] > 0.5
+        if morph and mask.any():
+            op = ops[int(rng.integers(len(ops)))]
+            radius = int(rng.integers(MORPH_RADIUS[0], MORPH_RADIUS[1] + 1))
+            mask = op(mask, structure=cross, iterations=radius)
+        if drop and mask.any():
+            parts = ndimage.label(mask)[0]
+            sizes = np.bincount(parts.ravel())[1:]
+            small = np.flatnonzero(sizes <= DROP_MAX_SHARE * mask.size) + 1
+            if small.size:
+                mask &= parts != small[int(rng.integers(small.size))]
+        prior[c] = mask
+    return prior
+
+
 class Augmenter:
     """Random augmentation of an image ``(C, *spatial)`` and its mask ``(*spatial)``.
 
@@ -120,9 +157,12 @@ class Augmenter:
         spatial_dims: 2 or 3.
         pad_mode: ``reflect`` (mirror the image at its border, as the U-Net paper) or ``constant`` (zeros;
             the mask gets class 0) for samples beyond the border.
+        prior_channels: the last channels are a cascade's prior: no intensity change, :func:`perturb_prior`
+            instead (only when augmenting: ``cfg`` not None).
     """
 
-    def __init__(self, cfg: AugmentConfig | None, spatial_dims: int, pad_mode: str = "reflect") -> None:
+    def __init__(self, cfg: AugmentConfig | None, spatial_dims: int, pad_mode: str = "reflect",
+                 prior_channels: int = 0) -> None:
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if pad_mode not in PAD_MODES:
@@ -131,6 +171,7 @@ class Augmenter:
         self.cfg = cfg if cfg is not None else AugmentConfig(**{k: 0.0 for k in _PROBS})
         self.spatial_dims = spatial_dims
         self.pad_mode = pad_mode
+        self.prior = int(prior_channels) if cfg is not None else 0
 
     def __call__(self, image: np.ndarray, mask: np.ndarray,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +192,12 @@ class Augmenter:
             img, msk = self.resample(image, coords, order=1), self.resample(mask, coords, order=0)
         img, msk = self._flip_rotate(img, msk, rng)
         img = np.array(img, dtype=np.float32) if np.may_share_memory(img, image) else img
-        img = self.intensity(np.ascontiguousarray(img, dtype=np.float32), rng)
+        img = np.ascontiguousarray(img, dtype=np.float32)
+        if self.prior:
+            self.intensity(img[: -self.prior], rng)
+            perturb_prior(img[-self.prior :], rng)
+        else:
+            img = self.intensity(img, rng)
         return img, np.array(msk) if np.may_share_memory(msk, mask) else np.ascontiguousarray(msk)
 
     def sample_spatial(self, size: tuple[int, ...], rng: np.random.Generator) -> SpatialParams:

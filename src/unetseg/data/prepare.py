@@ -63,7 +63,7 @@ class PreparedData:
                 f"{cfg.data.data}: the training masks hold a single value "
                 f"{fmt_values(self.class_map.values)}; nothing to segment"
             )
-        cfg.model.in_channels = self.in_channels
+        cfg.model.in_channels = self.in_channels + cfg.data.prior_channels  # a cascade's prior after
         cfg.model.spatial_dims = self.spatial_dims
         cfg.model.num_classes = self.class_map.num_classes
         cfg.data.class_values = self.class_map.config_values()

@@ -92,7 +92,8 @@ class PatchDataset(Dataset):
         if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1:
             raise ConfigError(f"patch size must be 2 or 3 positive sizes, got {list(patch_size)}")
         self.spatial_dims = len(self.patch_size)
-        self.augmenter = Augmenter(augment_cfg, self.spatial_dims, pad_mode=self.data_cfg.pad_mode)
+        self.augmenter = Augmenter(augment_cfg, self.spatial_dims, pad_mode=self.data_cfg.pad_mode,
+                                   prior_channels=self.data_cfg.prior_channels)
         self.seed = int(seed)
         self.epoch = 0
         self.foreground_fraction = float(self.data_cfg.foreground_fraction)

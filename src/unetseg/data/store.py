@@ -8,7 +8,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,15 @@ from unetseg.errors import DataError
 from unetseg.fileio import atomic_write, ensure_dir, write_json
 
 GIB = 2**30
+
+
+class ExtraChannels(Protocol):
+    """Input channels computed from a prepared case (a cascade's first-stage prediction): ``(N, *spatial)``
+    float32 from the normalised image on the model's grid and its meta (``spacing``: that grid's)."""
+
+    channels: int
+
+    def __call__(self, image: np.ndarray, meta: dict[str, Any]) -> np.ndarray: ...
 
 
 def label_map(data_cfg: DataConfig) -> ClassMap | InstanceLabels:
@@ -98,6 +107,7 @@ class DiskCache:
             "norm": [data_cfg.normalization, data_cfg.percentiles, data_cfg.window, data_cfg.intensity_stats],
             "spacing": data_cfg.spacing,
             "downsample": data_cfg.downsample,
+            "prior": data_cfg.prior_channels,  # a cascade's cache lives in its own run folder
             "classes": class_map.groups,
         }
         self.key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -158,6 +168,24 @@ class CaseStore:
         self.budget = cache_budget(data_cfg) if budget is None else float(budget)
         self.items: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
         self.nbytes = 0
+        self.extra: ExtraChannels | None = None
+
+    def add_channels(self, extra: ExtraChannels) -> None:
+        """From now on every case has ``extra``'s channels after its own (computed once per case: those
+        held now at once, the others when first read, then kept as the budget allows)."""
+        self.extra = extra
+        for key, (image, labels, meta) in list(self.items.items()):
+            more = self._extended(image, meta)
+            self.items[key] = (more, labels, meta)
+            self.nbytes += more.nbytes - image.nbytes
+
+    def _extended(self, image: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+        if self.extra is None:
+            return image
+        more = np.asarray(self.extra(image, meta), dtype=np.float32)
+        if more.shape != (self.extra.channels, *image.shape[1:]):
+            raise DataError(f"extra channels of shape {more.shape} do not fit an image of {image.shape}")
+        return np.concatenate([image, more], axis=0)
 
     @staticmethod
     def key(case: Case) -> tuple[str, ...]:
@@ -184,6 +212,7 @@ class CaseStore:
         image, labels, meta = load_case(case, self.data_cfg, self.class_map, compact=True, resample=True)
         if labels is None:
             raise DataError(f"{case.image_paths[0]}: no mask (every training case needs one)")
+        image = self._extended(image, meta)
         if keep and not self.put(case, image, labels, meta) and self.disk is not None:
             self.disk.put(case, image, labels, meta)
         return image, labels, meta

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from unetseg.config import Config
-from unetseg.errors import DataError
-from unetseg.inference.engines import Engine, as_engine, load_engine
+from unetseg.errors import ConfigError, DataError
+from unetseg.inference.engines import Engine, Stage, as_engine, load_engine
 from unetseg.inference.predictor import Predictor
 
 
@@ -60,16 +60,40 @@ def predict_image(
     differs, or at a coarser resolution, ``config.data.downsample``:
     :func:`~unetseg.data.resample.model_grid`),
     the image is resampled to it (third-order spline), predicted there, and the probabilities are resampled
-    back to the image's grid (linear) before the argmax, as nnU-Net does."""
+    back to the image's grid (linear) before the argmax, as nnU-Net does. A cascade's second stage
+    (``engine.previous``) also sees its first stage's prediction on that grid (:func:`prior_of`)."""
     from unetseg.data.resample import model_grid, resample_image
 
     grid = model_grid(spacing, config.data, image.ndim - 1) if config is not None else None
+    x = image if grid is None else resample_image(image, *grid)
+    stage = predictor.engine.previous
+    if stage is not None:
+        x = np.concatenate([x, prior_of(stage, x, spacing if grid is None else grid[1], predictor)])
+    elif config is not None and config.data.prior_channels:
+        raise ConfigError("a cascade's second stage needs its first stage: load the model from its "
+                          "checkpoint folder or export (unetseg.predict(path, image))")
     if grid is None:
         if probabilities:
-            return predictor.predict_both(image)
-        return predictor.predict(image), None
-    probs = predictor.predict_proba(resample_image(image, *grid))
-    return from_model_grid(probs, tuple(image.shape[1:]), probabilities=probabilities)
+            return predictor.predict_both(x)
+        return predictor.predict(x), None
+    return from_model_grid(predictor.predict_proba(x), tuple(image.shape[1:]), probabilities=probabilities)
+
+
+def prior_of(stage: Stage, image: np.ndarray, spacing: Sequence[float] | None,
+             like: Predictor | None = None) -> np.ndarray:
+    """A cascade's prior for a normalised ``(C, *spatial)`` image on the second stage's grid (``spacing``:
+    that grid's): the first stage's labels there (predicted on its own, coarser grid and brought back), one
+    channel per foreground class, 0/1 float32. ``like``: the second stage's predictor, whose TTA and batch
+    size the first stage uses too."""
+    predictor = predictor_for(stage.engine, stage.config, tta=like.tta if like else None,
+                              batch_size=like.batch_size if like else None)
+    labels = predict_image(predictor, image, spacing, stage.config)[0]
+    return one_hot_prior(labels, stage.engine.num_classes)
+
+
+def one_hot_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(num_classes - 1, *spatial)`` float32: 1 where ``labels`` is the class, for every class but 0."""
+    return np.stack([labels == c for c in range(1, max(2, num_classes))]).astype(np.float32)
 
 
 def from_model_grid(probs: np.ndarray, shape: Sequence[int], *,
@@ -87,18 +111,18 @@ def from_model_grid(probs: np.ndarray, shape: Sequence[int], *,
 def as_channels_first(image: np.ndarray | torch.Tensor, engine: Engine, source: str = "image") -> np.ndarray:
     """``(*spatial)`` (one-channel models) or ``(C, *spatial)`` -> ``(C, *spatial)``; DataError otherwise."""
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    dims = engine.spatial_dims
+    dims, channels = engine.spatial_dims, engine.image_channels
     if arr.ndim == dims:
-        if engine.in_channels != 1:
+        if channels != 1:
             raise DataError(
                 f"{source}: shape {arr.shape} has no channel axis but the model expects "
-                f"{engine.in_channels} channels; pass (C, *spatial)"
+                f"{channels} channels; pass (C, *spatial)"
             )
         arr = arr[None]
     if arr.ndim != dims + 1:
         raise DataError(f"{source}: shape {arr.shape} is not a {dims}D image ((*spatial) or (C, *spatial))")
-    if arr.shape[0] != engine.in_channels:
-        raise DataError(f"{source}: {arr.shape[0]} channels, the model expects {engine.in_channels}")
+    if arr.shape[0] != channels:
+        raise DataError(f"{source}: {arr.shape[0]} channels, the model expects {channels}")
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{source}: unsupported pixel type {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)

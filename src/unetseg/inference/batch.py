@@ -33,7 +33,7 @@ from unetseg.fileio import OutputGuard
 from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.predictor import Predictor
-from unetseg.inference.slide import is_streamed, predict_slide, slide_output
+from unetseg.inference.slide import STREAM_BYTES, is_streamed, predict_slide, slide_output
 from unetseg.runtime import rank_device
 
 MASK_VALUES = ("index", "original")
@@ -160,7 +160,7 @@ def predict_one(path: Path, outputs: list[Path], job: PredictJob) -> list[Path]:
         raise DataError(f"{path}: a {dims}D image, but the model is {engine.spatial_dims}D")
     instances = job.config.data.task == "instances"
     try:
-        x = normalize(match_channels(image, engine.in_channels, path), job.config.data)
+        x = normalize(match_channels(image, engine.image_channels, path), job.config.data)
         if not (job.overlay or instances):
             del image  # large images: keep only the normalised copy while predicting
         labels, probs = predict_image(
@@ -201,10 +201,22 @@ def _write_instances(
     return written
 
 
+def check_streamable(path: Path, job: PredictJob) -> None:
+    """A cascade predicts in memory only (its second stage reads the first stage's whole prediction)."""
+    if job.engine.previous is not None:
+        raise DataError(
+            f"{path}: streamed (a big or OME input, or --output-format {job.routing.output_format}), but a "
+            "cascade's two stages predict only in memory; use --output-format auto with an image under "
+            f"{STREAM_BYTES // 2**20} MiB as float32, or predict with its first stage (the checkpoint's "
+            "stage1 folder)"
+        )
+
+
 def predict_path(path: Path, outputs: list[Path], job: PredictJob, progress: Any = None) -> list[Path]:
     """One input, in memory or streamed (see :class:`Routing`)."""
     r = job.routing
     if is_streamed(path, r.output_format):
+        check_streamable(path, job)
         fmt = "ome-tiff" if r.output_format == "ome-tiff" else "ome-zarr"
         options = {"output_format": fmt, "level": r.level, "skip_background": r.skip_background,
                    "resume": r.resume, "progress": progress}
@@ -233,6 +245,8 @@ def plan_outputs(
         guard.read_all([p for p in Path(checkpoint).rglob("*") if p.is_dir()], "--checkpoint")
     outputs: dict[Path, list[Path]] = {}
     for f in files:
+        if is_streamed(f, job.routing.output_format):
+            check_streamable(f, job)
         outputs[f] = outputs_of(
             f,
             out_dir,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from unetseg.checkpoint import (
     check_weights,
     load_checkpoint,
     parse_config,
+    stage1_of,
     unwrap,
 )
 from unetseg.config import Config
@@ -46,14 +48,25 @@ TORCHSCRIPT_RISK = (
 
 
 class Engine:
-    """Base class: geometry of the network plus ``__call__(batch) -> logits`` (see the module doc)."""
+    """Base class: geometry of the network plus ``__call__(batch) -> logits`` (see the module doc).
+
+    A cascade's second stage takes ``prior_channels`` more channels than the image has (its first stage's
+    prediction, :mod:`unetseg.inference.cascade`); ``previous`` is that first stage when it was loaded with
+    the model."""
 
     device: torch.device = torch.device("cpu")
     spatial_dims: int
     in_channels: int
     num_classes: int
     divisors: tuple[int, ...] = (1, 1)
+    prior_channels: int = 0
+    previous: Stage | None = None
     _sizes: Any = None  # an object with output_size/valid_input_size (the model, or a skeleton of it)
+
+    @property
+    def image_channels(self) -> int:
+        """The channels of the images it segments (:attr:`in_channels` less a cascade's prior)."""
+        return self.in_channels - self.prior_channels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -81,6 +94,7 @@ class Engine:
             if value is None:
                 raise ConfigError(f"cannot tell the model's {name}; pass {name}= explicitly")
             setattr(self, name, int(value))
+        self.prior_channels = config.data.prior_channels if config is not None else 0
         own = getattr(source, "divisors", None)
         if own is None and m is not None:
             strides = m.options.get("strides") or [[2] * self.spatial_dims] * m.depth
@@ -91,6 +105,14 @@ class Engine:
     def size_divisor(self) -> int:
         """The largest of :attr:`divisors` (2**depth for isotropic strides)."""
         return max(self.divisors)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A model that runs before another: a cascade's first stage and the config it was trained with."""
+
+    engine: Engine
+    config: Config
 
 
 def _conv_dims(module: Any) -> int | None:
@@ -335,7 +357,34 @@ def load_engine(
     or run) -> PyTorch + safetensors.
 
     Returns the engine and the config that travels with the model (normalisation, class map, tile size).
+    A cascade's second stage comes with its first (:attr:`Engine.previous`), found beside it
+    (:func:`~unetseg.checkpoint.stage1_of`).
     """
+    engine, config = _load_one(path, device, precision, trust_torchscript)
+    if config.data.prior_channels:
+        first = stage1_of(path)
+        if not first.exists():
+            raise CheckpointError(f"{path}: a cascade's second stage, but its first stage {first} is missing "
+                                  "(export or copy the two together)")
+        engine.previous = Stage(*_load_one(first, device, precision, trust_torchscript))
+        _check_stages(engine, engine.previous, first)
+    return engine, config
+
+
+def _check_stages(engine: Engine, stage: Stage, path: Path) -> None:
+    """The first stage segments the same images into the same classes, and is not a cascade itself."""
+    first = stage.engine
+    if (first.prior_channels or first.spatial_dims != engine.spatial_dims
+            or first.in_channels != engine.image_channels or first.num_classes != engine.num_classes):
+        raise CheckpointError(
+            f"{path}: does not fit its second stage (a {first.spatial_dims}D model of {first.in_channels} "
+            f"channel(s) and {first.num_classes} classes; the second stage needs "
+            f"{engine.spatial_dims}D, {engine.image_channels} and {engine.num_classes}, and no prior)"
+        )
+
+
+def _load_one(path: str | Path, device: str | torch.device, precision: str,
+              trust_torchscript: bool) -> tuple[Engine, Config]:
     p = Path(path)
     if p.suffix.lower() == ".onnx":
         if not p.is_file():

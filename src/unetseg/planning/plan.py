@@ -43,6 +43,7 @@ class Plan:
     estimate: str = ""
     name: str = "full"  # the resolution planned (:func:`unetseg.planning.rules.resolution`)
     alternatives: list[Plan] = field(default_factory=list)  # what a timed probe tries against this plan
+    fine: Plan | None = None  # a coarse plan's full-resolution twin: a cascade's second stage
 
     def planned(self) -> dict[str, Any]:
         """The values the planner chose (not the ones the user gave), as dotted keys."""
@@ -174,7 +175,18 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     options = _resolutions(work, fp, device, cfg.data.task)
     plans = [_finish(work.fork(), fp, device, torch_dev, option) for option in options]
     plans[0].alternatives = plans[1:]
+    if plans[0].name == "coarse" and _may_cascade(cfg, fp.spatial_dims):
+        plans[0].fine = next((p for p in plans if p.name == "full"), None) or _finish(
+            work.fork(), fp, device, torch_dev, rules.Resolution(
+                "full", None, rules.PATCH_VOXELS[(device.kind, fp.spatial_dims)],
+                "full resolution (a cascade's second stage)"))
     return plans[0]
+
+
+def _may_cascade(cfg: Config, dims: int) -> bool:
+    """Whether a coarse plan needs its full-resolution twin (``train.cascade``: auto tries it in 3D)."""
+    return cfg.data.task == "semantic" and (cfg.train.cascade == "on" or (
+        cfg.train.cascade == "auto" and dims == 3))
 
 
 def _resolutions(work: _Work, fp: Fingerprint, device: Device, task: str) -> list[rules.Resolution]:

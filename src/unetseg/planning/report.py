@@ -51,8 +51,13 @@ def show_plan(plan: Plan, console: Console) -> None:
 
 def probe_notes(plan: Plan) -> list[str]:
     """What ``train`` will try against the plan's choice, one line per alternative."""
-    return [f"probe: train will also try {describe(alt)} against {describe(plan)} for a short time each "
-            "and keep the one with the better validation Dice" for alt in plan.alternatives]
+    notes = [f"probe: train will also try {describe(alt)} against {describe(plan)} for a short time each "
+             "and keep the one with the better validation Dice" for alt in plan.alternatives]
+    if plan.fine is not None:
+        notes.append(f"cascade: when the coarse grid is kept (and, with train.cascade auto, the probe leaves "
+                     f"the minutes), train follows it with {describe(plan.fine)} that also sees its "
+                     "prediction, and keeps that when it validates better")
+    return notes
 
 
 def describe(plan: Plan) -> str:

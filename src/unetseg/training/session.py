@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from unetseg import checkpoint as ckpt
 from unetseg.config import Config
 from unetseg.errors import CheckpointError, TrainingError
 from unetseg.runtime import configure_process, resolve_device
+from unetseg.training.cascade import plan_cascade, second_stage
 from unetseg.training.distributed import DistInfo, broadcast_object, cleanup, init_distributed, synchronize
 from unetseg.training.interrupt import caused_by_ctrl_c, termination
 from unetseg.training.probe import Trial, run_probe
@@ -53,15 +55,25 @@ def train(
         synchronize(info)  # every rank has checked --out before rank 0 writes into it
         configure_process(device)
         # a resumed run without a checkpoint (stopped while planning or probing) plans again
-        candidates = _plan(cfg, given, run, info, quiet) if given is not None and not (
-            resume and _has_checkpoint(run.path)) else []
+        fresh = not (resume and _has_checkpoint(run.path))
+        candidates, fine = _plan(cfg, given, run, info, quiet) if given is not None and fresh else ([], None)
         with termination() as stop:
             try:
                 start = run_probe(cfg, candidates, device, info, run, quiet, stop, resume_hint,
                                   given or set())
-                trainer = Trainer(cfg, device, info, run, resume=resume and start is None, quiet=quiet,
-                                  stop=stop, hint=resume_hint, fixed=given, start=start)
-                return trainer.fit()
+                spent = start.minutes if start else 0.0
+                cascade = plan_cascade(cfg, run, info, quiet, fine=fine, spent=spent, fresh=fresh)
+                if cascade is None or cascade.stage == "1":
+                    trainer = Trainer(cfg, device, info, run, resume=resume and start is None, quiet=quiet,
+                                      stop=stop, hint=resume_hint, fixed=given, start=start,
+                                      until=cascade.stage1_until if cascade else None)
+                    trainer.fit()
+                    if cascade is not None:
+                        cascade.stage1_minutes = trainer.minutes_done
+                        cascade.stage1_score = trainer.best if trainer.best >= 0 else None
+                if cascade is not None and cascade.stage != "done":
+                    second_stage(cfg, cascade, run, device, info, quiet, stop, resume_hint)
+                return run.path
             except BaseException as e:
                 if not caused_by_ctrl_c(e):  # also a Ctrl-C that an extension's import wrapped
                     raise
@@ -84,10 +96,12 @@ def _has_checkpoint(run: Path) -> bool:
         return False
 
 
-def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: bool) -> list[Trial]:
+def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo,
+          quiet: bool) -> tuple[list[Trial], dict[str, Any] | None]:
     """Plan what the user did not give (rank 0 plans; under torchrun every rank applies rank 0's values,
     so the replicas are the same network); print the table; keep the recipe in RUN/plan.yaml. Returns the
-    candidates a probe should compare (the plan's choice first), or none when the rules are sure."""
+    candidates a probe should compare (the plan's choice first; none when the rules are sure) and a coarse
+    plan's full-resolution values for a cascade's second stage (or None)."""
     from rich.console import Console
 
     from unetseg.planning import make_plan
@@ -96,14 +110,16 @@ def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: b
 
     plan = make_plan(cfg, given) if info.is_main else None
     shared = broadcast_object(
-        [(p.name, p.planned(), describe(p), p.header()) for p in [plan, *plan.alternatives]]
+        ([(p.name, p.planned(), describe(p), p.header()) for p in [plan, *plan.alternatives]],
+         plan.fine.planned() if plan.fine is not None else None)
         if plan is not None else None,
         info,
     )
-    assert isinstance(shared, list)
-    apply_values(cfg, shared[0][1])
+    assert isinstance(shared, tuple)
+    rows, fine = shared
+    apply_values(cfg, rows[0][1])
     check_config(cfg, "the plan")
     if plan is not None:
         show_plan(plan, Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140))
         write_plan(run, plan.recipe(cfg))
-    return [Trial(*row) for row in shared] if len(shared) > 1 else []
+    return ([Trial(*row) for row in rows] if len(rows) > 1 else []), fine

@@ -20,6 +20,7 @@ import torch
 from unetseg import checkpoint as ckpt
 from unetseg.config import Config, dump_yaml
 from unetseg.data.prepare import prepare_data
+from unetseg.data.store import ExtraChannels
 from unetseg.errors import CheckpointError, TrainingError
 from unetseg.fileio import write_text
 from unetseg.losses import DeepSupervisionLoss, build_loss
@@ -88,12 +89,18 @@ class Trainer:
         fixed: set[str] | None = None,
         start: Start | None = None,
         lr_minutes: float | None = None,
+        until: float | None = None,
+        extra: ExtraChannels | None = None,
+        previous: Path | None = None,
     ) -> None:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
         self.fixed = fixed or set()  # options the user set: never calibrated
+        # where the clock stops: the budget, or earlier (a cascade's first stage leaves the rest to stage 2)
+        self.deadline = until if until is not None else cfg.train.max_minutes
         # the budget the learning rate decays over (a probe's trial: the whole run's, so its winner goes on
         # with the learning rate it would have had)
-        self.lr_minutes = lr_minutes or cfg.train.max_minutes
+        self.lr_minutes = lr_minutes or self.deadline
+        self.previous = previous  # a cascade's first stage, saved inside every checkpoint of its second
         self.run = run.path
         self.stop, self.hint = stop or Termination(), hint
         instances = cfg.data.task == "instances"
@@ -108,6 +115,8 @@ class Trainer:
         np.random.seed(cfg.train.seed % 2**32)
         random.seed(cfg.train.seed)
         self.data = prepare_data(cfg, cache_dir=self.run / "cache")
+        if extra is not None:  # a cascade's second stage: the first stage's prediction after the image
+            self.data.store.add_channels(extra)
         self.data.apply_to(cfg)
         self.log.log(
             f"data: {len(self.data.train_cases)} training and {len(self.data.val_cases)} validation cases"
@@ -116,6 +125,7 @@ class Trainer:
         self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0
         self.batch_in_epoch, self.save_seconds, self.val_minutes = 0, 0.0, 0.0
         self.last_score: float | None = None  # the latest validation's score
+        self.minutes_done = 0.0  # the clock when fit() returned
         if found is not None:
             self._load_state(found[0], found[2], found[3], history=start is None)
         if start is not None and found is not None:
@@ -182,7 +192,7 @@ class Trainer:
 
     def _save(self, name: str, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         t0 = time.monotonic()
-        ckpt.save_checkpoint(self.run / name, self.model, self.cfg, metrics, state)
+        ckpt.save_checkpoint(self.run / name, self.model, self.cfg, metrics, state, previous=self.previous)
         self.save_seconds = time.monotonic() - t0
         if name == "last":
             self.folder.committed()
@@ -242,7 +252,7 @@ class Trainer:
             write_text(
                 recipe, dump_yaml(cfg, "the configuration of this run (unetseg train --config reads it)")
             )
-        clock = Clock(self.minutes_before, self.info, bool(cfg.train.max_minutes), self.stop)
+        clock = Clock(self.minutes_before, self.info, bool(self.deadline), self.stop)
         out_of_time = False
         with log.progress() as bar:
             task = bar.add_task(
@@ -260,8 +270,9 @@ class Trainer:
                 if self.stale and cfg.train.patience and self.stale >= cfg.train.patience:
                     log.log(f"early stop: no improvement in {self.stale} validations")
                     break
+        self.minutes_done = clock.read()[0]
         if out_of_time:
-            log.log(f"stopped at the {cfg.train.max_minutes}-minute budget after {self.step} steps")
+            log.log(f"stopped at the {self.deadline:.3g}-minute budget after {self.step} steps")
         log.log(f"best validation mean foreground Dice {self.best:.4f}; checkpoints in {self.run}")
         synchronize(self.info)  # every rank leaves together, after rank 0's last writes
         return self.run
@@ -279,7 +290,7 @@ class Trainer:
             speed = cfg.batch_size * self.info.world_size * len(losses) / (time.monotonic() - t0)
             now, stop, reserve = clock.read(self.val_minutes)
             # stop early enough for the final validation (as long as the last one took) inside the budget
-            out_of_time = bool(cfg.max_minutes) and now + reserve >= cfg.max_minutes
+            out_of_time = bool(self.deadline) and now + reserve >= self.deadline
             bar.update(
                 task,
                 advance=1,
@@ -306,8 +317,8 @@ class Trainer:
     def _eta(self, minutes: float, steps_per_s: float) -> str:
         """The real end of the run: the time budget, or the remaining steps at the measured speed."""
         left = (self.total_steps - self.step) / max(steps_per_s, 1e-9)
-        if self.cfg.train.max_minutes:
-            left = min(left, max(0.0, (self.cfg.train.max_minutes - minutes) * 60))
+        if self.deadline:
+            left = min(left, max(0.0, (self.deadline - minutes) * 60))
         return time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} days"
 
     def _terminate(self, minutes: float) -> None:
