@@ -205,6 +205,30 @@ def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device 
     model.load_state_dict(tensors)
 
 
+def load_widened(model: torch.nn.Module, path: Path) -> list[str] | None:
+    """Start ``model`` from the weights in ``path`` where every tensor fits, but some take more input
+    channels (a cascade's second stage from a full-resolution model of the image alone): those keep the
+    stored weights for the first channels and zeros for the new ones, so the model starts as the stored one.
+    Returns the widened tensors' names, or None (nothing loaded) when the two are other architectures."""
+    tensors, own = read_weights(path), model.state_dict()
+    if set(tensors) != set(own):
+        return None
+    widened = []
+    for name, mine in own.items():
+        theirs = tensors[name]
+        if tuple(theirs.shape) == tuple(mine.shape):
+            continue
+        if (theirs.ndim != mine.ndim or theirs.ndim < 3 or theirs.shape[0] != mine.shape[0]
+                or theirs.shape[2:] != mine.shape[2:] or theirs.shape[1] > mine.shape[1]):
+            return None
+        grown = torch.zeros_like(mine)
+        grown[:, : theirs.shape[1]] = theirs
+        tensors[name] = grown
+        widened.append(name)
+    model.load_state_dict(tensors)
+    return widened
+
+
 def check_shapes(model: torch.nn.Module, path: Path) -> None:
     """Compare ``model``'s parameter shapes (a meta-device skeleton: nothing allocated) with the shapes in the
     weights file's header, so a config that describes a far bigger model than its weights is refused

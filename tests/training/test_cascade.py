@@ -23,8 +23,10 @@ from unetseg.export import export_model
 from unetseg.inference.predictor import Predictor
 from unetseg.metrics import dice
 from unetseg.training import train
-from unetseg.training.cascade import CASCADE_MINUTES, CascadeState, keep, skip_reason
+from unetseg.training.cascade import CASCADE_MINUTES, CascadeState, keep, second_stage, skip_reason
 from unetseg.training.distributed import DistInfo
+from unetseg.training.interrupt import Termination
+from unetseg.training.run import RunFolder
 from unetseg.training.runlog import RunLogger
 
 
@@ -143,6 +145,37 @@ def test_the_first_stage_stays_when_the_second_does_not_validate_better(cascade_
     assert "the coarse first stage stays" in (run / "log.txt").read_text()
     keep(CascadeState(stage="2", stage1_score=0.9), 0.95, run, DistInfo(), log)
     assert _saved(run / "best")["data"]["prior_channels"] == 1 and (run / "best" / "stage1").is_dir()
+
+
+def test_the_second_stage_starts_from_the_probes_full_resolution_trial(cascade_run, rings, tmp_path):
+    run = tmp_path / "RUN"
+    shutil.copytree(cascade_run, run, ignore=shutil.ignore_patterns("best", "cascade"))
+    shutil.copytree(cascade_run / "best" / "stage1", run / "best")
+    shutil.copytree(cascade_run / "best" / "stage1", run / "probe" / "full" / "last")  # same architecture
+    state = CascadeState(stage="1", stage1_score=0.5)
+    second_stage(_config(rings, run, epochs=1), state, RunFolder(run), torch.device("cpu"), DistInfo(), True,
+                 Termination(), None)
+    log = (run / "cascade" / "log.txt").read_text()
+    assert f"weights from {run / 'probe' / 'full' / 'last'}" in log and "widened" in log
+    assert state.stage == "done" and state.stage2_score is not None
+
+
+def test_a_model_widened_for_a_prior_starts_as_the_model_it_came_from(tmp_path):
+    from unetseg.checkpoint import load_widened, save_checkpoint
+    from unetseg.models import build_model
+
+    torch.manual_seed(0)
+    source, target = build_model("unet", in_channels=1, base_channels=8, depth=2), build_model(
+        "unet", in_channels=2, base_channels=8, depth=2)
+    save_checkpoint(tmp_path / "ckpt", source, Config())
+    widened = load_widened(target, tmp_path / "ckpt" / "model.safetensors")
+    assert widened and all(target.state_dict()[n].shape[1] == 2 for n in widened)
+    x = torch.randn(1, 1, 32, 32)
+    source.eval(), target.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(target(torch.cat([x, torch.zeros_like(x)], 1)), source(x))
+    other = build_model("unet", in_channels=2, base_channels=8, depth=3)
+    assert load_widened(other, tmp_path / "ckpt" / "model.safetensors") is None
 
 
 @pytest.mark.parametrize(("change", "reason"), [

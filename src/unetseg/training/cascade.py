@@ -7,7 +7,9 @@ probe; the second trains in ``RUN/cascade`` for the rest, from the first stage's
 ``RUN/cascade/stage1``, and saved inside every checkpoint of the second stage so each is whole on its own).
 Its training images carry the first stage's prediction on themselves, damaged as nnU-Net's cascade does
 (:func:`~unetseg.data.augment.perturb_prior`), since predictions on training images are better than on
-new ones. Both stages are scored on the same validation images at their own grid: the second replaces
+new ones. When the probe trained the full-resolution plan, the second stage starts from that trial's
+weights (the prior's input weights at zero), so the probe's minutes on it are not lost.
+Both stages are scored on the same validation images at their own grid: the second replaces
 ``RUN/best`` only when it scores higher ("the probe says it helps"), else the coarse model stays and the
 log says by how much the cascade lost. ``RUN/cascade.json`` records where the run is, so ``--resume``
 continues the stage it stopped in.
@@ -159,8 +161,10 @@ def second_stage(cfg: Config, state: CascadeState, run: RunFolder, device: torch
     c = stage2_config(cfg, state, run.path)
     first = Stage(*load_engine(folder / ckpt.STAGE1, device, c.train.precision))
     log.log(f"cascade: second stage at full resolution in {folder}, {c.train.max_minutes or 0:.1f} min")
+    trial = run.path / "probe" / "full" / "last"  # the probe's full-resolution trial: a head start
     trainer = Trainer(c, device, info, RunFolder(folder), resume=not began, quiet=quiet, stop=stop, hint=hint,
-                      extra=PriorChannels(first), previous=folder / ckpt.STAGE1)
+                      extra=PriorChannels(first), previous=folder / ckpt.STAGE1,
+                      init=trial if (trial / ckpt.MODEL_FILE).is_file() else None)
     trainer.minutes_before += (time.monotonic() - t0) / 60  # the first stage's predictions count
     trainer.fit()
     keep(state, trainer.best if trainer.best >= 0 else None, run.path, info, log)

@@ -92,6 +92,7 @@ class Trainer:
         until: float | None = None,
         extra: ExtraChannels | None = None,
         previous: Path | None = None,
+        init: Path | None = None,
     ) -> None:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
         self.fixed = fixed or set()  # options the user set: never calibrated
@@ -128,6 +129,8 @@ class Trainer:
         self.minutes_done = 0.0  # the clock when fit() returned
         if found is not None:
             self._load_state(found[0], found[2], found[3], history=start is None)
+        elif init is not None:
+            self._init_from(init)
         if start is not None and found is not None:
             # the clock counts every trial of the probe; best and patience are this run's own
             self.minutes_before, self.best, self.stale = start.minutes, -1.0, 0
@@ -176,6 +179,15 @@ class Trainer:
             self.log.load_history()
             self.log.truncate_history(self.epoch)
         self.log.log(f"resumed from {folder} at epoch {self.epoch}, step {self.step}")
+
+    def _init_from(self, folder: Path) -> None:
+        """A new run's weights from a checkpoint of the same architecture (a cascade's second stage from the
+        probe's full-resolution trial; new input channels start at zero)."""
+        widened = ckpt.load_widened(self.model, ckpt.find_checkpoint(folder) / ckpt.MODEL_FILE)
+        if widened is None:
+            self.log.log(f"{folder}: another architecture; starting from new weights")
+        else:
+            self.log.log(f"weights from {folder}" + (f" ({', '.join(widened)} widened)" if widened else ""))
 
     def _training_state(self, minutes: float) -> dict[str, Any]:
         return {
