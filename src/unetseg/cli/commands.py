@@ -40,18 +40,6 @@ def _one_of(section: str, name: str) -> str:
     return " | ".join(str(c) for c in choices(section, name))
 
 
-def _models() -> str:
-    from unetseg.models import available_models
-
-    return " | ".join(available_models())
-
-
-def _losses() -> str:
-    from unetseg.losses import available_losses
-
-    return " | ".join(available_losses())
-
-
 def user_errors(fn: F) -> F:
     """The one place where user errors become one line and an exit status."""
 
@@ -100,7 +88,8 @@ def train(
     out: Annotated[
         Path | None, Opt(help="run folder (best/, last/, metrics.csv, curves.png, log.txt)")
     ] = None,
-    model: Annotated[str | None, Opt(help=f"architecture: {_models()}")] = None,
+    # help texts name no registry: listing one would load torch for every --help
+    model: Annotated[str | None, Opt(help="architecture (`unetseg models` lists them)")] = None,
     config: Annotated[Path | None, Opt(help="YAML recipe; command-line options override it")] = None,
     val_data: Annotated[Path | None, Opt(help="separate validation folder")] = None,
     val_fraction: Annotated[
@@ -121,7 +110,7 @@ def train(
         help="auto | on | off: after a coarse run, a full-resolution stage that sees its prediction "
              "(auto: 3D with 20 minutes left); kept when it validates better")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
-    loss: Annotated[str | None, Opt(help=_losses())] = None,
+    loss: Annotated[str | None, Opt(help="loss: dice_ce, dice, ce, focal, tversky, lovasz, ...")] = None,
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
     optimizer: Annotated[str | None, Opt(help=_one_of("train", "optimizer"))] = None,
     schedule: Annotated[str | None, Opt(help=_one_of("train", "schedule"))] = None,
@@ -394,7 +383,9 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m unetseg``: the process-wide settings of a
     command-line run (allocator, quiet readers), then the command."""
-    from unetseg.runtime import configure_process
+    args = sys.argv[1:] if argv is None else argv
+    if args and not {"--help", "-h"} & set(args):  # help and usage load no torch: they need no settings
+        from unetseg.runtime import configure_process
 
-    configure_process(allocator=True, quiet_readers=True)  # before any large tensor exists
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+        configure_process(allocator=True, quiet_readers=True)  # before any large tensor exists
+    sys.exit(run(args))

@@ -8,38 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.config import load_yaml, parse_option_value
+from unetseg.config.sources import TRAIN_KEYS, parse_classes
 from unetseg.errors import UnetsegError
-
-# train's options that map one-to-one onto config keys (the rest are parsed below or are not config)
-TRAIN_KEYS = {
-    "data": "data.data",
-    "out": "train.out",
-    "model": "model.name",
-    "val_data": "data.val_data",
-    "val_fraction": "data.val_fraction",
-    "base_channels": "model.base_channels",
-    "depth": "model.depth",
-    "epochs": "train.epochs",
-    "iters_per_epoch": "train.iters_per_epoch",
-    "max_minutes": "train.max_minutes",
-    "batch_size": "train.batch_size",
-    "loss": "train.loss",
-    "lr": "train.lr",
-    "optimizer": "train.optimizer",
-    "schedule": "train.schedule",
-    "device": "train.device",
-    "precision": "train.precision",
-    "normalization": "data.normalization",
-    "task": "data.task",
-    "seed": "train.seed",
-    "patience": "train.patience",
-    "workers": "data.num_workers",
-    "max_image_gib": "data.max_image_gib",
-    "compile": "train.compile",
-    "skip_bad": "data.skip_bad",
-    "probe": "train.probe",
-    "cascade": "train.cascade",
-}
 
 
 def train_sources(opts: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
@@ -58,20 +28,6 @@ def train_sources(opts: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
         given["data.class_values"] = parse_classes(opts["classes"])
     sources = [(load_yaml(opts["config"]), str(opts["config"]))] if opts["config"] is not None else []
     return [*sources, (given, "command line"), ({"model.options": parse_options(opts["option"])}, "--option")]
-
-
-def parse_classes(text: str) -> list[Any]:
-    def number(v: str) -> float | int:
-        f = float(v)
-        return int(f) if f.is_integer() else f
-
-    try:
-        groups = [[number(v) for v in item.split("+")] for item in text.split(",")]
-    except ValueError:
-        raise UnetsegError(
-            f"--classes {text!r}: expected numbers separated by commas (1+2 merges values into one class)"
-        ) from None
-    return [g[0] if len(g) == 1 else g for g in groups]
 
 
 def parse_options(options: list[str] | None) -> dict[str, Any]:

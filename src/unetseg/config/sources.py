@@ -24,6 +24,38 @@ from unetseg.errors import ConfigError
 INFORMATIONAL = ("versions", "metrics", "extra", "plan", "fingerprint")
 MERGED = ("options", "loss_options")  # dict options: a later source adds keys instead of replacing all
 
+# the options of `unetseg train` (and keywords of `unetseg.train`) that name one config key each; the rest
+# (sizes, --classes, --option) are parsed by their callers
+TRAIN_KEYS = {
+    "data": "data.data",
+    "out": "train.out",
+    "model": "model.name",
+    "val_data": "data.val_data",
+    "val_fraction": "data.val_fraction",
+    "base_channels": "model.base_channels",
+    "depth": "model.depth",
+    "epochs": "train.epochs",
+    "iters_per_epoch": "train.iters_per_epoch",
+    "max_minutes": "train.max_minutes",
+    "batch_size": "train.batch_size",
+    "loss": "train.loss",
+    "lr": "train.lr",
+    "optimizer": "train.optimizer",
+    "schedule": "train.schedule",
+    "device": "train.device",
+    "precision": "train.precision",
+    "normalization": "data.normalization",
+    "task": "data.task",
+    "seed": "train.seed",
+    "patience": "train.patience",
+    "workers": "data.num_workers",
+    "max_image_gib": "data.max_image_gib",
+    "compile": "train.compile",
+    "skip_bad": "data.skip_bad",
+    "probe": "train.probe",
+    "cascade": "train.cascade",
+}
+
 
 def normalise_keys(values: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     """``values`` in any of the three spellings -> ``{section: {option: value}}``; unknown keys raise."""
@@ -179,3 +211,17 @@ def parse_option_value(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def parse_classes(text: str) -> list[Any]:
+    def number(v: str) -> float | int:
+        f = float(v)
+        return int(f) if f.is_integer() else f
+
+    try:
+        groups = [[number(v) for v in item.split("+")] for item in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--classes {text!r}: expected numbers separated by commas (1+2 merges values into one class)"
+        ) from None
+    return [g[0] if len(g) == 1 else g for g in groups]

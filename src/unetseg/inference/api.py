@@ -4,6 +4,7 @@ by validation during training and by ``evaluate``, so every inference option app
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -169,6 +170,10 @@ def predict(
         config = config or file_config
     else:
         engine = as_engine(model_or_engine, device, precision)
+        if config is None:
+            unknown = "no normalisation (the image is used as given)" + ("" if tile else ", one pass")
+            warnings.warn(f"unetseg.predict without config=: {unknown}; unetseg.load(RUN).predict(image) "
+                          "applies what the model was trained with", UserWarning, stacklevel=2)
     arr = as_channels_first(image, engine)
     if config is not None:
         from unetseg.data.normalize import normalize

@@ -129,6 +129,27 @@ def make_job(
     """Load the model and fix every setting of a prediction run (the CLI, the cohort workers)."""
     device = rank_device(device)  # torchrun: one GPU per process
     engine, config = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
+    return job_for(engine, config, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
+                   probabilities=probabilities, overlay=overlay, mask_values=mask_values,
+                   max_image_gib=max_image_gib, routing=routing)
+
+
+def job_for(
+    engine: Engine,
+    config: Config,
+    *,
+    tile: Sequence[int] | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    batch_size: int | None = None,
+    tta: bool = False,
+    probabilities: bool = False,
+    overlay: bool = False,
+    mask_values: str = "index",
+    max_image_gib: float | None = None,
+    routing: Routing = Routing(),
+) -> PredictJob:
+    """Every setting of a prediction run around a loaded model (:func:`make_job`, ``Segmenter``)."""
     predictor = predictor_for(
         engine,
         config,

@@ -51,7 +51,7 @@ class Engine:
     """Base class: geometry of the network plus ``__call__(batch) -> logits`` (see the module doc).
 
     A cascade's second stage takes ``prior_channels`` more channels than the image has (its first stage's
-    prediction, :mod:`unetseg.inference.cascade`); ``previous`` is that first stage when it was loaded with
+    prediction, :func:`unetseg.inference.api.prior_of`); ``previous`` is that first stage when loaded with
     the model."""
 
     device: torch.device = torch.device("cpu")

@@ -72,6 +72,14 @@ def predict_files(
             checkpoint, input, output, cluster=dask, overwrite=overwrite, routing=routing, **settings
         )
     job = make_job(checkpoint, routing=routing, **settings)
+    return run_job(job, checkpoint, input, output, skip_bad=skip_bad, progress=progress, overwrite=overwrite)
+
+
+def run_job(job: PredictJob, checkpoint: str | Path, input: str | Path, output: str | Path, *,
+            skip_bad: bool = False, progress: bool = True, overwrite: bool = False) -> PredictResult:
+    """:func:`predict_files` with the model already loaded (``job``; ``checkpoint``: where it came from,
+    never written over)."""
+    routing = job.routing
     files = list_images(input)
     out_dir = Path(output)
     planned, guard = plan_outputs(files, out_dir, job, checkpoint, input)

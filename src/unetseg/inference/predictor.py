@@ -44,12 +44,11 @@ from unetseg.errors import ConfigError, DataError
 from unetseg.inference.engines import Engine, as_engine
 from unetseg.inference.tiling import (
     Plan,
-    axis_weight_sum,
     box,
     chunks,
-    gaussian_1d,
     gaussian_importance_map,
     tile_starts,
+    weight_sums,
 )
 from unetseg.inference.tta import predict_probs
 
@@ -162,13 +161,13 @@ class Predictor:
     def predict(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
         """Class indices with the image's spatial shape (uint8, or uint16 beyond 256 classes)."""
         acc, plan = self._accumulate(image)
-        return self._argmax(acc, tuple(image.shape[1:]))
+        return self.argmax(acc, tuple(image.shape[1:]))
 
     def predict_both(self, image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, probabilities)`` from one pass over the tiles."""
         acc, plan = self._accumulate(image)
         probs = self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
-        return self._argmax(torch.from_numpy(probs), probs.shape[1:]), probs
+        return self.argmax(torch.from_numpy(probs), probs.shape[1:]), probs
 
     # ------------------------------------------------------------------ internals
     def _check(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -189,18 +188,31 @@ class Predictor:
         # numpy's reflect handles pads longer than the axis (repeated reflection) and 1-pixel axes
         return torch.from_numpy(np.pad(x.numpy(), [(0, 0), *pads], mode="reflect"))
 
-    def _weights(self, plan: Plan) -> torch.Tensor | None:
+    def weights(self, plan: Plan) -> torch.Tensor | None:
+        """The importance map of a plan's tiles on the engine's device (None: unweighted)."""
         if not plan.weighted:
             return None
         g = gaussian_importance_map(plan.tile_out, self.sigma_scale)
         return torch.from_numpy(g).to(self.engine.device)
+
+    def run_batch(self, batch: torch.Tensor, plan: Plan, weights: torch.Tensor | None) -> torch.Tensor:
+        """The tile runner both paths share: a batch of input tiles -> probabilities (softmax, TTA) times
+        the importance map, on the engine's device. The caller moves them to its accumulator."""
+        probs = predict_probs(self.engine, batch.to(self.engine.device, non_blocking=True), self.spatial_dims,
+                              self.tta)
+        if tuple(probs.shape[2:]) != plan.tile_out:
+            raise ConfigError(f"the model returned tiles of {tuple(probs.shape[2:])} for input "
+                              f"{plan.tile_in}; expected {plan.tile_out}")
+        if weights is not None:
+            probs.mul_(weights)
+        return probs
 
     def _accumulate(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Plan]:
         x = self._check(image)
         plan = self.plan(x.shape[1:])
         src = self._mirror(x, plan)
         acc = torch.zeros((self.out_channels, *plan.domain), dtype=torch.float32)
-        weights = self._weights(plan)
+        weights = self.weights(plan)
         dev = self.engine.device
         cuda = dev.type == "cuda"
         positions = list(plan.positions())
@@ -213,14 +225,7 @@ class Predictor:
                 xb = in_buf[k % 2][: len(batch)]
                 for j, p in enumerate(batch):
                     xb[j].copy_(src[box(p, plan.tile_in)])
-                probs = predict_probs(self.engine, xb.to(dev, non_blocking=True), self.spatial_dims, self.tta)
-                if tuple(probs.shape[2:]) != plan.tile_out:
-                    raise ConfigError(
-                        f"the model returned tiles of {tuple(probs.shape[2:])} for input {plan.tile_in}; "
-                        f"expected {plan.tile_out}"
-                    )
-                if weights is not None:
-                    probs.mul_(weights)
+                probs = self.run_batch(xb, plan, weights)
                 if cuda:  # copy back asynchronously; add the previous batch while this one computes
                     host = out_buf[k % 2][: len(batch)]
                     host.copy_(probs, non_blocking=True)
@@ -249,21 +254,14 @@ class Predictor:
 
     def _normalise(self, acc: torch.Tensor, plan: Plan, image_shape: tuple[int, ...]) -> np.ndarray:
         """Divide by the summed tile weights (outer product of per-axis sums), in place, in chunks."""
-        sums = []
-        for d, t, s in zip(plan.domain, plan.tile_out, plan.starts, strict=True):
-            w = gaussian_1d(t, self.sigma_scale) if plan.weighted else np.ones(t, np.float32)
-            sums.append(axis_weight_sum(d, t, list(s), w))
-        rest = sums[1:]
-        inner = rest[0] if rest else torch.ones(())
-        for extra in rest[1:]:
-            inner = torch.outer(inner.reshape(-1), extra).reshape(*inner.shape, *extra.shape)
+        first, inner = weight_sums(plan, self.sigma_scale)
         if plan.num_tiles > 1:
             for i, chunk in chunks(plan.domain[0], inner.numel()):
-                acc[:, i:chunk].div_(sums[0][i:chunk].reshape(-1, *([1] * inner.ndim)) * inner)
+                acc[:, i:chunk].div_(first[i:chunk].reshape(-1, *([1] * inner.ndim)) * inner)
         # a view (strided when the tiles reached past the image): no second full-size copy
         return acc[box((0,) * len(image_shape), image_shape)].numpy()
 
-    def _argmax(self, acc: torch.Tensor, image_shape: tuple[int, ...]) -> np.ndarray:
+    def argmax(self, acc: torch.Tensor, image_shape: tuple[int, ...]) -> np.ndarray:
         """Labels by a running max over the classes, chunk by chunk (first maximum wins, as argmax; about
         10x faster than ``argmax(dim=0)`` over a class-first layout, and the temporaries stay small)."""
         dtype = torch.uint8 if self.out_channels <= 256 else torch.int32

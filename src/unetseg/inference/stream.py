@@ -18,9 +18,10 @@ normalised image bit for bit. Why it is exact, and flat:
   filled with copies of its first tile. Skipped and resumed tiles are so never computed.
 * **Accumulator.** One float32 window ``(classes, tile_out[0], *strip extent)`` per strip. When band k's
   last tile is added, rows ``[start_k, start_k+1)`` of the strip's own columns are final: labels are the
-  first-maximum argmax of the undivided sums (``_argmax``, as ``predict``); probabilities, when the writer
-  stores them, are divided by the outer product of the per-axis weight sums (as ``_normalise``). The window
-  then shifts by ``start_k+1 - start_k``. Peak memory: the window, the input bands of the batch in flight
+  first-maximum argmax of the undivided sums (``Predictor.argmax``, as ``predict``); probabilities, when
+  the writer stores them, are divided by the outer product of the per-axis weight sums
+  (:func:`~unetseg.inference.tiling.weight_sums`, as in memory). The window then shifts by
+  ``start_k+1 - start_k``. Peak memory: the window, the input bands of the batch in flight
   plus at most three read ahead (``tile_in[0]`` rows of the strip each), one chunk row of the strip's
   labels: O(tile extent x strip), independent of the image's size.
 * **Input.** A prefetch thread reads each band's rows of the mirror-extended image over the strip's
@@ -50,8 +51,7 @@ from unetseg.errors import ConfigError, DataError
 from unetseg.inference.pipes import Pipe
 from unetseg.inference.predictor import Predictor
 from unetseg.inference.stream_io import WINDOW_BYTES, BandReader, BlockSink, Strip, done_rows, make_strips
-from unetseg.inference.tiling import Plan, axis_weight_sum, box, gaussian_1d
-from unetseg.inference.tta import predict_probs
+from unetseg.inference.tiling import Plan, box, weight_sums
 
 Region = tuple[slice, ...]
 RUN, SKIP, DONE = 0, 1, 2  # tile states: computed; background (no tissue); rows already written (resume)
@@ -157,9 +157,9 @@ class _Pass:
             self.work.append((strip, sorted({j // self.per_band for j in needed}), needed))
         self.reader = BandReader(source, level, normalize, plan, shape, [(s, b) for s, b, _ in self.work],
                                  name, pred.engine.in_channels)
-        self.weights = pred._weights(plan)
+        self.weights = pred.weights(plan)
         self.background = self.weights.cpu() if self.weights is not None else 1.0
-        self.sums0, self.inner = _weight_sums(plan, pred.sigma_scale)
+        self.sums0, self.inner = weight_sums(plan, pred.sigma_scale)
         self.bands: dict[tuple[int, int], torch.Tensor] = {}  # (strip, band) -> its input rows
         cuda = pred.engine.device.type == "cuda"
         self.in_buf = torch.empty((bs, pred.engine.in_channels, *plan.tile_in), pin_memory=cuda)
@@ -212,15 +212,8 @@ class _Pass:
             p = self.positions[j]
             at = (0, *(a - o for a, o in zip(p[1:], strip.origin, strict=True)))
             xb[i].copy_(self.bands[(si, j // per_band)][box(at, plan.tile_in)])
-        dev = pred.engine.device
         with torch.inference_mode():
-            probs = predict_probs(pred.engine, xb.to(dev, non_blocking=True), pred.spatial_dims, pred.tta)
-            if tuple(probs.shape[2:]) != plan.tile_out:
-                raise ConfigError(f"the model returned tiles of {tuple(probs.shape[2:])} for input "
-                                  f"{plan.tile_in}; expected {plan.tile_out}")
-            if self.weights is not None:
-                probs.mul_(self.weights)
-            probs = probs.to("cpu")
+            probs = pred.run_batch(xb, plan, self.weights).to("cpu")
         self.counts["computed"] += size
         self.counts["batches"] += 1
         return probs
@@ -280,7 +273,7 @@ class _StripRun:
             labels = probs = None
             if self.sink.wanted(lo, top):
                 part = self.acc[(slice(None), slice(0, top - lo), *self.strip.own_slices())]
-                labels = self.owner.pred._argmax(part, tuple(part.shape[1:]))
+                labels = self.owner.pred.argmax(part, tuple(part.shape[1:]))
                 probs = self._probabilities(part, lo) if self.sink.probabilities else None
             self.sink.push(lo, top, labels, probs)
         self._shift(hi - lo)
@@ -299,19 +292,6 @@ class _StripRun:
             n = min(by, rows - by - i)
             self.acc[:, i : i + n].copy_(self.acc[:, i + by : i + by + n])
         self.acc[:, max(0, rows - by) :].zero_()
-
-
-def _weight_sums(plan: Plan, sigma_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed tile weights: per-row sums of the first axis and the outer product of the others."""
-    sums = []
-    for d, t, s in zip(plan.domain, plan.tile_out, plan.starts, strict=True):
-        w = gaussian_1d(t, sigma_scale) if plan.weighted else np.ones(t, np.float32)
-        sums.append(axis_weight_sum(d, t, list(s), w))
-    rest = sums[1:]
-    inner = rest[0] if rest else torch.ones(())
-    for extra in rest[1:]:
-        inner = torch.outer(inner.reshape(-1), extra).reshape(*inner.shape, *extra.shape)
-    return sums[0], inner
 
 
 def _tile_states(plan: Plan, shape: tuple[int, ...], strips: list[Strip], done: list[np.ndarray],

@@ -61,6 +61,21 @@ def axis_weight_sum(size: int, tile: int, starts: list[int], weights: np.ndarray
     return torch.from_numpy(total.astype(np.float32))
 
 
+def weight_sums(plan: Plan, sigma_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed tile weights of a plan, without a weight image: per-row sums of the first axis and the
+    outer product of the other axes' sums (the map and the grid are separable). Probabilities are the
+    accumulated weighted sums divided by their product (in memory and streamed alike)."""
+    sums = []
+    for d, t, s in zip(plan.domain, plan.tile_out, plan.starts, strict=True):
+        w = gaussian_1d(t, sigma_scale) if plan.weighted else np.ones(t, np.float32)
+        sums.append(axis_weight_sum(d, t, list(s), w))
+    rest = sums[1:]
+    inner = rest[0] if rest else torch.ones(())
+    for extra in rest[1:]:
+        inner = torch.outer(inner.reshape(-1), extra).reshape(*inner.shape, *extra.shape)
+    return sums[0], inner
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything about one image shape that does not depend on the pixel values."""

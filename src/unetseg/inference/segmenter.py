@@ -1,0 +1,125 @@
+"""``unetseg.load(RUN)``: a trained model bound to what it was trained with, as nnU-Net's predictor is bound
+to its trained folder and Cellpose's and StarDist's models are to theirs::
+
+    seg = unetseg.load("RUN")            # a run or checkpoint folder, an .onnx file (TorchScript if trusted)
+    labels = seg.predict(image)          # classes (an instance model: object ids), at the image's size
+    probs = seg.predict_proba(image)     # float32 (C, *spatial)
+    ids, table = seg.predict_instances(image)   # instance models: ids and the per-object table
+    seg.predict_file("slide.ome.tif", "out/")   # the command line's path: files, streamed slides, OME-Zarr
+
+Normalisation, tile, overlap, TTA and resolution come from the model's config (each may be overridden
+at load time); a cascade runs both its stages. The model is loaded once and kept warm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetseg.config import Config
+from unetseg.data.normalize import normalize
+from unetseg.errors import ConfigError
+from unetseg.inference.api import as_channels_first, predict_image, predictor_for
+from unetseg.inference.batch import Routing, job_for
+from unetseg.inference.engines import Engine, load_engine
+from unetseg.inference.files import PredictResult, run_job
+
+Image = np.ndarray | torch.Tensor
+
+
+class Segmenter:
+    """A trained model ready to segment images of any size (see the module doc); made by :func:`load`."""
+
+    def __init__(self, source: str | Path, engine: Engine, config: Config, **overrides: Any) -> None:
+        self.source, self.engine, self.config = Path(source), engine, config
+        self.overrides = {k: v for k, v in overrides.items() if v is not None}
+        self.predictor = predictor_for(engine, config, **self.overrides)
+
+    def __repr__(self) -> str:
+        return (f"Segmenter({str(self.source)!r}: {self.config.model.name}, {self.spatial_dims}D, "
+                f"{self.channels} channel(s), {self.task}, classes {self.classes})")
+
+    @property
+    def task(self) -> str:
+        """``semantic`` or ``instances``."""
+        return self.config.data.task
+
+    @property
+    def classes(self) -> list[Any]:
+        """The mask value(s) of each class, in class order (``[0, 255]``; a merged class is a list)."""
+        return list(self.config.data.class_values or range(max(2, self.engine.num_classes)))
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.engine.spatial_dims
+
+    @property
+    def channels(self) -> int:
+        """The channels an image must have (a one-channel model also takes ``(*spatial)``)."""
+        return self.engine.image_channels
+
+    def _input(self, image: Image) -> np.ndarray:
+        return normalize(as_channels_first(image, self.engine), self.config.data)
+
+    def _run(self, image: Image, spacing: Sequence[float] | None,
+             probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return predict_image(self.predictor, self._input(image), spacing, self.config,
+                             probabilities=probabilities)
+
+    def predict_proba(self, image: Image, *, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Class probabilities ``(max(2, classes), *spatial)`` float32 at the image's size (``spacing``: a
+        3D volume's voxel size, when the model was trained at another)."""
+        probs = self._run(image, spacing, probabilities=True)[1]
+        assert probs is not None
+        return probs
+
+    def predict(self, image: Image, *, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Class indices at the image's size (uint8); for an instance model the object ids (as
+        :meth:`predict_instances`)."""
+        if self.task == "instances":
+            return self.predict_instances(image, spacing=spacing)[0]
+        return self._run(image, spacing, probabilities=False)[0]
+
+    def predict_instances(self, image: Image, *,
+                          spacing: Sequence[float] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(object ids, table)`` of an instance model: ids 1..N (0 background) by the watershed the model
+        was validated with, and one row per object (id, area, centroid, bounding box, mean intensity per
+        channel) as a dict of arrays."""
+        from unetseg.inference.instances import instances_of
+        from unetseg.postprocess.objects import object_table
+
+        if self.task != "instances":
+            raise ConfigError(f"{self.source}: a semantic model ({len(self.classes)} classes); "
+                              "predict_instances needs an instance model (train --task instances)")
+        probs = self._run(image, spacing, probabilities=True)[1]
+        assert probs is not None
+        ids = instances_of(probs, self.config)
+        raw = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        return ids, object_table(ids, raw, spacing)
+
+    def predict_file(self, input: str | Path, output: str | Path, *, probabilities: bool = False,
+                     overlay: bool = False, mask_values: str = "index", skip_bad: bool = False,
+                     overwrite: bool = False, progress: bool = False, routing: Routing = Routing(),
+                     max_image_gib: float | None = None) -> PredictResult:
+        """What ``unetseg predict`` does with this model: an image, an OME-Zarr store or a folder of them
+        into ``output`` (big and OME inputs streamed; every output planned and checked first)."""
+        job = job_for(self.engine, self.config, probabilities=probabilities, overlay=overlay,
+                      mask_values=mask_values, max_image_gib=max_image_gib, routing=routing,
+                      **self.overrides)
+        return run_job(job, self.source, input, output, skip_bad=skip_bad, progress=progress,
+                       overwrite=overwrite)
+
+
+def load(path: str | Path, *, device: str | torch.device = "auto", precision: str = "auto",
+         trust_torchscript: bool = False, tile: Sequence[int] | None = None, overlap: float | None = None,
+         tta: bool | None = None, batch_size: int | None = None, blend: str | None = None) -> Segmenter:
+    """Load a trained model for prediction: a run folder (its ``best``), a checkpoint folder, an ``.onnx``
+    file or a TorchScript file (``trust_torchscript``: it is a program). ``tile``, ``overlap``, ``tta``,
+    ``batch_size``, ``blend``: override the model's inference settings (None: its own)."""
+    engine, config = load_engine(path, device, precision, trust_torchscript=trust_torchscript)
+    return Segmenter(path, engine, config, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
+                     blend=blend)
