@@ -115,23 +115,13 @@ def make_job(
     device: str = "auto",
     precision: str = "auto",
     trust_torchscript: bool = False,
-    tile: Sequence[int] | None = None,
-    overlap: float | None = None,
-    blend: str | None = None,
-    batch_size: int | None = None,
-    tta: bool = False,
-    probabilities: bool = False,
-    overlay: bool = False,
-    mask_values: str = "index",
-    max_image_gib: float | None = None,
-    routing: Routing = Routing(),
+    **settings: Any,
 ) -> PredictJob:
-    """Load the model and fix every setting of a prediction run (the CLI, the cohort workers)."""
+    """Load the model and fix every setting of a prediction run (the CLI, the cohort workers); ``settings``:
+    :func:`job_for`'s."""
     device = rank_device(device)  # torchrun: one GPU per process
     engine, config = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
-    return job_for(engine, config, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
-                   probabilities=probabilities, overlay=overlay, mask_values=mask_values,
-                   max_image_gib=max_image_gib, routing=routing)
+    return job_for(engine, config, **settings)
 
 
 def job_for(
