@@ -30,11 +30,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The benchmarks' peers (MONAI, smp, ONNX Runtime) live in their own venv: smp pulls torchvision, which must
 # never land beside the project's torch in .venv. torch is pinned there too (constraints.txt).

@@ -30,7 +30,7 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 import unetseg
-from unetseg.data.io import list_images, read_image
+from unetseg.io.images import list_images, read_image
 from unetseg.inference import Predictor, TorchEngine, predictor_for
 from unetseg.data.normalize import normalize
 way, ckpt, images = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -75,7 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     import numpy as np
 
-    from unetseg.data.io import write_image
+    from unetseg.io.images import write_image
 
     env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}
     with tempfile.TemporaryDirectory() as tmp:

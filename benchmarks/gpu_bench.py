@@ -85,6 +85,8 @@ def training(quick: bool) -> dict[str, Any]:
 class _Array:
     """A numpy image behind the lazy-source interface of the streamed predictor."""
 
+    path = "array"
+
     def __init__(self, image: np.ndarray) -> None:
         self.image, self.channels = image, image.shape[0]
 
@@ -96,9 +98,9 @@ class _Array:
 
 
 def sliding_window(quick: bool) -> dict[str, Any]:
-    from unetseg.data.ngff import LabelZarrWriter
     from unetseg.inference import Predictor
     from unetseg.inference.stream import StreamPredictor
+    from unetseg.io.ngff import LabelZarrWriter
     from unetseg.models import build_model
 
     out: dict[str, Any] = {}

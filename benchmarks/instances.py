@@ -39,7 +39,7 @@ from _common import replace_section
 from scipy import ndimage
 
 from unetseg.data import find_cases, split_cases
-from unetseg.data.io import read_mask, stem_of
+from unetseg.io.images import read_mask, stem_of
 from unetseg.metrics.instances import instance_metrics
 
 REPO = Path(__file__).resolve().parents[1]

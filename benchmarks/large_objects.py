@@ -136,7 +136,7 @@ def run_peer(tool: str, train: Path, test: Path, out: Path, minutes: float) -> d
 
 def score(pred: Path, test: Path) -> dict[str, float]:
     """Mean over the test images of the foreground Dice and IoU (an empty truth and prediction: 1)."""
-    from unetseg.data.io import list_images, read_mask, stem_of
+    from unetseg.io.images import list_images, read_mask, stem_of
 
     preds = {stem_of(p): p for p in list_images(pred)}
     dices, ious = [], []

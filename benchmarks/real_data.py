@@ -45,7 +45,7 @@ import numpy as np
 
 from unetseg.config import Config, apply_overrides, load_yaml
 from unetseg.data import ClassMap, find_cases, split_cases
-from unetseg.data.io import list_images, read_mask, stem_of
+from unetseg.io.images import list_images, read_mask, stem_of
 from unetseg.metrics import dice, instances_from_membranes, iou, pixel_error, rand_error
 
 REPO = Path(__file__).resolve().parents[1]

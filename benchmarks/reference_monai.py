@@ -6,7 +6,7 @@ z-score normalisation, uniformly random 256x256 patches (zero-padded where the i
 random flips and 90-degree rotations, Adam at a constant 1e-3, batch 4 (3D: 64^3 patches, batch 2, to fit
 a CPU), trained for a fixed number of minutes, then ``monai.inferers.sliding_window_inference`` (roi =
 patch, overlap 0.25, gaussian blending) on every validation image. It shares only file decoding with
-unetseg (``unetseg.data.io``); the masks it writes hold class indices in the order of ``--class-values``.
+unetseg (``unetseg.io.images``); the masks it writes hold class indices in the order of ``--class-values``.
 
 Needs MONAI, which the project's own ``.venv`` does not have (``make bench`` makes ``.venv-bench``)::
 
@@ -27,7 +27,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 
-from unetseg.data.io import list_images, read_image, read_mask, stem_of, write_mask
+from unetseg.io.images import list_images, read_image, read_mask, stem_of, write_mask
 
 
 def zscore(image: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ import torch
 
 from inference.helpers import make_checkpoint
 from unetseg.config import Config
-from unetseg.data.ngff import LabelZarrWriter
 from unetseg.inference import Predictor, load_engine
 from unetseg.inference.stream import StreamPredictor
+from unetseg.io.ngff import LabelZarrWriter
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -58,7 +58,7 @@ def test_streamed_prediction_on_cuda_equals_in_memory(tmp_path: Path) -> None:
     pred = Predictor(engine, tile=(64, 64), batch_size=8)
 
     class Source:
-        channels = 1
+        path, channels = "array", 1
 
         def shape(self, level: int = 0) -> tuple[int, ...]:
             return image.shape[1:]

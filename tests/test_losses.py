@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from unetseg.data.instances import unet_weight_map
 from unetseg.errors import ConfigError
-from unetseg.losses import DeepSupervisionLoss, available_losses, build_loss, unet_weight_map
+from unetseg.losses import DeepSupervisionLoss, available_losses, build_loss
 
 L3 = math.log(3.0)  # softmax([0, ln 3]) = [1/4, 3/4]; sigmoid(ln 3) = 3/4
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import unetseg
 from reliability.helpers import run_inprocess
-from unetseg.data.io import read_image
 from unetseg.errors import ConfigError
+from unetseg.io.images import read_image
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,14 @@ def test_train_plans_like_the_command_line_and_returns_the_run(planned, tmp_path
     assert (run.path / "plan.yaml").is_file() and (run.path / "best" / "config.json").is_file()
     assert run.metrics and run.best is not None and 0.0 <= run.best <= 1.0
     assert run.best == max(float(r["val_dice"]) for r in run.metrics if r["val_dice"])
+    np.random.seed(7)
+    torch.manual_seed(7)
     bare = unetseg.train(data, tmp_path / "BARE", plan=False, epochs=1, iters_per_epoch=2, workers=0,
                          model="unet", base_channels=8, depth=2, quiet=True)
+    after = (np.random.rand(), torch.rand(1).item())
+    np.random.seed(7)
+    torch.manual_seed(7)
+    assert after == (np.random.rand(), torch.rand(1).item())  # the caller's random state is given back
     assert not (bare.path / "plan.yaml").exists() and len(bare.metrics) == 1  # the options given, no plan
     with pytest.raises(ConfigError, match="learning_rate"):
         unetseg.train(data, tmp_path / "X", learning_rate=0.1)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from unetseg.config import Config, apply_overrides, load_yaml
-from unetseg.data.io import write_mask
 from unetseg.errors import ConfigError
+from unetseg.io.images import write_mask
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

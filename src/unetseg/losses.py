@@ -10,14 +10,11 @@ format (bf16 autocast, channels_last).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
 from unetseg.errors import ConfigError
@@ -339,56 +336,3 @@ def build_loss(name: str, num_classes: int, **options: Any) -> SegmentationLoss:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"loss {name!r}: bad option value ({' '.join(str(exc).split())[:120]})") from None
-
-
-def _pixel_class_weights(labels: np.ndarray, class_weights: str | Sequence[float] | None) -> np.ndarray:
-    if class_weights is None:
-        return np.ones(labels.shape, np.float32)
-    if isinstance(class_weights, str):
-        if class_weights != "balanced":
-            raise ConfigError(f"class_weights={class_weights!r}: expected 'balanced', None or a list")
-        values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-        per_value = labels.size / (len(values) * counts)  # "balanced" as in scikit-learn
-        return per_value[inverse].reshape(labels.shape).astype(np.float32)
-    table = np.asarray(class_weights, np.float32)
-    if labels.min() < 0 or labels.max() >= len(table):
-        raise ConfigError(f"class_weights has {len(table)} entries but the labels go up to {labels.max()}")
-    return table[labels]
-
-
-def unet_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0,
-                    class_weights: str | Sequence[float] | None = "balanced") -> np.ndarray:
-    """Pixel-wise weight map of the U-Net paper (Ronneberger et al. 2015, eq. 2) for 2D or 3D class labels.
-
-    ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))`` on background pixels (label 0), where d1/d2
-    are the distances (in pixels) to the nearest and second-nearest object (connected component of the
-    foreground ``labels > 0``); foreground pixels get ``w_c`` alone. ``w_c`` balances class frequencies.
-    Cost is capped: each object's distance transform runs on its bounding box plus the distance beyond which
-    the border term is below ``1e-4 * w0``; farther objects count as infinitely far.
-
-    Args:
-        labels: integer class labels ``(*spatial)``.
-        w0, sigma: border weight and width in pixels (paper: 10 and 5).
-        class_weights: ``"balanced"`` (total / (classes * count of the class)), ``None`` (all 1) or one
-            weight per class index.
-
-    Returns:
-        float32 weights of the shape of ``labels``.
-    """
-    labels = np.asarray(labels)
-    weights = _pixel_class_weights(labels, class_weights)
-    objects, n = ndimage.label(labels > 0)
-    if n < 2 or w0 == 0:
-        return weights
-    margin = math.ceil(sigma * math.sqrt(2.0 * math.log(1e4)))
-    d1 = np.full(labels.shape, np.inf, np.float32)
-    d2 = np.full(labels.shape, np.inf, np.float32)
-    for index, box in enumerate(ndimage.find_objects(objects), start=1):
-        window = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, size))
-                       for s, size in zip(box, labels.shape, strict=True))
-        dist = ndimage.distance_transform_edt(objects[window] != index).astype(np.float32)
-        near, second = d1[window], d2[window]
-        second[...] = np.minimum(second, np.maximum(near, dist))
-        near[...] = np.minimum(near, dist)
-    border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
-    return (weights + np.where(labels == 0, border, 0.0)).astype(np.float32)

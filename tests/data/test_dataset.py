@@ -18,9 +18,9 @@ from unetseg.data import (
     normalize,
     split_cases,
 )
-from unetseg.data.io import read_mask, write_image, write_mask
 from unetseg.data.prepare import default_patch_size, prepare_data
 from unetseg.errors import ConfigError, DataError
+from unetseg.io.images import read_mask, write_image, write_mask
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ from PIL import Image
 
 from unetseg.config import Config
 from unetseg.data import ClassMap, find_cases, load_case
-from unetseg.data.io import read_image, read_mask, write_image, write_mask
 from unetseg.data.prepare import prepare_data
 from unetseg.errors import DataError
+from unetseg.io.images import read_image, read_mask, write_image, write_mask
 
 
 def _one_line(err: pytest.ExceptionInfo, path: Path | str) -> str:

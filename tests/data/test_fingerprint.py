@@ -13,17 +13,17 @@ from scipy import ndimage
 
 from unetseg.data import fingerprint as fpmod
 from unetseg.data.cases import find_cases
-from unetseg.data.fingerprint import (
+from unetseg.data.synthetic import make_dataset
+from unetseg.errors import DataError
+from unetseg.io.images import read_mask, write_image, write_mask
+from unetseg.planning.fingerprint import (
     Fingerprint,
     compute_fingerprint,
     ct_like_channels,
     is_ct_like,
     range_outliers,
 )
-from unetseg.data.fingerprint_cache import cache_path, cached_fingerprint
-from unetseg.data.io import read_mask, write_image, write_mask
-from unetseg.data.synthetic import make_dataset
-from unetseg.errors import DataError
+from unetseg.planning.fingerprint_cache import cache_path, cached_fingerprint
 
 
 def _hand_masks() -> list[np.ndarray]:

@@ -10,7 +10,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unetseg.data.io import (
+from unetseg.errors import DataError
+from unetseg.io.images import (
     list_images,
     match_channels,
     read_image,
@@ -20,7 +21,6 @@ from unetseg.data.io import (
     write_mask,
     write_probabilities,
 )
-from unetseg.errors import DataError
 
 RNG = np.random.default_rng(0)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from unetseg.data.lazy import (
+from unetseg.errors import DataError
+from unetseg.io.lazy import (
     choose_level,
     header_nbytes,
     mask_scale,
@@ -16,7 +17,6 @@ from unetseg.data.lazy import (
     region_has_tissue,
     tissue_mask,
 )
-from unetseg.errors import DataError
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

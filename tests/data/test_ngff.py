@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import zarr
 
-from unetseg.data.ngff import (
+from unetseg.errors import DataError
+from unetseg.io.ngff import (
     MANIFEST,
     LabelZarrWriter,
     downsample_mode,
     pyramid_factors,
 )
-from unetseg.data.ometiff import write_ome_tiff_from_zarr
-from unetseg.errors import DataError
+from unetseg.io.ometiff import write_ome_tiff_from_zarr
 
 
 def _labels(shape: tuple[int, ...], classes: int = 4, seed: int = 0) -> np.ndarray:
@@ -172,7 +172,7 @@ def test_write_alignment_and_incomplete_finish(tmp_path: Path):
 
 
 def test_ngff_05_store_round_trips_through_the_lazy_reader(tmp_path: Path):
-    from unetseg.data.lazy import open_lazy
+    from unetseg.io.lazy import open_lazy
 
     lab = _labels((300, 260), seed=3).astype(np.uint32)
     w = LabelZarrWriter(tmp_path / "v5.ome.zarr", lab.shape, "uint32", pixel_size=(0.3, 0.3),
@@ -187,7 +187,7 @@ def test_ngff_05_store_round_trips_through_the_lazy_reader(tmp_path: Path):
 def test_ome_tiff_export_from_store_and_from_array(tmp_path: Path):
     import tifffile
 
-    from unetseg.data.lazy import open_lazy
+    from unetseg.io.lazy import open_lazy
 
     lab = _labels((1300, 1100), classes=6, seed=5).astype(np.uint8)
     store = tmp_path / "s.ome.zarr"

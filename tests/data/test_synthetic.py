@@ -8,10 +8,10 @@ from scipy import ndimage
 
 from unetseg.config import Config
 from unetseg.data import find_cases
-from unetseg.data.io import read_image, read_mask
 from unetseg.data.prepare import prepare_data
 from unetseg.data.synthetic import make_dataset, make_image
 from unetseg.errors import ConfigError
+from unetseg.io.images import read_image, read_mask
 
 
 @pytest.mark.parametrize("kind, values, shape", [

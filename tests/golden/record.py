@@ -24,8 +24,8 @@ def run_pipeline(work: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     import unetseg
-    from unetseg.data.io import read_image, read_mask
     from unetseg.data.synthetic import make_dataset
+    from unetseg.io.images import read_image, read_mask
 
     train_dir = make_dataset(work / "train", n=6, size=(64, 64), kind="cells", seed=11)
     test_dir = make_dataset(work / "test", n=2, size=(72, 60), kind="cells", seed=12)

@@ -18,9 +18,9 @@ import tifffile
 import zarr
 
 from unetseg.checkpoint import save_checkpoint
-from unetseg.data.ngff import MANIFEST
 from unetseg.data.normalize import Normalizer
 from unetseg.inference import Predictor, load_engine
+from unetseg.io.ngff import MANIFEST
 
 from .helpers import tiny_config, tiny_model
 

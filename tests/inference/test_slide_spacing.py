@@ -15,7 +15,7 @@ import zarr
 from scipy import ndimage
 
 from unetseg.checkpoint import save_checkpoint
-from unetseg.data.io import read_image
+from unetseg.io.images import read_image
 
 from .helpers import tiny_config, tiny_model
 
@@ -71,7 +71,7 @@ def test_resume_after_the_model_grid_pass_only_brings_it_back(checkpoint, tmp_pa
     want = zarr.open_array(str(tmp_path / "a" / "vol.ome.zarr" / "0"), mode="r")[...]
     # the state a kill during the last pass leaves: a complete model-grid store whose probabilities are
     # marked (all 0.25: a prediction from them differs from a fresh one), no output store yet
-    from unetseg.data.ngff import LabelZarrWriter
+    from unetseg.io.ngff import LabelZarrWriter
 
     grid = tmp_path / "b" / ".vol.ome.zarr.model-grid"
     grid.parent.mkdir()

@@ -11,13 +11,13 @@ import pytest
 import tifffile
 import zarr
 
-from unetseg.data.lazy import open_lazy
-from unetseg.data.ngff import LabelZarrWriter
 from unetseg.data.normalize import Normalizer
 from unetseg.errors import DataError
 from unetseg.inference import Engine, Predictor, load_engine
 from unetseg.inference.regions import ChannelStats, image_statistics, stream_normalizer, tissue_skip
 from unetseg.inference.stream import StreamPredictor
+from unetseg.io.lazy import open_lazy
+from unetseg.io.ngff import LabelZarrWriter
 
 from .helpers import make_checkpoint, tiny_config
 
@@ -38,6 +38,8 @@ class Counting(Engine):
 class ArraySource:
     """A numpy image behind the lazy-source interface."""
 
+    path = "array"
+
     def __init__(self, image: np.ndarray) -> None:
         self.image, self.channels = image, image.shape[0]
 
@@ -51,10 +53,18 @@ class ArraySource:
 class MemoryWriter:
     """Collects written blocks; checks they are whole chunk rows."""
 
+    path, probabilities = "memory", 0
+
     def __init__(self, shape: tuple[int, ...], rows: int) -> None:
         self.shape, self.chunks = shape, (rows, *shape[1:])
         self.labels = np.full(shape, 255, np.uint8)
         self.starts: list[int] = []
+
+    def done_rows(self, columns) -> np.ndarray:
+        return np.zeros(self.shape[0], dtype=bool)  # nothing held before: no resume
+
+    def flush(self) -> None:
+        pass
 
     def write(self, start, labels, probabilities=None) -> None:
         assert start[0] % self.chunks[0] == 0 and labels.shape[1:] == self.shape[1:]

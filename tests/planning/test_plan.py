@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from reliability.helpers import run_inprocess
-from unetseg.data.io import write_image, write_mask
+from unetseg.io.images import write_image, write_mask
 from unetseg.planning import rules
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
@@ -116,7 +116,7 @@ def test_a_planned_resolution_is_recorded_predicted_back_and_read_again(tmp_path
     code, err = run_inprocess("predict", "--checkpoint", second, "--input", data / "images", "--output", out,
                               capsys=capsys)
     assert code == 0, err
-    from unetseg.data.io import read_mask
+    from unetseg.io.images import read_mask
 
     assert read_mask(out / "case_000.png")[0].shape == (575, 700)
 
@@ -260,8 +260,8 @@ def test_an_anisotropic_volume_is_resampled_pooled_per_axis_and_predicted_back_o
 @pytest.mark.skipif(not (SHARED / "brats2013_deepmedic_3d" / "images").is_dir(), reason="BraTS not present")
 def test_brats_is_isotropic_and_keeps_its_grid():
     from unetseg.data.cases import find_cases
-    from unetseg.data.fingerprint import compute_fingerprint
     from unetseg.planning import rules
+    from unetseg.planning.fingerprint import compute_fingerprint
 
     fp = compute_fingerprint(find_cases(SHARED / "brats2013_deepmedic_3d")[:2])
     assert rules.spacing(fp)[0].value is None

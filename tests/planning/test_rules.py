@@ -9,9 +9,9 @@ import pytest
 
 from unetseg.config.schema import INSTANCE_TARGETS
 from unetseg.data.cases import find_cases
-from unetseg.data.fingerprint import Fingerprint, compute_fingerprint
-from unetseg.data.io import write_image, write_mask
+from unetseg.io.images import write_image, write_mask
 from unetseg.planning import rules
+from unetseg.planning.fingerprint import Fingerprint, compute_fingerprint
 from unetseg.planning.plan import choose_width
 from unetseg.planning.rules import Device
 

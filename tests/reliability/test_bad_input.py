@@ -140,7 +140,7 @@ def test_predict_batch_size_zero_and_a_bad_tile(ckpt, data, tmp_path, capsys):
 
 
 def _nnunet(root: Path, labels, channels) -> Path:
-    from unetseg.data.io import write_image, write_mask
+    from unetseg.io.images import write_image, write_mask
 
     rng = np.random.default_rng(0)
     for i in range(2):
@@ -182,9 +182,9 @@ def test_a_decompression_bomb_is_refused_from_its_header(bomb, tmp_path, capsys)
     code, err = run_inprocess(*train_args(bomb.parent.parent, tmp_path / "RUN"), capsys=capsys)
     assert_refused(code, err, "slide.tif", "46000x46000", "7.9 GiB", "--max-image-gib")
     assert not (tmp_path / "RUN").exists()
-    from unetseg.data.io import read_image
     from unetseg.errors import DataError
     from unetseg.inference.slide import is_streamed
+    from unetseg.io.images import read_image
 
     with pytest.raises(DataError, match="over the 2 GiB limit"):
         read_image(bomb)  # every reader: the budget is the decoded float32 bytes, before decoding

@@ -16,11 +16,11 @@ import unetseg
 from reliability.helpers import assert_refused, run_inprocess
 from training.test_probe import _rings
 from unetseg.config import Config
-from unetseg.data.io import read_image, read_mask, write_image, write_mask
 from unetseg.data.normalize import normalize
 from unetseg.errors import CheckpointError
 from unetseg.export import export_model
 from unetseg.inference.predictor import Predictor
+from unetseg.io.images import read_image, read_mask, write_image, write_mask
 from unetseg.metrics import dice
 from unetseg.training import train
 from unetseg.training.cascade import CASCADE_MINUTES, CascadeState, keep, second_stage, skip_reason

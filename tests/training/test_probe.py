@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from reliability.helpers import run_inprocess
 from unetseg.config import Config
-from unetseg.data.io import write_image, write_mask
+from unetseg.io.images import write_image, write_mask
 from unetseg.training.distributed import DistInfo
 from unetseg.training.interrupt import Termination
 from unetseg.training.probe import Trial, choose, run_probe

@@ -51,8 +51,8 @@ def test_a_3d_low_resolution_model_trains_coarse_and_predicts_the_inputs_grid(ce
     """3D: the low-resolution stage is the target spacing times data.downsample (in-plane here); the
     store holds the coarse arrays, and a volume is predicted back on its own grid."""
     import unetseg
-    from unetseg.data.io import read_image
     from unetseg.data.prepare import prepare_data
+    from unetseg.io.images import read_image
 
     cfg = _config(cells_3d, tmp_path / "RUN")
     cfg.model.spatial_dims = 3

@@ -218,3 +218,21 @@ def test_bad_option_is_one_line_and_exit_2(cells_2d: Path, tmp_path: Path) -> No
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "vnet" in lines[0] and "unet" in lines[0]  # checked before any data is read
+
+
+def test_a_3d_patch_without_the_planner_takes_the_dimensionality_from_the_data(cells_3d, tmp_path, capsys):
+    """--no-plan with a 3D patch on 3D data: the model's dimensionality comes from the data, so the patch
+    is not refused as "3 sizes but the model is 2D"; a 3D tile for 2D data still is, before training."""
+    from reliability.helpers import assert_refused, run_inprocess
+
+    base = ["--no-plan", "--epochs", "1", "--iters-per-epoch", "1", "--base-channels", "4", "--depth", "2",
+            "--workers", "0", "--batch-size", "1"]
+    code, err = run_inprocess("train", "--data", cells_3d, "--out", tmp_path / "A", "--patch-size", "8", "16",
+                              "16", *base, capsys=capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "A" / "last" / "config.json").read_text())
+    assert saved["model"]["spatial_dims"] == 3 and saved["data"]["patch_size"] == [8, 16, 16]
+    code, err = run_inprocess("train", "--data", cells_3d, "--out", tmp_path / "B", "--patch-size", "8", "16",
+                              *base, capsys=capsys)
+    assert_refused(code, err, "--patch-size 8 16 has 2 sizes")
+    assert not (tmp_path / "B" / "last").exists()

@@ -80,7 +80,7 @@ Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
 ClassValue = Int | Float | Annotated[list[Int | Float], Field(min_length=1)]
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -92,7 +92,7 @@ def validation_message(err: ValidationError, source: str, prefix: str = "") -> s
     loc = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(first["loc"]))
     msg = first["msg"].removeprefix("Value error, ")
     shown = "input" in first and first.get("type") != "missing" and not isinstance(first["input"], dict)
-    got = f" (got {_show(first['input'])})" if shown else ""
+    got = f" (got {show_value(first['input'])})" if shown else ""
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{source}: {loc or 'value'}: {msg}{got}{more}"
 

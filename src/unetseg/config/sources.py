@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from unetseg.config.schema import SECTIONS, Config, _show, section_fields, validation_message
+from unetseg.config.schema import SECTIONS, Config, section_fields, show_value, validation_message
 from unetseg.errors import ConfigError
 
 # informational blocks of a checkpoint's config.json
@@ -71,7 +71,7 @@ def normalise_keys(values: dict[str, Any], source: str) -> dict[str, dict[str, A
             continue
         if key in SECTIONS:
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {key}: expected a mapping of options, got {_show(value)}")
+                raise ConfigError(f"{source}: {key}: expected a mapping of options, got {show_value(value)}")
             for sub, v in value.items():
                 _put(out, key, sub, v, fields, source)
         elif "." in key:

@@ -1,7 +1,7 @@
 """Data: reading and writing images and masks, datasets, patch sampling, augmentation, synthetic data.
 
-The pieces, in the order data flows through them: :mod:`~unetseg.data.io` and :mod:`~unetseg.data.formats`
-(files, one error type), :mod:`~unetseg.data.lazy` (whole slides and volumes, read by region),
+The pieces, in the order data flows through them: :mod:`~unetseg.io.images` and :mod:`~unetseg.io.formats`
+(files, one error type), :mod:`~unetseg.io.lazy` (whole slides and volumes, read by region),
 :mod:`~unetseg.data.cases` (the pairs of a dataset folder), :mod:`~unetseg.data.labels` (class map),
 :mod:`~unetseg.data.normalize`, :mod:`~unetseg.data.store` (a case as training arrays; the in-memory store),
 :mod:`~unetseg.data.prepare` (reads and checks a dataset once), :mod:`~unetseg.data.sampling` (patches),
@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from unetseg.data.augment import Augmenter
 from unetseg.data.cases import Case, find_cases, read_pair, split_cases
-from unetseg.data.io import (
+from unetseg.data.labels import ClassMap
+from unetseg.data.normalize import Normalizer, normalize
+from unetseg.data.overlay import save_overlay
+from unetseg.data.prepare import PreparedData, prepare_data
+from unetseg.data.sampling import PatchDataset
+from unetseg.data.store import CaseStore, load_case
+from unetseg.io.images import (
     IMAGE_SUFFIXES,
     list_images,
     read_image,
@@ -22,12 +28,6 @@ from unetseg.data.io import (
     write_mask,
     write_probabilities,
 )
-from unetseg.data.labels import ClassMap
-from unetseg.data.normalize import Normalizer, normalize
-from unetseg.data.overlay import save_overlay
-from unetseg.data.prepare import PreparedData, prepare_data
-from unetseg.data.sampling import PatchDataset
-from unetseg.data.store import CaseStore, load_case
 
 __all__ = [
     "IMAGE_SUFFIXES", "Augmenter", "Case", "CaseStore", "ClassMap", "Normalizer", "PatchDataset",

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from unetseg.data import nnunet
-from unetseg.data.io import (
+from unetseg.errors import ConfigError, DataError
+from unetseg.io.images import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     SkipLog,
@@ -28,7 +29,6 @@ from unetseg.data.io import (
     suffix_of,
     unsupported,
 )
-from unetseg.errors import ConfigError, DataError
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Training targets derived from an instance label image, for networks that must separate touching objects.
+"""Training targets derived from label images: the targets of networks that must separate touching objects
+(3-class map, distance bins) and the U-Net paper's weight maps, over objects and (:func:`unet_weight_map`)
+over the connected components of class labels: one implementation for both.
 
 An instance image holds 0 for background and one positive integer id per object (any integer dtype, ids up
 to 2**32 - 1, not necessarily consecutive); 2D or 3D. Touching objects are different objects even when they
@@ -132,7 +134,7 @@ def instance_target(instances: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _class_weights(target: np.ndarray, class_weights: str | Sequence[float] | None) -> np.ndarray:
-    """``w_c`` per pixel, with the same options as :func:`unetseg.losses.unet_weight_map` (without torch)."""
+    """``w_c`` per pixel: ``"balanced"`` (as scikit-learn), None (all 1) or one weight per class."""
     if class_weights is None:
         return np.ones(target.shape, np.float32)
     if isinstance(class_weights, str):
@@ -199,6 +201,21 @@ def instance_weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 
         near[...] = np.minimum(near, dist)
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
     return (weights + np.where(interior, 0.0, border)).astype(np.float32)
+
+
+def unet_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0,
+                    class_weights: str | Sequence[float] | None = "balanced") -> np.ndarray:
+    """Pixel-wise weight map of the U-Net paper (Ronneberger et al. 2015, eq. 2) for 2D or 3D class labels:
+    :func:`instance_weight_map` over the connected components of the foreground ``labels > 0``, the class
+    balance over ``labels``, the border term on the background (label 0).
+
+    ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))`` on background pixels, where d1/d2 are the
+    distances (in pixels) to the nearest and second-nearest object; foreground pixels get ``w_c`` alone.
+    Returns float32 weights of the shape of ``labels``.
+    """
+    labels = np.asarray(labels)
+    objects = ndimage.label(labels > 0)[0]
+    return instance_weight_map(objects, w0, sigma, class_weights, target=labels, interior=labels > 0)
 
 
 class InstanceLabels:

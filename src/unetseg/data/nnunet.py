@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unetseg.data.io import (
+from unetseg.errors import DataError
+from unetseg.io.images import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     SkipLog,
@@ -26,7 +27,6 @@ from unetseg.data.io import (
     suffix_of,
     unsupported,
 )
-from unetseg.errors import DataError
 
 
 def is_nnunet_dataset(folder: str | Path) -> bool:

@@ -19,12 +19,12 @@ from unetseg.config import Config, DataConfig
 from unetseg.data import nnunet
 from unetseg.data.cases import Case, find_cases, read_pair, split_cases
 from unetseg.data.instances import InstanceLabels
-from unetseg.data.io import SkipLog, raise_or_skip
 from unetseg.data.labels import ClassMap, fmt_values, infer_class_values, unique_values
 from unetseg.data.normalize import Normalizer
 from unetseg.data.resample import model_grid, shape_after
 from unetseg.data.store import GIB, CaseStore, DiskCache, cache_budget, to_training_space
 from unetseg.errors import ConfigError, DataError
+from unetseg.io.images import SkipLog, raise_or_skip
 
 PATCH_BUDGET = {2: 256 * 256, 3: 96 * 96 * 96}  # voxels of the default patch
 PATCH_CAP = {2: 256, 3: 192}  # per axis

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unetseg.data.resample import _coarse_axis, _nearest
+from unetseg.data.resample import coarse_axis, nearest_index
 
 SPLINE_MARGIN = 12  # 0.268^12 ~ 1.4e-7: below float32 rounding
 Region = tuple[slice, ...]
@@ -39,7 +39,7 @@ def source_region(region: Region, src: Sequence[int], dst: Sequence[int], order:
         if n == m:
             out.append(slice(r.start, r.stop))
         elif axis == coarse:
-            idx = _nearest(n, m)[r.start : r.stop]
+            idx = nearest_index(n, m)[r.start : r.stop]
             out.append(slice(int(idx.min()), int(idx.max()) + 1))
         else:
             out.append(slice(*_span(r.start, r.stop, n, m, order)))
@@ -71,7 +71,7 @@ def regrid_region(read: Callable[[Region], np.ndarray], region: Region, src: Seq
     origin = [r.start for r in need]
     if coarse is None or src[coarse] == dst[coarse]:
         return np.stack([_transform(ch, region, origin, src, dst, order) for ch in block])
-    idx = _nearest(src[coarse], dst[coarse])[region[coarse]] - need[coarse].start
+    idx = nearest_index(src[coarse], dst[coarse])[region[coarse]] - need[coarse].start
     plane = [a for a in range(len(src)) if a != coarse]
     sub = [[src[a] for a in plane], [dst[a] for a in plane], tuple(region[a] for a in plane)]
     out = []
@@ -94,7 +94,7 @@ class ResampledImage:
         self.source, self.src_level, self.normalize = source, level, normalize
         self.src = tuple(source.shape(level))
         self.dst = tuple(int(s) for s in shape)
-        self.coarse = _coarse_axis(spacing, target)
+        self.coarse = coarse_axis(spacing, target)
         self.path, self.channels, self.spatial_dims = source.path, source.channels, source.spatial_dims
         self.target = tuple(float(t) for t in target)
 

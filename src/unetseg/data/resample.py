@@ -84,7 +84,7 @@ def model_grid(own: Sequence[float] | None, data_cfg: DataConfig,
     return None if np.allclose(own, target) else (own, target)
 
 
-def _coarse_axis(spacing: Sequence[float], target: Sequence[float]) -> int | None:
+def coarse_axis(spacing: Sequence[float], target: Sequence[float]) -> int | None:
     """nnU-Net's separate-z decision: the one axis of maximal spacing when max/min > ANISO_THRESHOLD in
     the source spacing (else in the target); None when isotropic enough or two axes share the maximum."""
     for sp in (np.asarray(spacing, float), np.asarray(target, float)):
@@ -94,7 +94,7 @@ def _coarse_axis(spacing: Sequence[float], target: Sequence[float]) -> int | Non
     return None
 
 
-def _nearest(old: int, new: int) -> np.ndarray:
+def nearest_index(old: int, new: int) -> np.ndarray:
     """Source index of each output position (the source pixel holding the output pixel's centre)."""
     return np.minimum(np.floor((np.arange(new) + 0.5) * (old / new)).astype(np.intp), old - 1)
 
@@ -114,7 +114,8 @@ def _resize(arr: np.ndarray, shape: tuple[int, ...], order: int, coarse: int | N
     moved = np.moveaxis(arr, coarse, 0)
     plane = shape[:coarse] + shape[coarse + 1 :]
     slices = np.stack([_zoom(s, plane, order) for s in moved]) if moved.shape[1:] != plane else moved
-    slices = slices[_nearest(moved.shape[0], shape[coarse])] if moved.shape[0] != shape[coarse] else slices
+    if moved.shape[0] != shape[coarse]:
+        slices = slices[nearest_index(moved.shape[0], shape[coarse])]
     return np.moveaxis(slices, 0, coarse).astype(np.float32, copy=False)
 
 
@@ -128,7 +129,7 @@ def resample_image(image: np.ndarray, spacing: Sequence[float], target: Sequence
     shape = shape_after(image.shape[1:], spacing, target)
     if shape == image.shape[1:]:
         return image
-    coarse = _coarse_axis(_spacing(spacing, dims, "spacing"), _spacing(target, dims, "target spacing"))
+    coarse = coarse_axis(_spacing(spacing, dims, "spacing"), _spacing(target, dims, "target spacing"))
     return np.stack([_resize(ch, shape, order, coarse) for ch in image])
 
 
@@ -149,8 +150,8 @@ def resample_mask(mask: np.ndarray, spacing: Sequence[float], target: Sequence[f
     if values.size == 1:
         return np.full(shape, values[0], dtype=mask.dtype)
     if (num_classes if num_classes is not None else values.size) > MAX_ONEHOT_CLASSES:
-        return mask[np.ix_(*[_nearest(o, n) for o, n in zip(mask.shape, shape, strict=True)])]
-    coarse = _coarse_axis(_spacing(spacing, mask.ndim, "spacing"), _spacing(target, mask.ndim, "target"))
+        return mask[np.ix_(*[nearest_index(o, n) for o, n in zip(mask.shape, shape, strict=True)])]
+    coarse = coarse_axis(_spacing(spacing, mask.ndim, "spacing"), _spacing(target, mask.ndim, "target"))
     out = np.full(shape, values[0], dtype=mask.dtype)
     best = _resize((mask == values[0]).astype(np.float32), shape, 1, coarse)
     for v in values[1:]:
@@ -175,7 +176,7 @@ def resample_probabilities(probs: np.ndarray, shape: Sequence[int], *, spacing: 
     coarse = None
     if spacing is not None and original_spacing is not None:
         dims = probs.ndim - 1
-        coarse = _coarse_axis(_spacing(spacing, dims, "spacing"), _spacing(original_spacing, dims, "spacing"))
+        coarse = coarse_axis(_spacing(spacing, dims, "spacing"), _spacing(original_spacing, dims, "spacing"))
     out = np.stack([_resize(p, shape, 1, coarse) for p in probs])
     np.maximum(out, 0.0, out=out)
     total = out.sum(axis=0, keepdims=True)

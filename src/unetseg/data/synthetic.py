@@ -26,8 +26,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from unetseg.data.augment import elastic_displacement, rotation_matrix
-from unetseg.data.io import write_image, write_mask
 from unetseg.errors import ConfigError
+from unetseg.io.images import write_image, write_mask
 
 KINDS = ("cells", "membranes", "cells3d", "nuclei", "lesions")
 DEFAULT_SIZE = {"cells": (256, 256), "membranes": (256, 256), "cells3d": (32, 64, 64), "nuclei": (256, 256),

@@ -17,7 +17,6 @@ from rich.table import Table
 
 from unetseg.config import Config
 from unetseg.data.cases import Case, find_cases
-from unetseg.data.io import SkipLog
 from unetseg.data.overlay import save_overlay
 from unetseg.data.store import label_map, load_case
 from unetseg.errors import DataError
@@ -27,6 +26,7 @@ from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import load_engine
 from unetseg.inference.instances import instances_of
 from unetseg.inference.predictor import Predictor
+from unetseg.io.images import SkipLog
 from unetseg.metrics import compute_metrics
 from unetseg.metrics.instances import instance_metrics
 

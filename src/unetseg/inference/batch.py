@@ -17,15 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.config import Config
-from unetseg.data.io import (
-    match_channels,
-    read_image,
-    stem_of,
-    suffix_of,
-    write_instances,
-    write_mask,
-    write_probabilities,
-)
 from unetseg.data.labels import ClassMap
 from unetseg.data.normalize import normalize
 from unetseg.errors import ConfigError, DataError, UnetsegError
@@ -34,6 +25,15 @@ from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.predictor import Predictor
 from unetseg.inference.slide import STREAM_BYTES, is_streamed, predict_slide, slide_output
+from unetseg.io.images import (
+    match_channels,
+    read_image,
+    stem_of,
+    suffix_of,
+    write_instances,
+    write_mask,
+    write_probabilities,
+)
 from unetseg.runtime import rank_device
 
 MASK_VALUES = ("index", "original")

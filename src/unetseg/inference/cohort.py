@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unetseg.data.io import SkipLog, list_images
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import ensure_dir, is_ours, record_written
 from unetseg.inference.batch import PredictJob, Routing, make_job, plan_outputs, predict_path
 from unetseg.inference.slide import SlideSetup, finish_slide, is_streamed, open_slide, predict_rows
+from unetseg.io.images import SkipLog, list_images
 
 
 @dataclass

@@ -10,6 +10,7 @@ one object: there are no seams to stitch in memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,41 @@ from unetseg.postprocess.instances import instances_from_distance_classes, insta
 from unetseg.postprocess.objects import object_table, table_to_csv_text
 
 
+@dataclass(frozen=True)
+class Watershed:
+    """How an instance model's probabilities become objects: the ``infer`` options it was validated with
+    (its own small value, so trying other values never touches a Config)."""
+
+    target: str = "three_class"
+    foreground_threshold: float = 0.5
+    interior_threshold: float = 0.5
+    distance_h: float = 0.2
+    min_object_size: int = 10
+
+    @classmethod
+    def of(cls, config: Config) -> Watershed:
+        i = config.infer
+        return cls(config.data.instance_target, i.foreground_threshold, i.interior_threshold, i.distance_h,
+                   i.min_object_size)
+
+    def but(self, **values: float) -> Watershed:
+        """The same watershed with some options changed."""
+        return replace(self, **values)
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        """Object ids (1..N, 0 background) from the model's ``(classes, *spatial)`` probabilities: 3 for
+        the 3-class target, 1 + the bins for the distance target."""
+        if self.target == "distance":
+            return instances_from_distance_classes(probs, h=self.distance_h, min_size=self.min_object_size,
+                                                   foreground_threshold=self.foreground_threshold)
+        return instances_from_three_class(probs, interior_threshold=self.interior_threshold,
+                                          foreground_threshold=self.foreground_threshold,
+                                          min_size=self.min_object_size)
+
+
 def instances_of(probs: np.ndarray, config: Config) -> np.ndarray:
-    """Object ids (1..N, 0 background) from the model's ``(classes, *spatial)`` probabilities: 3 for the
-    3-class target, 1 + the bins for the distance target (``data.instance_target``)."""
-    infer = config.infer
-    if config.data.instance_target == "distance":
-        return instances_from_distance_classes(probs, h=infer.distance_h, min_size=infer.min_object_size,
-                                               foreground_threshold=infer.foreground_threshold)
-    return instances_from_three_class(probs, interior_threshold=infer.interior_threshold,
-                                      foreground_threshold=infer.foreground_threshold,
-                                      min_size=infer.min_object_size)
+    """Object ids by the watershed ``config`` describes (:class:`Watershed`)."""
+    return Watershed.of(config)(probs)
 
 
 def write_objects_csv(path: Path, labels: np.ndarray, image: np.ndarray | None,

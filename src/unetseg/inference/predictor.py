@@ -43,7 +43,7 @@ from unetseg.config.schema import BLENDS
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.engines import Engine, as_engine
 from unetseg.inference.tiling import (
-    Plan,
+    TilePlan,
     box,
     chunks,
     gaussian_importance_map,
@@ -112,10 +112,10 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.sigma_scale = sigma_scale
-        self._plans: dict[tuple[int, ...], Plan] = {}
+        self._plans: dict[tuple[int, ...], TilePlan] = {}
 
     # ------------------------------------------------------------------ geometry
-    def plan(self, shape: Sequence[int]) -> Plan:
+    def plan(self, shape: Sequence[int]) -> TilePlan:
         """The tiling of an image of spatial ``shape`` (cached per shape)."""
         shape = tuple(int(s) for s in shape)
         if shape not in self._plans:
@@ -124,7 +124,7 @@ class Predictor:
             self._plans[shape] = self._make_plan(shape)
         return self._plans[shape]
 
-    def _make_plan(self, shape: tuple[int, ...]) -> Plan:
+    def _make_plan(self, shape: tuple[int, ...]) -> TilePlan:
         eng = self.engine
         probe = eng.valid_input_size(tuple(max(2 * d, 8) for d in eng.divisors))
         margin = tuple((i - o) // 2 for i, o in zip(probe, eng.output_size(probe), strict=True))
@@ -149,7 +149,7 @@ class Predictor:
         starts = tuple(tuple(a[0]) for a in axes)
         domain = tuple(a[1] for a in axes)
         weighted = self.blend == "gaussian" and math.prod(len(s) for s in starts) > 1
-        return Plan(tile_in, tile_out, margin, domain, starts, weighted)
+        return TilePlan(tile_in, tile_out, margin, domain, starts, weighted)
 
     # ------------------------------------------------------------------ public API
     def predict_proba(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -180,7 +180,7 @@ class Predictor:
             raise DataError(f"image of shape {tuple(x.shape)} is empty")
         return x.detach().to("cpu", torch.float32)
 
-    def _mirror(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def _mirror(self, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
         """Mirror-extend by the margin on every side, and at the end up to the output domain."""
         pads = [(m, m + d - s) for m, d, s in zip(plan.margin, plan.domain, x.shape[1:], strict=True)]
         if not any(a or b for a, b in pads):
@@ -188,14 +188,14 @@ class Predictor:
         # numpy's reflect handles pads longer than the axis (repeated reflection) and 1-pixel axes
         return torch.from_numpy(np.pad(x.numpy(), [(0, 0), *pads], mode="reflect"))
 
-    def weights(self, plan: Plan) -> torch.Tensor | None:
+    def weights(self, plan: TilePlan) -> torch.Tensor | None:
         """The importance map of a plan's tiles on the engine's device (None: unweighted)."""
         if not plan.weighted:
             return None
         g = gaussian_importance_map(plan.tile_out, self.sigma_scale)
         return torch.from_numpy(g).to(self.engine.device)
 
-    def run_batch(self, batch: torch.Tensor, plan: Plan, weights: torch.Tensor | None) -> torch.Tensor:
+    def run_batch(self, batch: torch.Tensor, plan: TilePlan, weights: torch.Tensor | None) -> torch.Tensor:
         """The tile runner both paths share: a batch of input tiles -> probabilities (softmax, TTA) times
         the importance map, on the engine's device. The caller moves them to its accumulator."""
         probs = predict_probs(self.engine, batch.to(self.engine.device, non_blocking=True), self.spatial_dims,
@@ -207,7 +207,7 @@ class Predictor:
             probs.mul_(weights)
         return probs
 
-    def _accumulate(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Plan]:
+    def _accumulate(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, TilePlan]:
         x = self._check(image)
         plan = self.plan(x.shape[1:])
         src = self._mirror(x, plan)
@@ -245,14 +245,14 @@ class Predictor:
         return torch.empty(shape, dtype=torch.float32, pin_memory=pinned)
 
     @staticmethod
-    def _add(acc: torch.Tensor, plan: Plan, batch: list, probs: torch.Tensor, event) -> None:
+    def _add(acc: torch.Tensor, plan: TilePlan, batch: list, probs: torch.Tensor, event) -> None:
         if event is not None:
             event.synchronize()
         probs = probs.to("cpu")
         for j, p in enumerate(batch):
             acc[box(p, plan.tile_out)].add_(probs[j])
 
-    def _normalise(self, acc: torch.Tensor, plan: Plan, image_shape: tuple[int, ...]) -> np.ndarray:
+    def _normalise(self, acc: torch.Tensor, plan: TilePlan, image_shape: tuple[int, ...]) -> np.ndarray:
         """Divide by the summed tile weights (outer product of per-axis sums), in place, in chunks."""
         first, inner = weight_sums(plan, self.sigma_scale)
         if plan.num_tiles > 1:

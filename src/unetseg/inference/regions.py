@@ -49,7 +49,7 @@ def image_statistics(source: Any, method: str = "zscore", *, percentiles: Sequen
     ``block`` pixels, combined in float64 (Chan et al.); they equal the in-memory statistics up to
     summation order (~1e-12 relative). ``percentile``: the clip bounds are the percentiles of a regular
     subsample of at most ``sample`` pixels per channel (every k-th pixel along each axis; a stepped read,
-    which :class:`~unetseg.data.lazy.LazyImage` supports), then mean and std of the clipped image in one
+    which :class:`~unetseg.io.lazy.LazyImage` supports), then mean and std of the clipped image in one
     full pass. Peak memory: one block (float64 per channel) and the subsample.
     """
     if method not in ("zscore", "percentile"):
@@ -100,8 +100,8 @@ def stream_normalizer(source: Any, data_cfg: Any, *, level: int = 0) -> Callable
 
 def tissue_skip(image: Any, level: int = 0, *, min_side: int = 512) -> Callable[[Region], bool]:
     """A ``skip`` for :meth:`StreamPredictor.predict_to`: True for tiles whose region (in ``level``
-    pixels) touches no tissue in :func:`~unetseg.data.lazy.tissue_mask` of a low pyramid level."""
-    from unetseg.data.lazy import mask_scale, region_has_tissue, tissue_mask
+    pixels) touches no tissue in :func:`~unetseg.io.lazy.tissue_mask` of a low pyramid level."""
+    from unetseg.io.lazy import mask_scale, region_has_tissue, tissue_mask
 
     mask, _ = tissue_mask(image, min_side=min_side)
     to_mask, to_level0 = mask_scale(image, mask), image.level_scale(level)

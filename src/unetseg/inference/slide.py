@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from unetseg.data.labels import ClassMap
-from unetseg.data.lazy import choose_level, header_nbytes, open_lazy
-from unetseg.data.ngff import LabelZarrWriter
-from unetseg.data.ometiff import write_ome_tiff_from_zarr
 from unetseg.data.regrid import RegriddedProbabilities, ResampledImage
 from unetseg.data.resample import model_grid, shape_after
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.regions import stream_normalizer, tissue_skip
 from unetseg.inference.stream import StreamPredictor
+from unetseg.io.lazy import choose_level, header_nbytes, open_lazy
+from unetseg.io.ngff import LabelZarrWriter
+from unetseg.io.ometiff import write_ome_tiff_from_zarr
 
 STREAM_BYTES = 512 * 2**20  # float32 bytes above which an image is streamed instead of held in memory
 OME_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr", ".zarr")
@@ -76,7 +76,7 @@ def _label_dtype(class_map: ClassMap | None, num_classes: int) -> str:
 
 class _Channels:
     """A lazy image seen with the model's channels (grey -> RGB repeats, RGB -> grey averages, as the
-    in-memory path's :func:`~unetseg.data.io.match_channels`)."""
+    in-memory path's :func:`~unetseg.io.images.match_channels`)."""
 
     def __init__(self, image: Any, channels: int) -> None:
         if image.channels != channels and not (

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.data.lazy import open_lazy
-from unetseg.data.ngff import LabelZarrWriter
 from unetseg.data.regrid import RegriddedProbabilities
 from unetseg.fileio import write_text
 from unetseg.inference.instances import instances_of
 from unetseg.inference.slide import SlideSetup, finish_slide, open_slide, predict_rows
+from unetseg.io.lazy import open_lazy
+from unetseg.io.ngff import LabelZarrWriter
 from unetseg.postprocess.instances import stitch_band_sequence
 from unetseg.postprocess.objects import ObjectAccumulator, table_to_csv_text
 

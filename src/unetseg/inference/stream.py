@@ -2,7 +2,7 @@
 
 :class:`StreamPredictor` runs the tiles of an in-memory :class:`~unetseg.inference.predictor.Predictor`
 (its plan, batches, Gaussian weights, TTA and engine) over a lazily read image and hands finished rows to
-a writer (:class:`~unetseg.data.ngff.LabelZarrWriter`). Labels equal ``Predictor.predict`` of the same
+a writer (:class:`~unetseg.io.ngff.LabelZarrWriter`). Labels equal ``Predictor.predict`` of the same
 normalised image bit for bit. Why it is exact, and flat:
 
 * **Strips and bands.** The image is cut into *strips*: boxes of whole writer chunks on the axes after the
@@ -51,7 +51,9 @@ from unetseg.errors import ConfigError, DataError
 from unetseg.inference.pipes import Pipe
 from unetseg.inference.predictor import Predictor
 from unetseg.inference.stream_io import WINDOW_BYTES, BandReader, BlockSink, Strip, done_rows, make_strips
-from unetseg.inference.tiling import Plan, box, weight_sums
+from unetseg.inference.tiling import TilePlan, box, weight_sums
+from unetseg.io.ngff import ChunkWriter
+from unetseg.io.readers import RegionSource
 
 Region = tuple[slice, ...]
 RUN, SKIP, DONE = 0, 1, 2  # tile states: computed; background (no tissue); rows already written (resume)
@@ -87,7 +89,8 @@ class StreamPredictor:
         self.strip = None if strip is None else tuple(int(s) for s in strip)
         self.max_buffer_rows = self.max_window = self.max_input_rows = 0
 
-    def predict_to(self, source: Any, writer: Any, *, normalize: Callable[[np.ndarray], np.ndarray],
+    def predict_to(self, source: RegionSource, writer: ChunkWriter, *,
+                   normalize: Callable[[np.ndarray], np.ndarray],
                    progress: Callable[[int, int, int], Any] | None = None,
                    skip: Callable[[Region], bool] | None = None, level: int = 0) -> StreamResult:
         """Predict ``source`` (``.shape(level)``, ``.read(region, level) -> float32 (C, *region)``) and write
@@ -103,35 +106,34 @@ class StreamPredictor:
                 See :func:`tissue_skip`.
             level: the pyramid level to predict.
 
-        Resume: chunk blocks the writer holds (``writer.done_rows(columns)``, else whole rows from
-        ``writer.completed_rows()``) are neither written nor computed: a strip does not run tiles lying
+        Resume: chunk blocks the writer holds (``writer.done_rows(columns)``) are neither written nor
+        computed: a strip does not run tiles lying
         entirely in rows it holds complete; tiles touching an incomplete row are. The writer is not
         finished here (``writer.flush()``, where it exists, runs at the end, also after an error).
         """
         shape = tuple(int(s) for s in source.shape(level))
-        name = str(getattr(source, "path", "image"))
+        name = str(source.path)
         self._check(source, shape, writer, name)
-        run = _Pass(self, source, writer, shape, name, normalize, level, skip)
+        run = _StreamRun(self, source, writer, shape, name, normalize, level, skip)
         self.max_buffer_rows, self.max_window, self.max_input_rows = run.plan.tile_out[0], 0, 0
         return run.execute(progress)
 
-    def _check(self, source: Any, shape: tuple[int, ...], writer: Any, name: str) -> None:
+    def _check(self, source: RegionSource, shape: tuple[int, ...], writer: ChunkWriter, name: str) -> None:
         engine = self.predictor.engine
         if len(shape) != engine.spatial_dims or min(shape) < 1:
             raise DataError(f"{name}: image of shape {shape}; the model is {engine.spatial_dims}D")
-        channels = getattr(source, "channels", engine.in_channels)
-        if channels != engine.in_channels:
-            raise DataError(f"{name}: {channels} channels, the model expects {engine.in_channels}")
-        where = getattr(writer, "path", "writer")
-        if tuple(getattr(writer, "shape", shape)) != shape:
+        if source.channels != engine.in_channels:
+            raise DataError(f"{name}: {source.channels} channels, the model expects {engine.in_channels}")
+        where = writer.path
+        if tuple(writer.shape) != shape:
             raise ConfigError(f"{where}: the writer is {tuple(writer.shape)}, the image {shape}")
-        probs = int(getattr(writer, "probabilities", 0) or 0)
+        probs = int(writer.probabilities)
         if probs not in (0, self.predictor.out_channels):
             raise ConfigError(f"{where}: {probs} probability channels; the model gives "
                               f"{self.predictor.out_channels}")
 
 
-class _Pass:
+class _StreamRun:
     """One streamed prediction: the tile states, the strips, their accumulator windows and the two helper
     threads."""
 
@@ -145,7 +147,7 @@ class _Pass:
         # per window column: the accumulator's rows and the input bands in flight (one computing, the
         # prefetch queue's and the one being read)
         column = 4 * (pred.out_channels * plan.tile_out[0] + 4 * pred.engine.in_channels * plan.tile_in[0])
-        strips = make_strips(plan, shape, getattr(writer, "chunks", None), owner.strip, column,
+        strips = make_strips(plan, shape, writer.chunks, owner.strip, column,
                              owner.window_bytes)
         self.done = [done_rows(writer, shape[0], s.own) for s in strips]
         self.states = _tile_states(plan, shape, strips, self.done, skip)
@@ -182,9 +184,7 @@ class _Pass:
             try:
                 out.close(drain=False, raise_error=ok)
             finally:
-                flush = getattr(self.writer, "flush", None)
-                if flush is not None:  # an interrupted run keeps what it wrote for --resume
-                    flush()
+                self.writer.flush()  # an interrupted run keeps what it wrote for --resume
         union = np.stack(self.states).min(axis=0)  # a tile run in any strip counts as run
         c = self.counts
         return StreamResult(len(union), int((union == RUN).sum()),
@@ -223,7 +223,7 @@ class _StripRun:
     """The tiles of one strip in plan order into its accumulator window ``(classes, tile_out[0],
     *strip.extent)``; each band's finished rows (its own columns) go to the sink."""
 
-    def __init__(self, owner: _Pass, si: int, strip: Strip, needed: list[int], sink: BlockSink) -> None:
+    def __init__(self, owner: _StreamRun, si: int, strip: Strip, needed: list[int], sink: BlockSink) -> None:
         self.owner, self.si, self.strip, self.sink = owner, si, strip, sink
         plan, bs = owner.plan, owner.pred.batch_size
         self.plan = plan
@@ -294,7 +294,7 @@ class _StripRun:
         self.acc[:, max(0, rows - by) :].zero_()
 
 
-def _tile_states(plan: Plan, shape: tuple[int, ...], strips: list[Strip], done: list[np.ndarray],
+def _tile_states(plan: TilePlan, shape: tuple[int, ...], strips: list[Strip], done: list[np.ndarray],
                  skip: Callable | None) -> list[np.ndarray]:
     """Per strip, the state of every plan tile: DONE where the strip's rows it covers are written, SKIP
     where ``skip`` says it has no tissue (the same in every strip), RUN otherwise."""

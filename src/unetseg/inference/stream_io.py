@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from unetseg.errors import DataError
-from unetseg.inference.tiling import Plan
+from unetseg.inference.tiling import TilePlan
+from unetseg.io.ngff import ChunkWriter
 
 # A strip is STRIP_STEPS tile steps wide on every axis after the first (the whole axis when that is
 # shorter), unless its window (the accumulator and the input bands in flight) would exceed WINDOW_BYTES:
@@ -45,12 +46,12 @@ class Strip:
         return self.tiles[k * self.per_band : (k + 1) * self.per_band]
 
 
-def _step(plan: Plan, axis: int) -> float:
+def _step(plan: TilePlan, axis: int) -> float:
     starts = plan.starts[axis]
     return (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else plan.tile_out[axis]
 
 
-def strip_extents(plan: Plan, shape: tuple[int, ...], chunks: Sequence[int], column_bytes: int,
+def strip_extents(plan: TilePlan, shape: tuple[int, ...], chunks: Sequence[int], column_bytes: int,
                   budget: int = WINDOW_BYTES) -> list[int]:
     """Columns per strip on each axis after the first, in whole chunks (see :data:`STRIP_STEPS`); the
     shortest axes take their share of the budget first."""
@@ -74,7 +75,7 @@ def _whole(n: float, chunk: int) -> int:
     return max(chunk, -(-math.ceil(n) // chunk) * chunk)
 
 
-def make_strips(plan: Plan, shape: tuple[int, ...], chunks: Sequence[int] | None,
+def make_strips(plan: TilePlan, shape: tuple[int, ...], chunks: Sequence[int] | None,
                 given: Sequence[int] | None = None, column_bytes: int = 0,
                 budget: int = WINDOW_BYTES) -> list[Strip]:
     """The strips of an image, in the order they are predicted (row-major over the strip grid): ``given``
@@ -107,15 +108,11 @@ def make_strips(plan: Plan, shape: tuple[int, ...], chunks: Sequence[int] | None
     return out
 
 
-def done_rows(writer: Any, height: int, own: tuple[tuple[int, int], ...]) -> np.ndarray:
+def done_rows(writer: ChunkWriter, height: int, own: tuple[tuple[int, int], ...]) -> np.ndarray:
     """Per image row: whether the writer holds it complete within the strip's columns ``own`` (resume)."""
-    done = np.zeros(height, dtype=bool)
-    blocks = getattr(writer, "done_rows", None)
-    if blocks is not None:
-        return np.asarray(blocks(tuple(slice(a, b) for a, b in own)), dtype=bool)
-    completed = getattr(writer, "completed_rows", None)
-    for row in completed() if completed is not None else []:
-        done[writer.row_region(row)[0]] = True
+    done = np.asarray(writer.done_rows(tuple(slice(a, b) for a, b in own)), dtype=bool)
+    if done.shape != (height,):
+        raise ValueError(f"the writer's done_rows gave {done.shape} for an image of {height} rows")
     return done
 
 
@@ -124,7 +121,7 @@ class BandReader:
     over the strip's input columns, read from the source region they map to (numpy ``reflect`` at the true
     image borders only, as ``Predictor._mirror``, by index maps ``np.pad(arange)``)."""
 
-    def __init__(self, source: Any, level: int, normalize: Any, plan: Plan, shape: tuple[int, ...],
+    def __init__(self, source: Any, level: int, normalize: Any, plan: TilePlan, shape: tuple[int, ...],
                  work: list[tuple[Strip, list[int]]], name: str, channels: int) -> None:
         self.source, self.level, self.normalize, self.plan = source, level, normalize, plan
         self.shape, self.work, self.name, self.channels = shape, work, name, channels
@@ -168,12 +165,13 @@ class BlockSink:
     """Finished rows of one strip -> whole chunk rows of the writer -> the writer thread; blocks the writer
     holds complete already (resume) are dropped."""
 
-    def __init__(self, writer: Any, shape: tuple[int, ...], strip: Strip, done: np.ndarray, out: Any) -> None:
-        chunks = getattr(writer, "chunks", None)  # None: a writer taking any block of rows
+    def __init__(self, writer: ChunkWriter, shape: tuple[int, ...], strip: Strip, done: np.ndarray,
+                 out: Any) -> None:
+        chunks = writer.chunks  # None: a writer taking any block of rows
         self.step = int(chunks[0]) if chunks else None
         self.height, self.origin = shape[0], tuple(a for a, _ in strip.own)
         self.done, self.out = done, out
-        self.probabilities = int(getattr(writer, "probabilities", 0) or 0)
+        self.probabilities = int(writer.probabilities)
         self.pieces: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []
         self.start = self.written = 0
 

@@ -1,5 +1,5 @@
 """The tile geometry of sliding-window prediction: where tiles go, how they are weighted, and the helpers
-to index boxes and chunks. The :class:`Plan` of an image shape depends only on its shape, never on pixels,
+to index boxes and chunks. The :class:`TilePlan` of an image shape depends only on its shape, never on pixels,
 so the in-memory and the streamed predictors share it (and so their tiles and labels are identical).
 """
 
@@ -61,7 +61,7 @@ def axis_weight_sum(size: int, tile: int, starts: list[int], weights: np.ndarray
     return torch.from_numpy(total.astype(np.float32))
 
 
-def weight_sums(plan: Plan, sigma_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_sums(plan: TilePlan, sigma_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The summed tile weights of a plan, without a weight image: per-row sums of the first axis and the
     outer product of the other axes' sums (the map and the grid are separable). Probabilities are the
     accumulated weighted sums divided by their product (in memory and streamed alike)."""
@@ -77,7 +77,7 @@ def weight_sums(plan: Plan, sigma_scale: float) -> tuple[torch.Tensor, torch.Ten
 
 
 @dataclass(frozen=True)
-class Plan:
+class TilePlan:
     """Everything about one image shape that does not depend on the pixel values."""
 
     tile_in: tuple[int, ...]

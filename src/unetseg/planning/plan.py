@@ -14,11 +14,11 @@ import torch
 from unetseg.config import Config, build_config, dump_yaml
 from unetseg.config.schema import instance_classes
 from unetseg.data.cases import find_cases
-from unetseg.data.fingerprint import Fingerprint
-from unetseg.data.fingerprint_cache import cached_fingerprint
 from unetseg.data.prepare import check_geometry
 from unetseg.errors import ConfigError
 from unetseg.planning import rules
+from unetseg.planning.fingerprint import Fingerprint
+from unetseg.planning.fingerprint_cache import cached_fingerprint
 from unetseg.planning.rules import Decision, Device
 from unetseg.planning.timing import Timing, measure, measure_tile
 from unetseg.runtime import resolve_device

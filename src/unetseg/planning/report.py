@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from unetseg.data.fingerprint import Fingerprint
+from unetseg.planning.fingerprint import Fingerprint
 from unetseg.planning.plan import Plan
 
 

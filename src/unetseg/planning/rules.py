@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.data.fingerprint import Fingerprint, is_ct_like
 from unetseg.data.resample import shape_after, target_spacing
+from unetseg.planning.fingerprint import Fingerprint, is_ct_like
 
 
 @dataclass(frozen=True)

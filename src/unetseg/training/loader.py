@@ -49,7 +49,7 @@ class WithWeightMap(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from unetseg.losses import unet_weight_map
+        from unetseg.data.instances import unet_weight_map
 
         image, label = self.base[idx]
         w = unet_weight_map(label.numpy(), w0=self.w0, sigma=self.sigma)

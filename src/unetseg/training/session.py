@@ -17,6 +17,7 @@ from unetseg.training.distributed import DistInfo, broadcast_object, cleanup, in
 from unetseg.training.interrupt import caused_by_ctrl_c, termination
 from unetseg.training.probe import Trial, run_probe
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run, write_plan
+from unetseg.training.state import rng_state, set_rng_state
 from unetseg.training.trainer import Trainer
 from unetseg.validate import check_config
 
@@ -39,16 +40,19 @@ def train(
     (:mod:`unetseg.planning`) chooses every other option from the data, the device and the time budget,
     prints its table and writes ``RUN/plan.yaml``.
     Under ``torchrun`` every process calls this; DDP, sharded sampling and synchronised validation follow
-    from the environment, and only rank 0 writes files. Ctrl-C or SIGTERM raise
+    from the environment, and only rank 0 writes files. While it runs, the global RNGs (torch, numpy,
+    random) are seeded with ``train.seed`` and SIGTERM is handled; both are given back when it returns.
+    ``cfg`` itself is never changed (the plan and the probe fill in a copy). Ctrl-C or SIGTERM raise
     :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
     """
-    # every option, before any data is read (the per-axis sizes once the plan knows the data's dimensions)
-    check_config(cfg, "configuration", dims=given is None or "model.spatial_dims" in given)
+    # every option, before any data is read; the per-axis sizes once the data's dimensions are known (the
+    # plan, or the trainer's data), unless the dimensionality was given
+    check_config(cfg, "configuration", dims=given is not None and "model.spatial_dims" in given)
     cfg = cfg.copy_deep()  # the plan and the probe fill in values: never in the caller's Config
     if cfg.train.out is None:
         raise TrainingError("train needs an output folder (--out RUN / train.out)")
     info, device = init_distributed(resolve_device(cfg.train.device))
-    run = None
+    run, caller_rng = None, rng_state()  # the run seeds the global RNGs; the caller gets its own back
     try:
         inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
         run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
@@ -85,6 +89,7 @@ def train(
             run.roll_back()  # only while the new run has no checkpoint of its own
         raise
     finally:
+        set_rng_state(caller_rng)
         cleanup(info)
 
 

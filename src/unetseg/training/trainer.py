@@ -44,6 +44,7 @@ from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_mes
 from unetseg.training.runlog import RunLogger
 from unetseg.training.state import Clock, resumable, rng_state, set_rng_state
 from unetseg.training.validation import Validator
+from unetseg.validate import check_axes
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class Trainer:
         if extra is not None:  # a cascade's second stage: the first stage's prediction after the image
             self.data.store.add_channels(extra)
         self.data.apply_to(cfg)
+        check_axes(cfg, self.data.spatial_dims, what=f"the images in {cfg.data.data} are")
         self.log.log(
             f"data: {len(self.data.train_cases)} training and {len(self.data.val_cases)} validation cases"
         )

@@ -61,7 +61,6 @@ class Validator:
         self.channels_last = channels_last
         self.search = [(k, g) for k, g in CALIBRATION[cfg.data.instance_target] if f"infer.{k}" not in fixed]
         self.chosen: dict[str, float] = {}  # after run(): an instance model's calibrated watershed options
-        self._probe = cfg.copy_deep()  # the config each tried value is set on
         self.held_bytes = HELD_BYTES
         self._originals: dict[tuple[str, ...], np.ndarray] = {}  # labels of resampled cases, own grid
 
@@ -121,35 +120,32 @@ class Validator:
             size += probs.nbytes
             # past the budget (big 3D validation sets) an image is predicted again for each option searched
             held.append((probs if size <= self.held_bytes else (predictor, case), labels))
-        cfg, options = self._probe, [k for k, _ in CALIBRATION[self.cfg.data.instance_target]]
-        for key in options:
-            setattr(cfg.infer, key, getattr(self.cfg.infer, key))
-        rows = None if self.search else self._scores(held, [None])
+        from unetseg.inference.instances import Watershed
+
+        options = [k for k, _ in CALIBRATION[self.cfg.data.instance_target]]
+        watershed = Watershed.of(self.cfg)
+        rows = None if self.search else self._scores(held, [watershed])
         for key, grid in self.search:
-            tried = self._scores(held, [(key, v) for v in grid])
+            tried = self._scores(held, [watershed.but(**{key: v}) for v in grid])
             best = int(np.argmax(tried[:, 1]))  # the first maximum: a tie keeps the default
-            setattr(cfg.infer, key, grid[best])
+            watershed = watershed.but(**{key: grid[best]})
             rows = tried[best : best + 1]
-        self.chosen = {k: float(getattr(cfg.infer, k)) for k in options}
+        self.chosen = {k: float(getattr(watershed, k)) for k in options}
         assert rows is not None
         return rows[0]
 
     def _scores(self, held: list, tries: list) -> np.ndarray:
-        """``[foreground Dice, DSB, AP@0.5]`` means across ranks, one row per tried ``(key, value)``."""
-        from unetseg.inference.instances import instances_of
+        """``[foreground Dice, DSB, AP@0.5]`` means across ranks, one row per tried watershed."""
         from unetseg.metrics.instances import average_precision, dsb_score
 
-        cfg = self._probe
         sums = torch.zeros(3 * len(tries) + 1, dtype=torch.float64)
         for stored, labels in held:
             truth = (np.asarray(labels) > 0).astype(np.int64)
             if isinstance(stored, tuple):
                 stored = self._proba(*stored)[0]
             probs = stored.astype(np.float32)  # once per image, not once per tried value
-            for t, tried in enumerate(tries):
-                if tried is not None:
-                    setattr(cfg.infer, *tried)
-                objects = instances_of(probs, cfg)
+            for t, watershed in enumerate(tries):
+                objects = watershed(probs)
                 fg = dice((objects > 0).astype(np.int64), truth, 2)[1]
                 sums[3 * t : 3 * t + 3] += torch.tensor([fg, dsb_score(objects, labels),
                                                          average_precision(objects, labels)])

@@ -1,19 +1,11 @@
-"""Low-level decoders and encoders for each file format, built on the field's readers.
+"""The byte level of each format: content sniffing, the decoded-size budget, Pillow's decoding and the
+writers (Pillow, tifffile, nibabel). Reading TIFF, NIfTI and OME-Zarr, with the one axis rule of each, is
+:mod:`unetseg.io.readers`; :mod:`unetseg.io.images` adds the checks and the one-line
+:class:`~unetseg.errors.DataError` messages.
 
-Pillow reads PNG/JPEG, tifffile reads TIFF, nibabel reads NIfTI. Every decoder returns
-``(array, meta)`` where ``array`` is channel-first ``(C, *spatial)`` in the file's own dtype and ``meta``
-holds ``spacing`` (spatial order), ``spatial_dims`` and format details. :mod:`unetseg.data.io` wraps these
-with the checks and the one-line :class:`~unetseg.errors.DataError` messages.
-
-Axis conventions (documented for users in :mod:`unetseg.data.io`):
-
-* 2D rasters are ``(H, W)``; colour comes first as channels (RGB -> C=3; an alpha channel is dropped).
-* 3D arrays are ``(D, H, W)`` = ``(z, y, x)``. NIfTI stores ``(x, y, z)``: it is transposed on reading and
-  back on writing, so 3D TIFF stacks and NIfTI volumes share one order (the SimpleITK / nnU-Net order).
-* TIFF axes come from the file's metadata (ImageJ, OME or tifffile's own): ``C``/``S`` are channels,
-  ``Z`` is depth. A leading axis without a name (``Q``/``I``: a plain multi-page TIFF) is depth; the
-  dataset loader turns it into channels when the image's mask is 2D of the same height and width
-  (``meta["planes_unlabelled"]`` marks this case).
+Axis conventions: 2D rasters are ``(H, W)``, colour first as channels (RGB -> C=3; alpha dropped); 3D
+arrays are ``(z, y, x)``; NIfTI stores ``(x, y, z)`` and is transposed on reading and back on writing, so
+TIFF stacks and NIfTI volumes share one order (the SimpleITK / nnU-Net order).
 """
 
 from __future__ import annotations
@@ -23,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from unetseg.data.physical import tiff_pixel_size
 
 GIB = 2**30
 
@@ -119,59 +109,6 @@ def _pil_format(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- TIFF
-_DEPTH_AXES = "ZQI"
-_CHANNEL_AXES = "CS"
-
-
-def read_tiff(path: Path, *, mask: bool, max_bytes: float | None = None) -> tuple[np.ndarray, dict]:
-    """Read a TIFF (2D, RGB, 3D stack, multi-channel) to ``(C, *spatial)`` following its axes metadata."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        axes, shape = series.axes, tuple(series.shape)
-        check_budget(shape, max_bytes)
-        arr = series.asarray()
-        spacing_yx = _tiff_resolution(tif.pages[0])
-        z_spacing = float((tif.imagej_metadata or {}).get("spacing", 1.0))
-        pixel_size = tiff_pixel_size(tif, 2) if len([a for a in axes if a in _DEPTH_AXES]) == 0 else None
-    # Singleton axes other than Y/X carry no information (ImageJ hyperstacks have many of them).
-    keep = [i for i, a in enumerate(axes) if a in "YX" or shape[i] > 1]
-    arr = arr.reshape([shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
-    chan = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES]
-    depth = [i for i, a in enumerate(axes) if a in _DEPTH_AXES]
-    other = [a for a in axes if a not in "YX" + _CHANNEL_AXES + _DEPTH_AXES]
-    if len(chan) > 1 or len(depth) > 1 or other or "Y" not in axes or "X" not in axes:
-        raise ValueError(f"unsupported TIFF layout (axes {axes!r}, shape {arr.shape})")
-    order = chan + depth + [axes.index("Y"), axes.index("X")]
-    arr = np.transpose(arr, order)
-    if not chan:
-        arr = arr[None]
-    elif axes[chan[0]] == "S" and arr.shape[0] in (2, 4):
-        arr = arr[:-1]  # grey+alpha or RGBA: drop alpha
-    spatial_dims = arr.ndim - 1
-    spacing = (z_spacing, *spacing_yx) if spatial_dims == 3 else spacing_yx
-    meta = {"spacing": spacing, "spatial_dims": spatial_dims, "format": "tiff"}
-    if pixel_size is not None and spatial_dims == 2:
-        meta["pixel_size"] = pixel_size  # micrometres, when the file says so (OME, ImageJ, resolution unit)
-    if depth and axes[depth[0]] in "QI":
-        meta["planes_unlabelled"] = True
-    return arr, meta
-
-
-def _tiff_resolution(page: Any) -> tuple[float, float]:
-    out = []
-    for tag in ("YResolution", "XResolution"):
-        t = page.tags.get(tag)
-        try:
-            num, den = t.value
-            out.append(float(den) / float(num) if num else 1.0)
-        except (AttributeError, TypeError, ValueError, ZeroDivisionError):
-            out.append(1.0)
-    return out[0], out[1]
-
-
 def write_tiff(path: Path, array: np.ndarray, *, spacing: tuple | None = None,
                channels: bool = False) -> None:
     """Write ``(*spatial)`` (``channels=False``) or ``(C, *spatial)`` with axes metadata and spacing."""
@@ -191,32 +128,6 @@ def write_tiff(path: Path, array: np.ndarray, *, spacing: tuple | None = None,
 
 
 # ---------------------------------------------------------------------------------------------- NIfTI
-def read_nifti(path: Path, *, mask: bool, max_bytes: float | None = None) -> tuple[np.ndarray, dict]:
-    """Read a NIfTI volume (3D, or 4D with channels last) to ``(C, z, y, x)`` keeping spacing and affine."""
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    shape = tuple(int(s) for s in img.shape)
-    check_budget(shape, max_bytes)
-    if len(shape) < 2 or len(shape) > 4:
-        raise ValueError(f"unsupported NIfTI shape {shape}")
-    raw_dtype = np.dtype(img.get_data_dtype())
-    arr = np.asanyarray(img.dataobj)
-    arr = np.moveaxis(arr, -1, 0) if arr.ndim == 4 else arr[None]
-    # (x, y, z) on disk -> (z, y, x) in memory; zooms follow.
-    spatial_dims = arr.ndim - 1
-    arr = np.transpose(arr, (0, *range(spatial_dims, 0, -1)))
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial_dims])[::-1]
-    meta = {
-        "spacing": zooms,
-        "spatial_dims": spatial_dims,
-        "format": "nifti",
-        "affine": np.asarray(img.affine, dtype=np.float64),
-        "raw_dtype": str(raw_dtype),
-    }
-    return arr, meta
-
-
 def write_nifti(path: Path, array: np.ndarray, *, meta: dict | None = None, channels: bool = False) -> None:
     """Write ``(z, y, x)`` (or ``(C, z, y, x)`` with ``channels``) as NIfTI ``(x, y, z[, C])`` with the
     affine of ``meta`` (or a diagonal of its spacing)."""

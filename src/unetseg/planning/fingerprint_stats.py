@@ -1,4 +1,4 @@
-"""The accumulators of one fingerprint pass (:mod:`unetseg.data.fingerprint`): exact intensity moments and
+"""The accumulators of one fingerprint pass (:mod:`unetseg.planning.fingerprint`): exact intensity moments and
 sampled percentiles per channel, class coverage and connected objects per class."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _moments(x: np.ndarray) -> tuple[int, float, float]:
     return acc
 
 
-class _Intensity:
+class IntensityStats:
     """Running statistics of one channel over a set of voxels (all, or the foreground)."""
 
     def __init__(self) -> None:
@@ -70,7 +70,7 @@ class _Intensity:
         }
 
 
-def _value_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def value_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and their counts (a histogram for 8/16-bit arrays)."""
     if arr.dtype in (np.uint8, np.uint16, np.bool_):
         counts = np.bincount(arr.ravel())
@@ -124,7 +124,7 @@ OBJECT_KEYS = ("median_voxels", "p10_voxels", "min_voxels", "max_voxels", "media
                "median_reach", "median_reach_share")
 
 
-class _Classes:
+class ClassStats:
     """Voxel counts, case counts, objects and region thickness per class key (a mask value, or a class
     index of a map)."""
 
@@ -145,7 +145,7 @@ class _Classes:
         ``objects`` (all under class 1). Every region (background too) adds its thickness: twice its
         volume over its surface, in spacing units (the width of a band, the radius of a disc; the surface
         counted in voxel faces, corrected by their mean excess over a smooth boundary's area)."""
-        for v, c in zip(*_value_counts(labels), strict=True):
+        for v, c in zip(*value_counts(labels), strict=True):
             key = float(v)
             self.voxels[key] = self.voxels.get(key, 0) + int(c)
             self.cases[key] = self.cases.get(key, 0) + 1

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from unetseg.data.cases import Case, read_pair
-from unetseg.data.fingerprint_stats import PERCENTILES, _Classes, _Intensity, _value_counts
 from unetseg.data.labels import ClassMap
 from unetseg.errors import DataError
+from unetseg.planning.fingerprint_stats import PERCENTILES, ClassStats, IntensityStats, value_counts
 
 FORMAT_VERSION = 3  # bump when the fields or their meaning change: cached fingerprints are then recomputed
 SEED = 1234  # nnU-Net's
@@ -113,16 +113,16 @@ def class_label(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ statistics
-class _Pass:
+class _FingerprintScan:
     """Everything gathered case by case; :meth:`result` makes the Fingerprint."""
 
     def __init__(self, cmap: ClassMap | None, instances: bool = False) -> None:
         self.cmap, self.instances = cmap, instances
         self.cases: list[dict[str, Any]] = []
-        self.all: list[_Intensity] = []
-        self.fg: list[_Intensity] = []
+        self.all: list[IntensityStats] = []
+        self.fg: list[IntensityStats] = []
         self.found: set[float] = set()
-        self.classes = _Classes()
+        self.classes = ClassStats()
         self.total = self.foreground = 0
 
     def add(self, case: Case, image: np.ndarray, mask: np.ndarray, meta: dict[str, Any]) -> None:
@@ -140,12 +140,12 @@ class _Pass:
         labels = mask if cmap is None else cmap.encode(mask, case.mask_path, dtype=cmap.compact_dtype())
         if self.instances:
             labels = (mask > 0).astype(np.uint8)
-        self.found.update(float(v) for v in _value_counts(labels if self.instances else mask)[0])
+        self.found.update(float(v) for v in value_counts(labels if self.instances else mask)[0])
         fg = labels > 0
         rng = np.random.default_rng([SEED, zlib.crc32(case.name.encode("utf-8", "surrogatepass"))])
         while len(self.all) < channels:
-            self.all.append(_Intensity())
-            self.fg.append(_Intensity())
+            self.all.append(IntensityStats())
+            self.fg.append(IntensityStats())
         ranges = []
         for c in range(channels):
             sample = self.all[c].add(image[c].ravel(), rng)
@@ -224,7 +224,7 @@ def compute_fingerprint(
     """
     if not cases:
         raise DataError("no cases: the fingerprint needs at least one labelled case")
-    acc = _Pass(ClassMap(class_values) if class_values is not None else None, instances)
+    acc = _FingerprintScan(ClassMap(class_values) if class_values is not None else None, instances)
     for case in cases:
         if case.mask_path is None:
             raise DataError(f"{case.image_paths[0]}: no mask; the fingerprint needs labelled cases")

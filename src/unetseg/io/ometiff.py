@@ -1,5 +1,5 @@
 """A pyramidal, tiled OME-TIFF written from a label image of any size (an OME-Zarr store written by
-:class:`~unetseg.data.ngff.LabelZarrWriter`, or any array-like), tile by tile in flat memory, for
+:class:`~unetseg.io.ngff.LabelZarrWriter`, or any array-like), tile by tile in flat memory, for
 ``predict --output-format ome-tiff``."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.data.pyramid import pyramid_factors
 from unetseg.errors import DataError
+from unetseg.io.pyramid import pyramid_factors
 
 
 class _TiffSource:
@@ -22,7 +22,7 @@ class _TiffSource:
     def __init__(self, source: Any, n_levels: int | None) -> None:
         self.image = None
         if isinstance(source, (str, Path)):
-            from unetseg.data.lazy import open_lazy
+            from unetseg.io.lazy import open_lazy
 
             self.image = open_lazy(source)
             if self.image.channels != 1:

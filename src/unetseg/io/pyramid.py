@@ -1,4 +1,4 @@
-"""Pyramid rules shared by the OME-Zarr and OME-TIFF writers (see :mod:`unetseg.data.ngff`).
+"""Pyramid rules shared by the OME-Zarr and OME-TIFF writers (see :mod:`unetseg.io.ngff`).
 
 Each level halves y and x; in 3D z is halved too once its pixel size is below twice the finest
 in-plane size, so anisotropic stacks become isotropic first. Levels are added until the longest side

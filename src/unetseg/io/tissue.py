@@ -1,6 +1,6 @@
 """Tissue / foreground detection on a low pyramid level, to skip empty glass when predicting slides.
 
-Re-exported by :mod:`unetseg.data.lazy`; works on any :class:`~unetseg.data.lazy.LazyImage`.
+Re-exported by :mod:`unetseg.io.lazy`; works on any :class:`~unetseg.io.readers.LazyImage`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from unetseg.data.lazy import LazyImage
+    from unetseg.io.readers import LazyImage
 
 
 def _mask_level(image: LazyImage, min_side: int) -> int:

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.data import formats
 from unetseg.errors import DataError
 from unetseg.fileio import atomic_write
+from unetseg.io import formats
+from unetseg.io.readers import READERS
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".nii", ".nii.gz")
 MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".nii", ".nii.gz")
@@ -156,9 +157,9 @@ def _decode(path: Path, *, mask: bool, max_bytes: float | None) -> tuple[np.ndar
     expected = ("gzip" if suffix == ".nii.gz" else "nifti") if nifti else None
     if (nifti and kind != expected) or (not nifti and kind not in ("png", "jpeg", "tiff")):
         raise DataError(f"{path}: not a {name} file (unrecognised content)")
-    reader = formats.read_nifti if nifti else formats.read_tiff if kind == "tiff" else formats.read_pillow
+    reader = READERS["nifti" if nifti else str(kind)]  # the one reader of the format, read whole
     try:
-        arr, meta = reader(path, mask=mask, max_bytes=max_bytes)
+        arr, meta = reader.read(path, mask=mask, max_bytes=max_bytes)
         arr = np.asarray(arr)
         stored = arr.dtype
         if stored.kind not in "biuf":

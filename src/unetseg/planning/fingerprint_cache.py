@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.data.cases import Case
-from unetseg.data.fingerprint import FORMAT_VERSION, Fingerprint, compute_fingerprint
-from unetseg.data.fingerprint_stats import SAMPLES_PER_CASE
-from unetseg.data.io import channel_files
 from unetseg.data.labels import ClassMap
 from unetseg.errors import DataError, OutputError
 from unetseg.fileio import printable, write_json
+from unetseg.io.images import channel_files
+from unetseg.planning.fingerprint import FORMAT_VERSION, Fingerprint, compute_fingerprint
+from unetseg.planning.fingerprint_stats import SAMPLES_PER_CASE
 
 
 def default_cache_dir() -> Path:

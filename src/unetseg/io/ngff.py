@@ -1,5 +1,5 @@
 """The streamed writer for predictions of any size: an OME-Zarr label pyramid (the OME-TIFF export is
-:mod:`unetseg.data.ometiff`).
+:mod:`unetseg.io.ometiff`).
 
 Format choices (why):
 
@@ -41,13 +41,13 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from unetseg.data.pyramid import PyramidBuilder, downsample_mean, downsample_mode, pyramid_factors
 from unetseg.errors import DataError
 from unetseg.fileio import write_json
+from unetseg.io.pyramid import PyramidBuilder, downsample_mean, downsample_mode, pyramid_factors
 
 __all__ = ["MANIFEST", "LabelZarrWriter", "downsample_mean", "downsample_mode", "pyramid_factors"]
 
@@ -65,6 +65,23 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+class ChunkWriter(Protocol):
+    """What streamed prediction writes into: whole chunk rows of labels (and probabilities), with the
+    blocks it holds complete already (resume) and a flush that keeps them (:class:`LabelZarrWriter`)."""
+
+    path: Any
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...] | None  # None: any block of rows
+    probabilities: int  # probability channels written beside the labels (0: none)
+
+    def write(self, start: Sequence[int], labels: np.ndarray,
+              probabilities: np.ndarray | None = None, /) -> None: ...
+
+    def done_rows(self, columns: Sequence[slice]) -> np.ndarray: ...
+
+    def flush(self) -> None: ...
 
 
 class LabelZarrWriter:
