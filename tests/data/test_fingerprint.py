@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unetseg.data import fingerprint as fpmod
 from unetseg.data.cases import find_cases
 from unetseg.data.synthetic import make_dataset
 from unetseg.errors import DataError
 from unetseg.io.images import read_mask, write_image, write_mask
+from unetseg.planning import fingerprint as fpmod
 from unetseg.planning.fingerprint import (
     Fingerprint,
     compute_fingerprint,

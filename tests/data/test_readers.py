@@ -45,7 +45,7 @@ def _tif_singletons(p: Path) -> None:  # an ImageJ hyperstack with singleton tim
 
 
 def _tif_pages(p: Path) -> None:  # a plain multi-page TIFF without axes metadata: unnamed planes
-    tifffile.imwrite(p, RNG.integers(0, 255, (3, 20, 30), dtype=np.uint8), metadata=None)
+    tifffile.imwrite(p, RNG.integers(0, 255, (5, 20, 30), dtype=np.uint8), metadata=None)
 
 
 def _ome_tif(p: Path) -> None:
@@ -55,7 +55,9 @@ def _ome_tif(p: Path) -> None:
 
 def _nifti(shape: tuple[int, ...], zooms: tuple[float, ...]):
     def write(p: Path) -> None:
-        img = nib.Nifti1Image(RNG.random(shape).astype(np.float32), np.diag([*zooms[:3], 1.0][:4]))
+        affine = np.eye(4)
+        affine[range(min(3, len(zooms))), range(min(3, len(zooms)))] = zooms[:3]
+        img = nib.Nifti1Image(RNG.random(shape).astype(np.float32), affine)
         img.header.set_zooms(zooms)
         img.header.set_xyzt_units("mm")
         nib.save(img, str(p))
@@ -100,11 +102,11 @@ def test_what_each_reader_makes_of_its_axes(tmp_path):
         shapes[name] = (image.shape, meta.get("planes_unlabelled", False))
     assert shapes["rgba.png"][0] == (3, 20, 30)  # alpha dropped
     assert shapes["singletons.tif"][0] == (2, 20, 30)  # singleton time and z dropped, channels kept
-    assert shapes["pages.tif"] == ((1, 3, 20, 30), True)  # unnamed planes: depth, marked
+    assert shapes["pages.tif"] == ((1, 5, 20, 30), True)  # unnamed planes: depth, marked
     assert shapes["stack.tif"][0] == (1, 5, 20, 30)
     assert shapes["volume.nii.gz"][0] == (1, 5, 20, 30)  # (x, y, z) on disk -> (z, y, x)
     assert shapes["channels.nii.gz"][0] == (2, 5, 20, 30)
-    assert read_image(tmp_path / "volume.nii.gz")[1]["spacing"] == (2.0, 0.7, 0.5)
+    assert read_image(tmp_path / "volume.nii.gz")[1]["spacing"] == pytest.approx((2.0, 0.7, 0.5))  # float32
     assert read_image(tmp_path / "stack.tif")[1]["spacing"] == (2.5, 0.5, 0.5)
     assert read_image(tmp_path / "image.ome.tif")[1]["pixel_size"] == (0.25, 0.5)  # micrometres
 

@@ -183,6 +183,8 @@ def test_a_model_widened_for_a_prior_starts_as_the_model_it_came_from(tmp_path):
     ({"train.cascade": "auto"}, "2D"),
     ({"train.cascade": "auto", "model.spatial_dims": 3, "train.max_minutes": 20.0}, "minutes left"),
     ({"train.cascade": "auto", "model.spatial_dims": 3, "train.max_minutes": 40.0}, None),
+    ({"train.cascade": "auto", "model.spatial_dims": 3, "train.max_minutes": 40.0,
+      "data.downsample": [1.41, 1.41, 1.41]}, "fewer voxels"),
     ({"data.task": "instances"}, "instance"),
     ({"data.val_fraction": 0.0}, "no validation images"),
 ])

@@ -36,7 +36,7 @@ def predictor_for(
     """
     infer = config.infer if config is not None else None
     if tile is None and config is not None:
-        tile = infer.tile or config.data.patch_size
+        tile = config.infer.tile or config.data.patch_size
     return Predictor(
         engine,
         tile=tile,
@@ -189,4 +189,7 @@ def predict(
         tta=True if tta else None,
     )
     labels, probs = predict_image(predictor, arr, spacing, config, probabilities=return_probabilities)
-    return (labels, probs) if return_probabilities else labels
+    if not return_probabilities:
+        return labels
+    assert probs is not None  # asked for
+    return labels, probs

@@ -208,7 +208,8 @@ def read_channels(paths: list[Path], *, max_bytes: float | None = DEFAULT_MAX_BY
                   ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read the files of one case (one per channel, or one holding them all) and stack their channels;
     DataError when their sizes differ. The metadata is the first file's."""
-    arrays, meta = [], {}
+    arrays: list[np.ndarray] = []
+    meta: dict[str, Any] = {}
     for f in paths:
         arr, m = _decode(f, mask=False, max_bytes=max_bytes)
         if arrays and arr.shape[1:] != arrays[0].shape[1:]:
@@ -313,7 +314,7 @@ def match_channels(image: np.ndarray, channels: int, source: str | Path = "image
     if c == 1:
         return np.repeat(image, channels, axis=0)
     if channels == 1 and c == 3:
-        return image.mean(axis=0, keepdims=True, dtype=np.float32)
+        return np.asarray(image.mean(axis=0, keepdims=True, dtype=np.float32))
     raise DataError(f"{source}: image has {c} channel(s), the model expects {channels}")
 
 

@@ -216,7 +216,7 @@ class TiffReader(Reader):
             order, fixed, nchan = _tiff_axes(path, axes, shape)
             levels = []
             for i, lvl in enumerate(series.levels):
-                arr = zarr.open(series.aszarr(level=i), mode="r")
+                arr: Any = zarr.open(series.aszarr(level=i), mode="r")
                 if tuple(arr.shape) != tuple(lvl.shape):
                     raise DataError(f"{path}: pyramid level {i} has shape {arr.shape}, expected {lvl.shape}")
                 levels.append(_View(arr, order, fixed, nchan))
@@ -282,14 +282,14 @@ class NiftiReader(Reader):
     def open(self, path: Path, *, mask: bool = False) -> LazyImage:
         import nibabel as nib
 
-        img = nib.load(str(path))  # the data stays on disk: img.dataobj slices read only what they need
+        img: Any = nib.load(str(path))  # the data stays on disk: img.dataobj slices read only what they need
         return self._image(path, img, img.dataobj)
 
     def read(self, path: Path, *, mask: bool = False,
              max_bytes: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         import nibabel as nib
 
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         formats.check_budget(tuple(int(s) for s in img.shape), max_bytes)
         image = self._image(path, img, np.asanyarray(img.dataobj))
         return image.levels[0][()], image.eager_meta()
@@ -305,10 +305,11 @@ class NiftiReader(Reader):
         zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial_dims])[::-1]
         unit = img.header.get_xyzt_units()[0]
         sizes = [um(z, "mm" if unit in (None, "unknown") else unit) for z in zooms]
+        known = [x for x in sizes if x]
         meta = {"format": "nifti", "spacing": zooms, "affine": np.asarray(img.affine, dtype=np.float64),
                 "raw_dtype": str(np.dtype(img.get_data_dtype()))}
         return LazyImage(path, spatial_dims, view.shape[0], np.dtype(img.get_data_dtype()), [view],
-                         [tuple(sizes) if all(sizes) else None], meta=meta)
+                         [tuple(known) if len(known) == len(sizes) else None], meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------- Pillow
@@ -336,11 +337,11 @@ class ZarrReader(Reader):
         import zarr
 
         group = zarr.open_group(str(path), mode="r")
-        attrs = group.attrs.asdict()
-        ome = attrs.get("ome", attrs)  # NGFF 0.5 keeps its metadata under "ome"
+        attrs: dict[str, Any] = dict(group.attrs.asdict())
+        ome: dict[str, Any] = attrs.get("ome", attrs)  # NGFF 0.5 keeps its metadata under "ome"
         if not ome.get("multiscales"):
             raise DataError(f"{path}: zarr store without NGFF multiscales metadata")
-        ms = ome["multiscales"][0]
+        ms: dict[str, Any] = ome["multiscales"][0]
         axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", "tczyx")]
         names = [str(a.get("name", "")).lower() for a in axes]
         guess = {"z": "space", "y": "space", "x": "space", "c": "channel"}
@@ -350,9 +351,10 @@ class ZarrReader(Reader):
         if len(space) not in (2, 3) or len(chan) > 1:
             raise DataError(f"{path}: unsupported NGFF axes {names}")
         outer = _ngff_scale(ms.get("coordinateTransformations"), len(axes))
-        levels, pixel_sizes = [], []
+        levels: list[_View] = []
+        pixel_sizes: list[tuple[float, ...] | None] = []
         for ds in ms["datasets"]:
-            arr = group[ds["path"]]
+            arr: Any = group[ds["path"]]
             fixed = {i: 0 for i in range(len(axes)) if i not in space + chan}
             if len(arr.shape) != len(axes) or any(arr.shape[i] > 1 for i in fixed):
                 raise DataError(f"{path}: dataset {ds['path']} has shape {arr.shape} for axes {names}")
@@ -360,7 +362,8 @@ class ZarrReader(Reader):
             scale = [a * b for a, b in zip(_ngff_scale(ds.get("coordinateTransformations"), len(axes)), outer,
                                             strict=True)]
             sizes = [um(scale[i], axes[i].get("unit")) for i in space]
-            pixel_sizes.append(tuple(sizes) if all(sizes) else None)
+            known = [x for x in sizes if x]
+            pixel_sizes.append(tuple(known) if len(known) == len(sizes) else None)
         image = LazyImage(path, len(space), levels[0].shape[0], levels[0].dtype, levels, pixel_sizes,
                           meta={"format": "ome-zarr", "ngff_version": ms.get("version") or ome.get("version"),
                                 "axes": names, "image_label": "image-label" in ome})
@@ -441,6 +444,7 @@ def header_nbytes(path: str | Path) -> int:
     only (nothing is decoded). Raises DataError for unreadable files."""
     p = Path(path)
     kind = kind_of(p)
+    shape: tuple[int, ...]
     if kind in ("png", "jpeg"):
         try:
             channels, shape = _pillow_header(p, kind)

@@ -18,6 +18,7 @@ continues the stage it stopped in.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,10 @@ from unetseg.training.runlog import RunLogger
 from unetseg.training.trainer import Trainer
 
 CASCADE_MINUTES = 15.0  # auto: minutes the probe must leave for both stages (7.5 each: ~400 3D CPU steps)
+# auto: the coarse grid has at least this many times fewer voxels than full resolution (nnU-Net makes a
+# 3d_lowres stage when the full-resolution patch covers under a quarter of the median image; on BraTS at
+# 1.41x (2.8x fewer voxels) the coarse model trained 30 minutes beat the cascade: BENCHMARKS.md)
+CASCADE_MIN_GAIN = 4.0
 STAGE1_SHARE = 0.5  # of the minutes left after the probe, for the coarse first stage (nnU-Net: equal epochs)
 STATE = "cascade.json"
 FOLDER = "cascade"
@@ -84,6 +89,10 @@ def skip_reason(cfg: Config, spent: float) -> str | None:
         return "no validation images to choose between the stages"
     if c == "auto" and cfg.model.spatial_dims != 3:
         return "2D (train.cascade: on tries one)"
+    gain = math.prod(cfg.data.downsample or [1.0])
+    if c == "auto" and gain < CASCADE_MIN_GAIN:
+        return (f"the coarse grid has {gain:.2g}x fewer voxels; a cascade pays from {CASCADE_MIN_GAIN:g}x "
+                "(nnU-Net's 3d_lowres rule; train.cascade: on tries one)")
     left = float(cfg.train.max_minutes or 0.0) - spent
     if c == "auto" and left < CASCADE_MINUTES:
         return (f"{max(left, 0.0):.1f} minutes left after the probe; a cascade needs {CASCADE_MINUTES:g} "
