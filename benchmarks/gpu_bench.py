@@ -99,7 +99,7 @@ class _Array:
 
 def sliding_window(quick: bool) -> dict[str, Any]:
     from unetseg.inference import Predictor
-    from unetseg.inference.stream import StreamPredictor
+    from unetseg.inference.stream.predictor import StreamPredictor
     from unetseg.io.ngff import LabelZarrWriter
     from unetseg.models import build_model
 

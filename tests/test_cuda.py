@@ -15,7 +15,7 @@ import torch
 from inference.helpers import make_checkpoint
 from unetseg.config import Config
 from unetseg.inference import Predictor, load_engine
-from unetseg.inference.stream import StreamPredictor
+from unetseg.inference.stream.predictor import StreamPredictor
 from unetseg.io.ngff import LabelZarrWriter
 
 pytestmark = [pytest.mark.cuda,

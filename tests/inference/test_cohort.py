@@ -18,7 +18,7 @@ from .helpers import make_checkpoint
 
 distributed = pytest.importorskip("distributed")
 
-from unetseg.inference.cohort import predict_cohort, split_rows  # noqa: E402 - after the importorskip
+from unetseg.inference.jobs.cohort import predict_cohort, split_rows  # noqa: E402 - after the importorskip
 
 
 @pytest.fixture()

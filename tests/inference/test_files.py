@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from unetseg.cli import app, expand_multi
 from unetseg.errors import DataError, OutputError
 from unetseg.inference import load_engine, predict, predict_files
-from unetseg.inference.batch import Routing
+from unetseg.inference.jobs.file import Routing
 from unetseg.io.images import list_images, read_image, read_mask
 
 from .helpers import make_checkpoint

@@ -18,7 +18,7 @@ from unetseg.config import Config
 from unetseg.config.schema import instance_classes
 from unetseg.data.instances import distance_class_target
 from unetseg.inference.instances import instances_of
-from unetseg.inference.slide_instances import BAND, OVERLAP, stitched_objects
+from unetseg.inference.stream.slide_instances import BAND, OVERLAP, stitched_objects
 
 from .helpers import tiny_config, tiny_model
 

@@ -113,8 +113,8 @@ def test_a_streamed_instance_volume_at_another_spacing_gives_the_in_memory_objec
 def test_on_a_dask_cluster_the_resampled_volume_is_the_single_process_one(checkpoint, tmp_path):
     pytest.importorskip("distributed")
     from unetseg.inference import predict_files
-    from unetseg.inference.batch import Routing
-    from unetseg.inference.cohort import predict_cohort
+    from unetseg.inference.jobs.cohort import predict_cohort
+    from unetseg.inference.jobs.file import Routing
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -14,8 +14,8 @@ import zarr
 from unetseg.data.normalize import Normalizer
 from unetseg.errors import DataError
 from unetseg.inference import Engine, Predictor, load_engine
-from unetseg.inference.regions import ChannelStats, image_statistics, stream_normalizer, tissue_skip
-from unetseg.inference.stream import StreamPredictor
+from unetseg.inference.stream.predictor import StreamPredictor
+from unetseg.inference.stream.statistics import ChannelStats, image_statistics, stream_normalizer, tissue_skip
 from unetseg.io.lazy import open_lazy
 from unetseg.io.ngff import LabelZarrWriter
 
@@ -356,7 +356,7 @@ def test_resume_keeps_the_chunks_of_unfinished_strips(engines, tmp_path):
 def test_strips_are_as_wide_as_the_memory_budget_allows(engines, tmp_path, kind, tile):
     """A slide whose whole width fits the budget is one strip (no tile runs twice); a wider one is cut
     into strips whose windows stay within it, and the labels do not change."""
-    from unetseg.inference.stream_io import MIN_STRIP_STEPS, make_strips
+    from unetseg.inference.stream.strips import MIN_STRIP_STEPS, make_strips
 
     pred = Predictor(engines[kind], tile=tile, overlap=0.25, batch_size=2)
     shape = (40, 240) if kind == "2d" else (20, 40, 112)

@@ -183,7 +183,7 @@ def test_a_decompression_bomb_is_refused_from_its_header(bomb, tmp_path, capsys)
     assert_refused(code, err, "slide.tif", "46000x46000", "7.9 GiB", "--max-image-gib")
     assert not (tmp_path / "RUN").exists()
     from unetseg.errors import DataError
-    from unetseg.inference.slide import is_streamed
+    from unetseg.inference.stream.slides import is_streamed
     from unetseg.io.images import read_image
 
     with pytest.raises(DataError, match="over the 2 GiB limit"):

@@ -299,7 +299,7 @@ def predict(
     """Segment an image or a folder of images of any size with sliding-window inference; whole slides and
     huge volumes are streamed in flat memory to OME-Zarr; `--dask` spreads a cohort over a cluster."""
     from unetseg.inference import predict_files
-    from unetseg.inference.batch import Routing
+    from unetseg.inference.jobs.file import Routing
 
     if max_image_gib is not None:
         build_config([({"data.max_image_gib": max_image_gib}, "command line")])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from unetseg.inference.api import predict, predictor_for
 from unetseg.inference.engines import Engine, OnnxEngine, TorchEngine, load_engine
-from unetseg.inference.files import predict_files
+from unetseg.inference.jobs.folder import predict_files
 from unetseg.inference.predictor import Predictor
 from unetseg.inference.tiling import gaussian_importance_map, tile_starts
 from unetseg.inference.tta import flip_axes, logits_to_probs

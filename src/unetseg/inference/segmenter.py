@@ -24,9 +24,9 @@ from unetseg.config import Config
 from unetseg.data.normalize import normalize
 from unetseg.errors import ConfigError
 from unetseg.inference.api import as_channels_first, predict_image, predictor_for
-from unetseg.inference.batch import Routing, job_for
 from unetseg.inference.engines import Engine, load_engine
-from unetseg.inference.files import PredictResult, run_job
+from unetseg.inference.jobs.file import Routing, job_for
+from unetseg.inference.jobs.folder import PredictResult, run_job
 
 Image = np.ndarray | torch.Tensor
 

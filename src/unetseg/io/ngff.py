@@ -27,7 +27,8 @@ The record survives a killed process, not a power cut (nothing is fsynced but th
 
 **Parts** (one slide on many processes): ``part=(a, b)`` opens the temporary store another writer
 created and writes chunk rows ``a..b-1`` only (the others count as complete, so a
-:class:`~unetseg.inference.stream.StreamPredictor` computes just the tiles those rows need). Parts never
+:class:`~unetseg.inference.stream.predictor.StreamPredictor` computes just the tiles those rows need).
+Parts never
 touch the manifest; the creating writer records their rows with :meth:`LabelZarrWriter.record_rows`
 (verified on disk) and finishes the store.
 """

@@ -28,8 +28,8 @@ from unetseg.data.labels import ClassMap
 from unetseg.data.regrid import RegriddedProbabilities, ResampledImage
 from unetseg.data.resample import model_grid, shape_after
 from unetseg.errors import ConfigError, DataError
-from unetseg.inference.regions import stream_normalizer, tissue_skip
-from unetseg.inference.stream import StreamPredictor
+from unetseg.inference.stream.predictor import StreamPredictor
+from unetseg.inference.stream.statistics import stream_normalizer, tissue_skip
 from unetseg.io.lazy import choose_level, header_nbytes, open_lazy
 from unetseg.io.ngff import LabelZarrWriter
 from unetseg.io.ometiff import write_ome_tiff_from_zarr

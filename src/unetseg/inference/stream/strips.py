@@ -1,4 +1,5 @@
-"""The geometry, input and output of one streamed prediction (:mod:`unetseg.inference.stream`): the column
+"""The geometry, input and output of one streamed prediction (:mod:`unetseg.inference.stream.predictor`):
+the column
 strips a slide is cut into, the band reader feeding a strip's tiles and the sink turning its finished rows
 into whole writer chunks."""
 

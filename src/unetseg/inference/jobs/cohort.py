@@ -4,10 +4,10 @@
   on loopback for the call and closes it afterwards, also on errors; ``cluster="tcp://HOST:PORT"`` uses
   a running scheduler (its workers must see the same file system and have unetseg installed).
 * **One warm model per worker.** The first task on a worker loads the model and keeps it (engine,
-  config, predictor, decoder: the :class:`~unetseg.inference.batch.PredictJob`) on the worker object,
+  config, predictor, decoder: the :class:`~unetseg.inference.jobs.file.PredictJob`) on the worker object,
   keyed by the checkpoint and the inference settings; later tasks on that worker reuse it. No module
   global: the cache lives and dies with the worker (a restarted worker loads again).
-* **One code path for outputs.** Each task is :func:`~unetseg.inference.batch.predict_one` with the
+* **One code path for outputs.** Each task is :func:`~unetseg.inference.jobs.file.predict_one` with the
   outputs planned on the client exactly as ``predict_files`` plans them (the same OutputGuard checks,
   before any work), then :func:`~unetseg.fileio.record_written`: files are identical to a single process.
 * **Failures.** A bad input (any UnetsegError: unreadable, wrong size, ...) is returned by its task as
@@ -15,7 +15,8 @@
   crash) is retried ``retries`` times by the scheduler, then reported as failed. Neither stops the cohort.
 * **Already complete.** An input whose output files all exist and are recorded as unetseg's own (sizes
   and times as written, :func:`~unetseg.fileio.is_ours`) is not submitted again.
-* **Regions of one slide.** A streamed input (:mod:`unetseg.inference.slide`: OME, big, or any input with
+* **Regions of one slide.** A streamed input (:mod:`unetseg.inference.stream.slides`: OME, big, or any
+  input with
   an OME output format) is split into parts of whole chunk rows, one task each. The client checks the
   slide, computes its normalisation statistics and creates the temporary store; each worker predicts the
   tiles its rows need, in the single-process tile order and batches, and writes its rows into the store
@@ -39,8 +40,8 @@ from typing import Any
 
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import ensure_dir, is_ours, record_written
-from unetseg.inference.batch import PredictJob, Routing, make_job, plan_outputs, predict_path
-from unetseg.inference.slide import SlideSetup, finish_slide, is_streamed, open_slide, predict_rows
+from unetseg.inference.jobs.file import PredictJob, Routing, make_job, plan_outputs, predict_path
+from unetseg.inference.stream.slides import SlideSetup, finish_slide, is_streamed, open_slide, predict_rows
 from unetseg.io.images import SkipLog, list_images
 
 
@@ -61,7 +62,7 @@ class CohortResult:
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a worker needs to build its PredictJob (hashable: the key of the worker's cache):
-    the checkpoint, :func:`~unetseg.inference.batch.make_job`'s settings and the routing."""
+    the checkpoint, :func:`~unetseg.inference.jobs.file.make_job`'s settings and the routing."""
 
     checkpoint: str
     settings: tuple[tuple[str, Any], ...] = ()
@@ -174,7 +175,7 @@ def predict_cohort(checkpoint: str | Path, files: str | Path | Sequence[str | Pa
         outputs: the output folder (created).
         cluster: ``local:N`` or ``tcp://HOST:PORT`` (see the module doc).
         retries: extra attempts for a task that fails for a reason other than a bad input.
-        overwrite, routing, settings: as :func:`~unetseg.inference.files.predict_files` (``device``: the
+        overwrite, routing, settings: as :func:`~unetseg.inference.jobs.folder.predict_files` (``device``: the
             workers'; default cpu).
         log: called with one line per finished input (default: nothing; bad inputs go to stderr).
     Returns a :class:`CohortResult`; a bad input or a failed task never raises.

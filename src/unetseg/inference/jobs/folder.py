@@ -1,6 +1,6 @@
 """``predict_files``: one image or a folder of them through one model, each input to its outputs
-(:mod:`unetseg.inference.batch`), in this process, its ``torchrun`` share, or on a Dask cluster
-(:mod:`unetseg.inference.cohort`)."""
+(:mod:`unetseg.inference.jobs.file`), in this process, its ``torchrun`` share, or on a Dask cluster
+(:mod:`unetseg.inference.jobs.cohort`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from unetseg.errors import UnetsegError
 from unetseg.fileio import ensure_dir, is_ours, record_written
-from unetseg.inference.batch import PredictJob, Routing, make_job, plan_outputs, predict_path
+from unetseg.inference.jobs.file import PredictJob, Routing, make_job, plan_outputs, predict_path
 from unetseg.io.images import SkipLog, list_images
 
 
@@ -59,14 +59,14 @@ def predict_files(
         overwrite: replace existing output files that unetseg did not write (never an input).
         routing: streamed outputs, pyramid level, background skipping, resume (:class:`Routing`).
         dask: ``local:N`` or ``tcp://HOST:PORT``: run on a dask.distributed cluster
-            (:func:`unetseg.inference.cohort.predict_cohort`); bad inputs are then always skipped.
+            (:func:`unetseg.inference.jobs.cohort.predict_cohort`); bad inputs are then always skipped.
         **settings: :func:`make_job`'s: ``tile``, ``overlap``, ``blend``, ``tta``, ``batch_size``
             (``None``: the checkpoint's), ``probabilities``, ``overlay``, ``mask_values`` (``index`` |
             ``original``), ``device``, ``precision``, ``trust_torchscript``, ``max_image_gib``.
     Under ``torchrun`` every process predicts its share of the inputs (:func:`shard`).
     """
     if dask:
-        from unetseg.inference.cohort import predict_cohort
+        from unetseg.inference.jobs.cohort import predict_cohort
 
         return predict_cohort(
             checkpoint, input, output, cluster=dask, overwrite=overwrite, routing=routing, **settings

@@ -4,7 +4,8 @@ Outputs (README, "Use it on your data"): ``OUT/<stem>.png`` for 2D, ``OUT/<stem>
 ``OUT/<stem>.tif`` (other 3D inputs) holding uint8 class indices (or the original mask values with
 ``mask_values="original"``), the input's spatial size and spacing; optionally ``OUT/<stem>_probs.tif``
 (float32 ``(C, *spatial)``) and ``OUT/<stem>_overlay.png``. Big and OME inputs are streamed instead
-(:mod:`unetseg.inference.slide`): ``OUT/<stem>.ome.zarr`` (or ``.ome.tif``). Every output is planned before
+(:mod:`unetseg.inference.stream.slides`): ``OUT/<stem>.ome.zarr`` (or ``.ome.tif``). Every output is
+planned before
 the first image is read: none may replace an input, two inputs may not produce the same file, and files in
 ``OUT`` that unetseg did not write are kept unless ``overwrite``.
 """
@@ -24,7 +25,7 @@ from unetseg.fileio import OutputGuard
 from unetseg.inference.api import predict_image, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.predictor import Predictor
-from unetseg.inference.slide import STREAM_BYTES, is_streamed, predict_slide, slide_output
+from unetseg.inference.stream.slides import STREAM_BYTES, is_streamed, predict_slide, slide_output
 from unetseg.io.images import (
     match_channels,
     read_image,
@@ -233,7 +234,7 @@ def predict_path(path: Path, outputs: list[Path], job: PredictJob, progress: Any
                    "resume": r.resume, "progress": progress}
         try:
             if job.config.data.task == "instances":
-                from unetseg.inference.slide_instances import predict_slide_instances
+                from unetseg.inference.stream.slide_instances import predict_slide_instances
 
                 return predict_slide_instances(path, outputs, job, **options)
             return predict_slide(path, outputs[0], job, **options)

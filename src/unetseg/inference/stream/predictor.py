@@ -7,7 +7,7 @@ normalised image bit for bit. Why it is exact, and flat:
 
 * **Strips and bands.** The image is cut into *strips*: boxes of whole writer chunks on the axes after the
   first, 16 tile steps wide or as wide as the memory budget allows
-  (:func:`~unetseg.inference.stream_io.strip_extents`), predicted one after the other. A strip runs every
+  (:func:`~unetseg.inference.stream.strips.strip_extents`), predicted one after the other. A strip runs every
   plan tile that reaches into it (tiles over a strip edge run in both strips), in plan order; tiles with the
   same start on the first axis form a *band*. Every pixel so receives its tile contributions in the
   in-memory order (float addition is not associative).
@@ -34,7 +34,7 @@ normalised image bit for bit. Why it is exact, and flat:
   original exception; both threads are always joined.
 
 Normalisation is per region, so it must use fixed, whole-image statistics:
-:func:`unetseg.inference.regions.stream_normalizer` computes them in a first streaming pass.
+:func:`unetseg.inference.stream.statistics.stream_normalizer` computes them in a first streaming pass.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ import numpy as np
 import torch
 
 from unetseg.errors import ConfigError, DataError
-from unetseg.inference.pipes import Pipe
 from unetseg.inference.predictor import Predictor
-from unetseg.inference.stream_io import WINDOW_BYTES, BandReader, BlockSink, Strip, done_rows, make_strips
+from unetseg.inference.stream.strips import WINDOW_BYTES, BandReader, BlockSink, Strip, done_rows, make_strips
+from unetseg.inference.stream.threads import Pipe
 from unetseg.inference.tiling import TilePlan, box, weight_sums
 from unetseg.io.ngff import ChunkWriter
 from unetseg.io.readers import RegionSource
@@ -78,7 +78,7 @@ class StreamPredictor:
     one strip.
 
     ``strip``: columns per strip on each axis after the first, rounded up to whole writer chunks (default:
-    :func:`~unetseg.inference.stream_io.strip_extents` within ``window_bytes``).
+    :func:`~unetseg.inference.stream.strips.strip_extents` within ``window_bytes``).
     ``max_buffer_rows`` / ``max_window`` / ``max_input_rows``: the
     accumulator window's rows and elements and the most input rows held by the compute loop in the last
     call (for tests and capacity planning)."""

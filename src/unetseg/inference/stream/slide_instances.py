@@ -1,10 +1,11 @@
 """Instance models on whole slides and huge volumes, in flat memory: object ids stitched across bands.
 
-1. **Probabilities.** The slide is streamed as for a semantic model (:mod:`unetseg.inference.slide`),
+1. **Probabilities.** The slide is streamed as for a semantic model (:mod:`unetseg.inference.stream.slides`),
    its class probabilities (background, interior, boundary; or background and the distance bins) stored
    as float16 in a hidden temporary store beside the output (``.<stem>.probabilities.zarr``); ``resume``
    continues it, and a completed one is reused. A volume at another spacing than the training's is
-   predicted on the model's grid (:func:`~unetseg.inference.slide.open_slide`) and its probabilities read
+   predicted on the model's grid (:func:`~unetseg.inference.stream.slides.open_slide`) and its
+   probabilities read
    back through :class:`~unetseg.data.regrid.RegriddedProbabilities` onto the volume's own grid.
 2. **Objects.** Bands of :data:`BAND` rows (plus :data:`OVERLAP` rows shared with the next band) are read
    back, each segmented by the seeded watershed of the in-memory path, and stitched into global ids by
@@ -29,7 +30,7 @@ import numpy as np
 from unetseg.data.regrid import RegriddedProbabilities
 from unetseg.fileio import write_text
 from unetseg.inference.instances import instances_of
-from unetseg.inference.slide import SlideSetup, finish_slide, open_slide, predict_rows
+from unetseg.inference.stream.slides import SlideSetup, finish_slide, open_slide, predict_rows
 from unetseg.io.lazy import open_lazy
 from unetseg.io.ngff import LabelZarrWriter
 from unetseg.postprocess.instances import stitch_band_sequence
