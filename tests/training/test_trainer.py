@@ -236,3 +236,17 @@ def test_a_3d_patch_without_the_planner_takes_the_dimensionality_from_the_data(c
                               *base, capsys=capsys)
     assert_refused(code, err, "--patch-size 8 16 has 2 sizes")
     assert not (tmp_path / "B" / "last").exists()
+
+
+def test_a_row_lost_between_the_checkpoint_and_metrics_csv_comes_back_on_resume(cells_2d, tmp_path):
+    """A kill after an epoch's checkpoint and before its metrics row: the checkpoint carries the row."""
+    cfg = Config()
+    cfg.data.data, cfg.data.num_workers, cfg.data.patch_size = str(cells_2d), 0, [32, 32]
+    cfg.model.base_channels, cfg.model.depth = 4, 2
+    cfg.train.out, cfg.train.epochs, cfg.train.iters_per_epoch, cfg.train.batch_size = str(tmp_path), 2, 2, 2
+    train(cfg, quiet=True)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "metrics.csv").write_text("".join(lines[:-1]))  # the kill: epoch 2's row never written
+    cfg.train.epochs = 3
+    train(cfg, resume=True, quiet=True)
+    assert [int(r["epoch"]) for r in csv.DictReader((tmp_path / "metrics.csv").open())] == [1, 2, 3]

@@ -7,6 +7,7 @@ plans and probes before it drives one.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -180,6 +181,9 @@ class Trainer:
         if history:
             self.log.load_history()
             self.log.truncate_history(self.epoch)
+            row = state.get("row")
+            if isinstance(row, dict) and not any(int(r["epoch"]) == self.epoch for r in self.log.history):
+                self.log.epoch_end(row)  # killed after the checkpoint, before its row
         self.log.log(f"resumed from {folder} at epoch {self.epoch}, step {self.step}")
 
     def _init_from(self, folder: Path) -> None:
@@ -380,7 +384,9 @@ class Trainer:
         elif not self.data.val_cases and self.info.is_main:
             self._save("best", metrics)  # without validation cases the latest weights are the best we know
         if self.info.is_main:
-            self._save("last", metrics, self._training_state(minutes))
+            # the checkpoint carries its epoch's row: a kill between the two writes loses no row on resume
+            plain = json.loads(json.dumps(row, default=float))  # plain types: the state loads weights_only
+            self._save("last", metrics, {**self._training_state(minutes), "row": plain})
             self.log.epoch_end(row)
             self.log.log(
                 f"epoch {self.epoch}: loss {row['train_loss']:.4f}"
