@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,61 @@ def load_widened(model: torch.nn.Module, path: Path) -> list[str] | None:
         widened.append(name)
     model.load_state_dict(tensors)
     return widened
+
+
+@dataclass
+class Transfer:
+    """What :func:`transfer_weights` did, tensor by tensor (names of the model's state dict)."""
+
+    copied: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # input weights brought to another channel count
+    new: list[str] = field(default_factory=list)  # kept at their fresh initialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"copied": len(self.copied), "adapted": self.adapted, "reinitialised": self.new}
+
+
+def _adapt_input(theirs: torch.Tensor, mine: torch.Tensor) -> torch.Tensor | None:
+    """A first convolution's weights for another number of image channels, as timm adapts RGB models: RGB
+    -> grey sums the channels (a grey image given as three equal channels gives the same response), grey
+    -> N repeats the weights divided by N. Other pairs: None (the layer is new)."""
+    if theirs.shape[0] != mine.shape[0] or theirs.shape[2:] != mine.shape[2:]:
+        return None
+    if mine.shape[1] == 1:
+        return theirs.sum(dim=1, keepdim=True)
+    if theirs.shape[1] == 1:
+        return theirs.repeat(1, mine.shape[1], *([1] * (mine.ndim - 2))) / mine.shape[1]
+    return None
+
+
+STEM = "encoder.0."  # every architecture's first level: the tensors that see the image channels
+
+
+def transfer_weights(model: torch.nn.Module, path: Path, *, keep_head: bool = True,
+                     channels: tuple[int, int] | None = None) -> Transfer:
+    """Start ``model`` from the weights in ``path`` wherever a tensor of the same name and shape exists
+    (fine-tuning from a model of the same architecture). ``channels``: the stored and the new model's image
+    channels when they differ: the first level's input weights are adapted where :func:`_adapt_input` can;
+    ``keep_head=False`` leaves the output head new even when its shape fits (the classes mean something
+    else). The rest stays as initialised; the returned :class:`Transfer` says which is which."""
+    tensors, own = read_weights(path), model.state_dict()
+    done, state = Transfer(), {}
+    for name, mine in own.items():
+        theirs = tensors.get(name)
+        head = name.split(".")[0] in ("head", "heads")
+        if theirs is None or (head and not keep_head) or theirs.dtype != mine.dtype:
+            done.new.append(name)
+        elif tuple(theirs.shape) == tuple(mine.shape):
+            state[name] = theirs
+            done.copied.append(name)
+        elif (channels and name.startswith(STEM) and theirs.ndim >= 3 and theirs.shape[1] == channels[0]
+              and mine.shape[1] == channels[1] and (grown := _adapt_input(theirs, mine)) is not None):
+            state[name] = grown
+            done.adapted.append(name)
+        else:
+            done.new.append(name)
+    model.load_state_dict(state, strict=False)
+    return done
 
 
 def check_shapes(model: torch.nn.Module, path: Path) -> None:

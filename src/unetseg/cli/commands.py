@@ -109,6 +109,9 @@ def train(
     cascade: Annotated[str | None, Opt(
         help="auto | on | off: after a coarse run, a full-resolution stage that sees its prediction "
              "(auto: 3D, 4x fewer voxels, 15 minutes left); kept when it validates better")] = None,
+    init_from: Annotated[Path | None, Opt(
+        help="fine-tune: start from this run or checkpoint (its architecture; new stem/head when the "
+             "channels or classes differ)")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     loss: Annotated[str | None, Opt(help="loss: dice_ce, dice, ce, focal, tversky, lovasz, ...")] = None,
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,

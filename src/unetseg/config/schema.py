@@ -267,6 +267,13 @@ class TrainConfig(Section):
     # auto (3D, when the coarse grid was chosen and the budget leaves CASCADE_MINUTES for both stages), on
     # (whenever the run is coarse), off; it replaces the coarse model only when it scores better
     cascade: Literal["auto", "on", "off"] = "auto"
+    # fine-tuning: start from this checkpoint (a run folder, a checkpoint folder or its model.safetensors);
+    # its architecture is kept, layers whose shapes fit are copied, the input stem and the head are new
+    # when the channels or the classes differ
+    init_from: str | None = None
+    # the first part of the run (this share of the budget, or of the steps) trains only the layers outside
+    # the encoder that the source model gave: new heads settle before the copied features move
+    freeze_encoder: Annotated[Float, Field(ge=0.0, le=0.9)] = 0.0
 
 
 class InferConfig(Section):

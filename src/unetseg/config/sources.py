@@ -54,6 +54,7 @@ TRAIN_KEYS = {
     "skip_bad": "data.skip_bad",
     "probe": "train.probe",
     "cascade": "train.cascade",
+    "init_from": "train.init_from",
 }
 
 

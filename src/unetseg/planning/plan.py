@@ -17,6 +17,14 @@ from unetseg.data.cases import find_cases
 from unetseg.data.prepare import check_geometry
 from unetseg.errors import ConfigError
 from unetseg.planning import rules
+from unetseg.planning.finetune import (
+    Source,
+    check_conflicts,
+    head_is_new,
+    open_source,
+    source_decisions,
+    source_values,
+)
 from unetseg.planning.fingerprint import Fingerprint
 from unetseg.planning.fingerprint_cache import cached_fingerprint
 from unetseg.planning.rules import Decision, Device
@@ -99,15 +107,20 @@ def _nested(values: dict[str, Any]) -> dict[str, Any]:
 class _Work:
     """The config as decided so far: given values win, planned ones fill the rest."""
 
-    def __init__(self, cfg: Config, given: set[str]) -> None:
-        self.cfg, self.given = cfg.copy_deep(), given
+    def __init__(self, cfg: Config, given: set[str], source: Source | None = None) -> None:
+        self.cfg, self.given, self.source = cfg.copy_deep(), given, source
+        self.fixed: set[str] = set()  # decided by a fine-tune's source: later rules leave them alone
         self.decisions: list[Decision] = []
 
     def fork(self) -> _Work:
         """An independent copy (the decisions so far included), to plan an alternative from."""
-        other = _Work(self.cfg, self.given)
-        other.decisions = list(self.decisions)
+        other = _Work(self.cfg, self.given, self.source)
+        other.fixed, other.decisions = set(self.fixed), list(self.decisions)
         return other
+
+    def kept(self, key: str) -> bool:
+        """Whether a rule may not change ``key``: the user gave it or a fine-tune's source decides it."""
+        return key in self.given or key in self.fixed
 
     def get(self, key: str) -> Any:
         parts = key.split(".")
@@ -118,6 +131,8 @@ class _Work:
 
     def take(self, decisions: list[Decision]) -> None:
         for d in decisions:
+            if d.key in self.fixed:
+                continue
             if d.key in self.given:
                 self.decisions.append(Decision(d.key, self.get(d.key), "given"))
                 continue
@@ -161,7 +176,12 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     )
     check_axes(cfg, fp.spatial_dims, what=f"the images in {cfg.data.data} are")  # before any rule uses them
     torch_dev, device = device_of(cfg)
-    work = _Work(cfg, given)
+    source = open_source(cfg.train.init_from) if cfg.train.init_from else None
+    work = _Work(cfg, given, source)
+    if source is not None:  # a fine-tune: the source's architecture and input scaling, before any rule
+        check_conflicts(cfg, given, source)
+        work.take(source_decisions(source))
+        work.fixed = set(source_values(source)) - given
     work.take(
         [
             Decision("model.spatial_dims", fp.spatial_dims, "the data"),
@@ -173,9 +193,11 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     work.take(rules.normalization(fp))
     work.take(rules.spacing(fp))
     options = _resolutions(work, fp, device, cfg.data.task)
+    if source is not None:  # a trial of each would train the source's copy: the rules' choice alone
+        options = options[:1]
     plans = [_finish(work.fork(), fp, device, torch_dev, option) for option in options]
     plans[0].alternatives = plans[1:]
-    if plans[0].name == "coarse" and _may_cascade(cfg, fp.spatial_dims):
+    if plans[0].name == "coarse" and source is None and _may_cascade(cfg, fp.spatial_dims):
         plans[0].fine = next((p for p in plans if p.name == "full"), None) or _finish(
             work.fork(), fp, device, torch_dev, rules.Resolution(
                 "full", None, rules.PATCH_VOXELS[(device.kind, fp.spatial_dims)],
@@ -223,7 +245,8 @@ def _finish(work: _Work, fp: Fingerprint, device: Device, torch_dev: torch.devic
     width (timed) and schedule."""
     work.take([Decision("data.downsample", option.downsample, option.reason)])
     target = work.get("data.spacing")
-    work.take(rules.geometry(fp, device, target, work.get("data.downsample"), option.voxels))
+    work.take(rules.geometry(fp, device, target, work.get("data.downsample"), option.voxels,
+                             pools=_pools_of(work) if work.source is not None else None))
     patch = list(work.get("data.patch_size"))
     factor = work.get("data.downsample") or [1.0] * fp.spatial_dims
     shapes = [tuple(s) for s in rules.model_shapes(fp, target, work.get("data.downsample"))]
@@ -244,7 +267,7 @@ def _finish(work: _Work, fp: Fingerprint, device: Device, torch_dev: torch.devic
             )
         ]
     )
-    work.take([rules.default_budget(fp, device)])
+    work.take([rules.default_budget(fp, device, fine_tune=work.source is not None)])
     plan = Plan(fp, device, given=work.given, name=option.name)
     _width_and_schedule(work, plan, torch_dev)
     plan.decisions = work.decisions
@@ -258,8 +281,12 @@ def _num_classes(cfg: Config, fp: Fingerprint) -> int:
     return max(2, len(cfg.data.class_values or fp.class_values))
 
 
+def _pools_of(work: _Work) -> list[list[int]]:
+    return work.get("model.options.strides") or [[2] * work.cfg.model.spatial_dims] * work.cfg.model.depth
+
+
 def _divisor(work: _Work) -> list[int]:
-    strides = work.get("model.options.strides") or [[2] * work.cfg.model.spatial_dims] * work.cfg.model.depth
+    strides = _pools_of(work)
     return [math.prod(s[a] for s in strides) for a in range(work.cfg.model.spatial_dims)]
 
 
@@ -268,7 +295,7 @@ def _width_and_schedule(work: _Work, plan: Plan, device: torch.device) -> None:
     epoch length, the validation interval and TTA so validation stays within VAL_SHARE of the budget."""
     cfg, fp = work.cfg, plan.fingerprint
     minutes = float(cfg.train.max_minutes)
-    given_width = "model.base_channels" in work.given
+    given_width = work.kept("model.base_channels")
     widths = [cfg.model.base_channels] if given_width else WIDTHS[plan.device.kind]
     plan.timing = measure(cfg, widths, device)
     if not plan.timing.step_s:  # not even the narrowest fits in memory: plan it anyway, say so
@@ -314,37 +341,46 @@ def _schedule(work: _Work, plan: Plan, steps: int) -> None:
     tta = val_s * flips <= 0.01 * minutes * 60
     val_s *= flips if tta else 1
     interval = max(1, math.ceil(epochs * val_s / (VAL_SHARE * minutes * 60))) if val_s else 1
-    work.take(
-        [
-            Decision("train.iters_per_epoch", iters, f"~{steps} steps in the budget: about 12 epochs"),
-            Decision("train.epochs", 3 * epochs, "an upper bound: the clock ends the run"),
-            Decision("train.lr", 2e-3, "AdamW 2e-3, poly decay that follows the clock to 0 at the deadline"),
-            Decision("train.schedule", "poly", "nnU-Net's schedule"),
-            Decision(
-                "train.warmup_epochs",
-                1 if iters <= 0.02 * steps else 0,
-                "a warm-up of at most 2% of the steps",
-            ),
-            Decision(
-                "train.val_interval",
-                interval,
-                f"{n_val} validation image(s), ~{val_s:.0f} s each time: "
-                f"<= {100 * VAL_SHARE:.0f}% of the budget",
-            ),
-            Decision(
-                "infer.tta",
-                tta,
-                "flip TTA: validation with it stays under 1% of the budget"
-                if tta
-                else "no TTA: it would cost more than 1% of the budget per validation",
-            ),
-        ]
-    )
+    decisions = [
+        Decision("train.iters_per_epoch", iters, f"~{steps} steps in the budget: about 12 epochs"),
+        Decision("train.epochs", 3 * epochs, "an upper bound: the clock ends the run"),
+        Decision("train.lr", 2e-3, "AdamW 2e-3, poly decay that follows the clock to 0 at the deadline"),
+        Decision("train.schedule", "poly", "nnU-Net's schedule"),
+        Decision(
+            "train.warmup_epochs",
+            1 if iters <= 0.02 * steps else 0,
+            "a warm-up of at most 2% of the steps",
+        ),
+        Decision(
+            "train.val_interval",
+            interval,
+            f"{n_val} validation image(s), ~{val_s:.0f} s each time: "
+            f"<= {100 * VAL_SHARE:.0f}% of the budget",
+        ),
+        Decision(
+            "infer.tta",
+            tta,
+            "flip TTA: validation with it stays under 1% of the budget"
+            if tta
+            else "no TTA: it would cost more than 1% of the budget per validation",
+        ),
+    ]
+    if work.source is not None:
+        tuned = rules.fine_tune(2e-3, max(1, fp.n_cases - n_val), new_layers(work.cfg, work.source))
+        decisions = [d for d in decisions if d.key not in {t.key for t in tuned}] + tuned
+    work.take(decisions)
     step_s = plan.timing.step_s.get(cfg.model.base_channels, 0.0) * STEP_OVERHEAD
     plan.estimate = (
         f"about {minutes:g} min on {plan.device.kind}: ~{steps} steps of {step_s:.2f} s "
         f"(timing took {plan.timing.seconds:.0f} s) and a validation every {interval} epoch(s)"
     )
+
+
+def new_layers(cfg: Config, source: Source) -> list[str]:
+    """The parts of a fine-tuned network that start afresh: the stem (other image channels) and the head
+    (other classes)."""
+    return (["stem"] if cfg.model.in_channels != source.config.model.in_channels else []) + (
+        ["head"] if head_is_new(cfg, source) else [])
 
 
 def _tiles_per_image(fp: Fingerprint, cfg: Config) -> int:

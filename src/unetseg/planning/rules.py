@@ -292,17 +292,22 @@ def receptive_field(depth: int) -> int:
 
 
 def geometry(fp: Fingerprint, device: Device, target: list[float] | None,
-             downsample: list[float] | None = None, voxels: int | None = None) -> list[Decision]:
+             downsample: list[float] | None = None, voxels: int | None = None,
+             pools: list[list[int]] | None = None) -> list[Decision]:
     """Patch, depth and (3D) per-axis strides and kernels: the median image (at the target spacing, and
     ``downsample`` coarser) within ``voxels`` (the device's budget by default); down-steps until the
-    coarsest map is 4-8 voxels per axis."""
+    coarsest map is 4-8 voxels per axis. ``pools``: a fixed network's strides per level (a fine-tune's
+    source): only the patch is planned, a multiple of what they divide by."""
     d = fp.spatial_dims
     factor = downsample or [1.0] * d
     median = [int(v) for v in np.median(np.asarray(model_shapes(fp, target, downsample)), axis=0)]
     budget = voxels or PATCH_VOXELS[(device.kind, d)]
     out = []
     at = f" at {'x'.join(f'{f:g}' for f in factor)} coarser" if downsample else ""
-    if d == 2:
+    if pools is not None:
+        div = [math.prod(s[a] for s in pools) for a in range(d)]
+        patch = _patch(median, budget, div)
+    elif d == 2:
         depth = next(
             (
                 k
@@ -446,9 +451,39 @@ def inference(fp: Fingerprint, device: Device, patch: list[int], divisor: list[i
     ]
 
 
-def default_budget(fp: Fingerprint, device: Device) -> Decision:
-    """With no --max-minutes: what a user would accept to wait on this device, not nnU-Net's 1000 epochs."""
+def default_budget(fp: Fingerprint, device: Device, fine_tune: bool = False) -> Decision:
+    """With no --max-minutes: what a user would accept to wait on this device, not nnU-Net's 1000 epochs;
+    a fine-tune on a few corrected images takes a few minutes (FINE_TUNE_MINUTES per image, at least
+    FINE_TUNE_MIN_MINUTES, at most the from-scratch budget)."""
     minutes = DEFAULT_BUDGET[(device.kind, fp.spatial_dims)]
+    if fine_tune:
+        minutes = min(minutes, max(FINE_TUNE_MIN_MINUTES, FINE_TUNE_MINUTES * fp.n_cases))
+        return Decision("train.max_minutes", minutes,
+                        f"no --max-minutes: a fine-tune on {fp.n_cases} image(s) on this {device.kind}")
     return Decision(
         "train.max_minutes", minutes, f"no --max-minutes: {minutes:g} minutes on this {device.kind}"
     )
+
+
+# Fine-tuning (train.init_from): the copied filters are trained already, so the peak learning rate is a
+# share of the from-scratch one; new layers (stem, head) get a warm-up so their first random gradients do
+# not wreck the copied ones, and on a tiny set (a few corrected images, the human-in-the-loop case) the
+# encoder stays frozen for the first part, as Cellpose's and transfer learning's practice suggests.
+FINE_TUNE_LR = 0.25
+FINE_TUNE_MINUTES, FINE_TUNE_MIN_MINUTES = 0.5, 2.0
+TINY_SET, FROZEN_SHARE = 10, 0.25
+
+
+def fine_tune(lr: float, n_train: int, new_layers: list[str]) -> list[Decision]:
+    """The learning rate, warm-up and frozen share of a fine-tune from the from-scratch peak ``lr``."""
+    tiny = n_train <= TINY_SET
+    return [
+        Decision("train.lr", lr * FINE_TUNE_LR,
+                 f"a fine-tune: {FINE_TUNE_LR:g} x the from-scratch {lr:g} (the copied layers are trained)"),
+        Decision("train.warmup_epochs", 1 if new_layers else 0,
+                 f"a warm-up for the new {' and '.join(new_layers)}" if new_layers
+                 else "no new layers: no warm-up"),
+        Decision("train.freeze_encoder", FROZEN_SHARE if tiny else 0.0,
+                 f"{n_train} training image(s) (<= {TINY_SET}): the encoder frozen for the first "
+                 f"{FROZEN_SHARE:.0%} of the run" if tiny else f"{n_train} training images: nothing frozen"),
+    ]

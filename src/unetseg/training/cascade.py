@@ -85,6 +85,8 @@ def skip_reason(cfg: Config, spent: float) -> str | None:
     c = cfg.train.cascade
     if cfg.data.task != "semantic":
         return "instance models train one stage"
+    if cfg.train.init_from:
+        return "a fine-tune trains the model it starts from"
     if not (cfg.data.val_data or cfg.data.val_fraction > 0):
         return "no validation images to choose between the stages"
     if c == "auto" and cfg.model.spatial_dims != 3:

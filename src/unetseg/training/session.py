@@ -11,6 +11,7 @@ from typing import Any
 from unetseg import checkpoint as ckpt
 from unetseg.config import Config
 from unetseg.errors import CheckpointError, TrainingError
+from unetseg.planning.finetune import adopt, check_conflicts, open_source
 from unetseg.runtime import configure_process, resolve_device
 from unetseg.training.cascade import plan_cascade, second_stage
 from unetseg.training.distributed import DistInfo, broadcast_object, cleanup, init_distributed, synchronize
@@ -51,6 +52,11 @@ def train(
     cfg = cfg.copy_deep()  # the plan and the probe fill in values: never in the caller's Config
     if cfg.train.out is None:
         raise TrainingError("train needs an output folder (--out RUN / train.out)")
+    if cfg.train.init_from and not resume:  # a fine-tune's source is checked before any data is read
+        source = open_source(cfg.train.init_from)
+        check_conflicts(cfg, given or set(), source)
+        if given is None:  # unplanned: the source's architecture all the same
+            adopt(cfg, set(), source)
     info, device = init_distributed(resolve_device(cfg.train.device))
     run, caller_rng = None, rng_state()  # the run seeds the global RNGs; the caller gets its own back
     try:
