@@ -15,7 +15,7 @@ from torch import nn
 from unetseg.config import Config
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.engines import Engine, Stage, as_engine, load_engine
-from unetseg.inference.predictor import Predictor
+from unetseg.inference.predictor import Predictor, Progress
 
 
 def predictor_for(
@@ -54,6 +54,7 @@ def predict_image(
     config: Config | None,
     *,
     probabilities: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(labels, probabilities or None)`` of a normalised ``(C, *spatial)`` image, on the image's own grid.
 
@@ -75,9 +76,10 @@ def predict_image(
                           "checkpoint folder or export (unetseg.predict(path, image))")
     if grid is None:
         if probabilities:
-            return predictor.predict_both(x)
-        return predictor.predict(x), None
-    return from_model_grid(predictor.predict_proba(x), tuple(image.shape[1:]), probabilities=probabilities)
+            return predictor.predict_both(x, progress)
+        return predictor.predict(x, progress), None
+    return from_model_grid(predictor.predict_proba(x, progress), tuple(image.shape[1:]),
+                           probabilities=probabilities)
 
 
 def prior_of(stage: Stage, image: np.ndarray, spacing: Sequence[float] | None,

@@ -33,7 +33,7 @@ A single tile covering the whole image is used unweighted, so it equals a plain 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,8 @@ from unetseg.inference.tiling import (
 )
 from unetseg.inference.tta import predict_probs
 
+# called with (tiles done, tiles in all) after each batch
+Progress = Callable[[int, int], None]
 
 class Predictor:
     """Sliding-window predictor over any engine (PyTorch module, TorchScript, ONNX Runtime).
@@ -152,20 +154,22 @@ class Predictor:
         return TilePlan(tile_in, tile_out, margin, domain, starts, weighted)
 
     # ------------------------------------------------------------------ public API
-    def predict_proba(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+    def predict_proba(self, image: np.ndarray | torch.Tensor, progress: Progress | None = None) -> np.ndarray:
         """Probabilities ``(max(2, num_classes), *spatial)`` float32 of an already-normalised image
-        ``(C, *spatial)``; rows sum to 1."""
-        acc, plan = self._accumulate(image)
+        ``(C, *spatial)``; rows sum to 1. ``progress(done, total)`` is called after each batch of tiles (an
+        exception it raises stops the prediction: a viewer's cancel button)."""
+        acc, plan = self._accumulate(image, progress)
         return self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
 
-    def predict(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+    def predict(self, image: np.ndarray | torch.Tensor, progress: Progress | None = None) -> np.ndarray:
         """Class indices with the image's spatial shape (uint8, or uint16 beyond 256 classes)."""
-        acc, plan = self._accumulate(image)
+        acc, plan = self._accumulate(image, progress)
         return self.argmax(acc, tuple(image.shape[1:]))
 
-    def predict_both(self, image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def predict_both(self, image: np.ndarray | torch.Tensor,
+                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, probabilities)`` from one pass over the tiles."""
-        acc, plan = self._accumulate(image)
+        acc, plan = self._accumulate(image, progress)
         probs = self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
         return self.argmax(torch.from_numpy(probs), probs.shape[1:]), probs
 
@@ -207,7 +211,8 @@ class Predictor:
             probs.mul_(weights)
         return probs
 
-    def _accumulate(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, TilePlan]:
+    def _accumulate(self, image: np.ndarray | torch.Tensor,
+                    progress: Progress | None = None) -> tuple[torch.Tensor, TilePlan]:
         x = self._check(image)
         plan = self.plan(x.shape[1:])
         src = self._mirror(x, plan)
@@ -236,6 +241,8 @@ class Predictor:
                     pending = (batch, host, event)
                 else:
                     self._add(acc, plan, batch, probs, None)
+                if progress is not None:
+                    progress(first + len(batch), len(positions))
             if pending is not None:
                 self._add(acc, plan, *pending)
         return acc, plan

@@ -27,6 +27,7 @@ from unetseg.inference.api import as_channels_first, predict_image, predictor_fo
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.jobs.file import Routing, job_for
 from unetseg.inference.jobs.folder import PredictResult, run_job
+from unetseg.inference.predictor import Progress
 
 Image = np.ndarray | torch.Tensor
 
@@ -65,27 +66,30 @@ class Segmenter:
     def _input(self, image: Image) -> np.ndarray:
         return normalize(as_channels_first(image, self.engine), self.config.data)
 
-    def _run(self, image: Image, spacing: Sequence[float] | None,
-             probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run(self, image: Image, spacing: Sequence[float] | None, probabilities: bool,
+             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         return predict_image(self.predictor, self._input(image), spacing, self.config,
-                             probabilities=probabilities)
+                             probabilities=probabilities, progress=progress)
 
-    def predict_proba(self, image: Image, *, spacing: Sequence[float] | None = None) -> np.ndarray:
+    def predict_proba(self, image: Image, *, spacing: Sequence[float] | None = None,
+                      progress: Progress | None = None) -> np.ndarray:
         """Class probabilities ``(max(2, classes), *spatial)`` float32 at the image's size (``spacing``: a
-        3D volume's voxel size, when the model was trained at another)."""
-        probs = self._run(image, spacing, probabilities=True)[1]
+        3D volume's voxel size, when the model was trained at another). ``progress(done, total)``: called
+        after each batch of tiles; an exception it raises stops the prediction."""
+        probs = self._run(image, spacing, probabilities=True, progress=progress)[1]
         assert probs is not None
         return probs
 
-    def predict(self, image: Image, *, spacing: Sequence[float] | None = None) -> np.ndarray:
+    def predict(self, image: Image, *, spacing: Sequence[float] | None = None,
+                progress: Progress | None = None) -> np.ndarray:
         """Class indices at the image's size (uint8); for an instance model the object ids (as
         :meth:`predict_instances`)."""
         if self.task == "instances":
-            return self.predict_instances(image, spacing=spacing)[0]
-        return self._run(image, spacing, probabilities=False)[0]
+            return self.predict_instances(image, spacing=spacing, progress=progress)[0]
+        return self._run(image, spacing, probabilities=False, progress=progress)[0]
 
-    def predict_instances(self, image: Image, *,
-                          spacing: Sequence[float] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def predict_instances(self, image: Image, *, spacing: Sequence[float] | None = None,
+                          progress: Progress | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(object ids, table)`` of an instance model: ids 1..N (0 background) by the watershed the model
         was validated with, and one row per object (id, area, centroid, bounding box, mean intensity per
         channel) as a dict of arrays."""
@@ -95,7 +99,7 @@ class Segmenter:
         if self.task != "instances":
             raise ConfigError(f"{self.source}: a semantic model ({len(self.classes)} classes); "
                               "predict_instances needs an instance model (train --task instances)")
-        probs = self._run(image, spacing, probabilities=True)[1]
+        probs = self._run(image, spacing, probabilities=True, progress=progress)[1]
         assert probs is not None
         ids = instances_of(probs, self.config)
         raw = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)

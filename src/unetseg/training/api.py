@@ -22,6 +22,7 @@ from typing import Any
 from unetseg.config import Config, build_config, given_keys, load_yaml
 from unetseg.config.sources import TRAIN_KEYS, parse_classes
 from unetseg.inference.segmenter import Segmenter, load
+from unetseg.training.interrupt import Termination
 from unetseg.training.session import train as train_config
 
 
@@ -74,16 +75,18 @@ def option_values(options: dict[str, Any]) -> dict[str, Any]:
 
 def train(data: str | Path | None = None, out: str | Path | None = None, *,
           config: str | Path | Config | None = None, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, plan: bool = True, **options: Any) -> TrainedRun:
+          quiet: bool = False, plan: bool = True, cancel: Termination | None = None,
+          **options: Any) -> TrainedRun:
     """Train on the dataset folder ``data`` into the run folder ``out`` and return the run (see the module
-    doc). ``resume`` continues ``out``; ``overwrite`` replaces an earlier run there."""
+    doc). ``resume`` continues ``out``; ``overwrite`` replaces an earlier run there; ``cancel.request(0)``
+    from another thread stops the run after its current step (raising ``TrainingInterrupted``)."""
     base, recipe = (config, None) if isinstance(config, Config) else (None, config)
     sources = [(load_yaml(recipe), str(recipe))] if recipe is not None else []
     sources.append((option_values({"data": data, "out": out, **options}), "unetseg.train"))
     cfg = build_config(sources, base=base)
     given = given_keys(sources) | (_set_keys(base) if base is not None else set())
     path = train_config(cfg, resume=resume, quiet=quiet, overwrite=overwrite, config_file=recipe,
-                        given=given if plan else None)
+                        given=given if plan else None, cancel=cancel)
     return TrainedRun.read(path)
 
 

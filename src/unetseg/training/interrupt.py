@@ -26,9 +26,10 @@ class Termination:
 
 
 @contextlib.contextmanager
-def termination() -> Iterator[Termination]:
-    """A :class:`Termination` set by SIGTERM while the block runs (no handler outside the main thread)."""
-    state = Termination()
+def termination(state: Termination | None = None) -> Iterator[Termination]:
+    """A :class:`Termination` set by SIGTERM while the block runs (no handler outside the main thread);
+    ``state``: the caller's, so that it can stop the run from another thread (a viewer's cancel button)."""
+    state = state or Termination()
     if threading.current_thread() is not threading.main_thread():
         yield state
         return

@@ -15,7 +15,7 @@ from unetseg.planning.finetune import adopt, check_conflicts, open_source
 from unetseg.runtime import configure_process, resolve_device
 from unetseg.training.cascade import plan_cascade, second_stage
 from unetseg.training.distributed import DistInfo, broadcast_object, cleanup, init_distributed, synchronize
-from unetseg.training.interrupt import caused_by_ctrl_c, termination
+from unetseg.training.interrupt import Termination, caused_by_ctrl_c, termination
 from unetseg.training.probe import Trial, run_probe
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run, write_plan
 from unetseg.training.state import rng_state, set_rng_state
@@ -32,6 +32,7 @@ def train(
     config_file: str | Path | None = None,
     resume_hint: str | None = None,
     given: set[str] | None = None,
+    cancel: Termination | None = None,
 ) -> Path:
     """Train the model ``cfg`` describes on ``cfg.data.data``; return the run folder.
 
@@ -44,7 +45,8 @@ def train(
     from the environment, and only rank 0 writes files. While it runs, the global RNGs (torch, numpy,
     random) are seeded with ``train.seed`` and SIGTERM is handled; both are given back when it returns.
     ``cfg`` itself is never changed (the plan and the probe fill in a copy). Ctrl-C or SIGTERM raise
-    :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``).
+    :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``), and so does
+    ``cancel.request(...)`` from another thread (the last step is saved as on SIGTERM).
     """
     # every option, before any data is read; the per-axis sizes once the data's dimensions are known (the
     # plan, or the trainer's data), unless the dimensionality was given
@@ -67,7 +69,7 @@ def train(
         # a resumed run without a checkpoint (stopped while planning or probing) plans again
         fresh = not (resume and _has_checkpoint(run.path))
         candidates, fine = _plan(cfg, given, run, info, quiet) if given is not None and fresh else ([], None)
-        with termination() as stop:
+        with termination(cancel) as stop:
             try:
                 start = run_probe(cfg, candidates, device, info, run, quiet, stop, resume_hint,
                                   given or set())

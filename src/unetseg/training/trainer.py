@@ -382,7 +382,7 @@ class Trainer:
         if saved:
             average_buffers(self.model, self.info)
             self._save("last", {"epoch": self.epoch, "step": self.step}, self._training_state(minutes))
-        name = signal.Signals(self.stop.signum or signal.SIGTERM).name
+        name = signal.Signals(self.stop.signum).name if self.stop.signum else "cancelled"
         raise TrainingInterrupted(interrupted_message(self.run, self.hint, name, saved), 143)
 
     def _end_epoch(self, losses: list[float], speed: float, minutes: float, validate: bool) -> dict[str, Any]:
