@@ -112,6 +112,9 @@ def train(
     init_from: Annotated[Path | None, Opt(
         help="fine-tune: start from this run or checkpoint (its architecture; new stem/head when the "
              "channels or classes differ)")] = None,
+    log: Annotated[str | None, Opt(
+        help="also log to tensorboard and/or mlflow (comma-separated; extras [tensorboard], [mlflow])"
+    )] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     loss: Annotated[str | None, Opt(help="loss: dice_ce, dice, ce, focal, tversky, lovasz, ...")] = None,
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,

@@ -67,6 +67,13 @@ def _switch(value: Any) -> Any:
     return value
 
 
+def _names(value: Any) -> Any:
+    # "--log tensorboard,mlflow" arrives as one string
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
 Int = Annotated[int, BeforeValidator(_not_bool), Strict()]
 Float = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 PosInt = Annotated[Int, Field(ge=1)]
@@ -271,9 +278,12 @@ class TrainConfig(Section):
     # its architecture is kept, layers whose shapes fit are copied, the input stem and the head are new
     # when the channels or the classes differ
     init_from: str | None = None
-    # the first part of the run (this share of the budget, or of the steps) trains only the layers outside
-    # the encoder that the source model gave: new heads settle before the copied features move
+    # a fine-tune's first part (this share of the budget, or of the steps): the encoder's copied layers stay
+    # as they came, so the new stem, the decoder and the head settle before the copied features move
     freeze_encoder: Annotated[Float, Field(ge=0.0, le=0.9)] = 0.0
+    # experiment trackers to write to besides the run folder's own files (unetseg.training.trackers)
+    log: Annotated[list[Literal["tensorboard", "mlflow"]], BeforeValidator(_names)] = Field(
+        default_factory=list)
 
 
 class InferConfig(Section):

@@ -55,6 +55,7 @@ TRAIN_KEYS = {
     "probe": "train.probe",
     "cascade": "train.cascade",
     "init_from": "train.init_from",
+    "log": "train.log",
 }
 
 

@@ -80,8 +80,23 @@ def save_overlay(
     slice_index: int | None = None,
     objects: bool = False,
 ) -> Path:
-    """Write a PNG of ``labels`` over ``image``; with ``truth``, the panels image | truth | prediction |
-    errors (FP red, FN blue, wrong class yellow) side by side.
+    """Write :func:`overlay_panels` as a PNG (atomically)."""
+    from PIL import Image
+
+    picture = Image.fromarray(overlay_panels(image, labels, truth, slice_index=slice_index, objects=objects))
+    return atomic_write(Path(path), lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def overlay_panels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    truth: np.ndarray | None = None,
+    *,
+    slice_index: int | None = None,
+    objects: bool = False,
+) -> np.ndarray:
+    """An ``(H, W', 3)`` uint8 picture of ``labels`` over ``image``; with ``truth``, the panels image |
+    truth | prediction | errors (FP red, FN blue, wrong class yellow) side by side.
 
     Args:
         image: ``(*spatial)`` or ``(C, *spatial)``, any range.
@@ -112,7 +127,4 @@ def save_overlay(
         panels = [plain, colourise(grey, tru, objects=objects), panels[0], errors]
     gap = np.full((grey.shape[0], 4, 3), 255, dtype=np.uint8)
     row = [p for panel in panels for p in (panel, gap)][:-1]
-    from PIL import Image
-
-    picture = Image.fromarray(np.concatenate(row, axis=1))
-    return atomic_write(Path(path), lambda tmp: picture.save(tmp, format="PNG"))
+    return np.concatenate(row, axis=1)

@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from unetseg.errors import OutputError
 from unetseg.fileio import atomic_write, ensure_dir, write_text
+from unetseg.training.trackers import Tracker
 
 CSV_FIELDS = [
     "epoch",
@@ -24,6 +26,8 @@ CSV_FIELDS = [
     "patches_per_s",
     "minutes",
 ]
+
+TRACKED = ("train_loss", "val_dice", "val_dsb", "lr", "patches_per_s", "minutes")
 
 
 class RunLogger:
@@ -39,6 +43,20 @@ class RunLogger:
         self.enabled = enabled
         self.console = Console(stderr=True, quiet=quiet or not enabled)
         self.history: list[dict[str, Any]] = []
+        self.trackers: list[Tracker] = []  # TensorBoard / MLflow (train.log), rank 0 only
+
+    def track(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers if self.enabled else []
+
+    def image(self, step: int, name: str, rgb: np.ndarray | None) -> None:
+        if rgb is not None:
+            for tracker in self.trackers:
+                tracker.image(step, name, rgb)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def log(self, message: str, echo: bool = True) -> None:
         """Append a line to ``log.txt`` (the run folder is made on the first one) and show it."""
@@ -74,6 +92,9 @@ class RunLogger:
         self.history.append(row)
         self._write_csv()
         self.plot()
+        values = {k: float(v) for k in TRACKED if isinstance(v := row.get(k), (int, float))}
+        for tracker in self.trackers:
+            tracker.scalars(int(row["step"]), values)
 
     def _write_csv(self) -> None:
         if not self.enabled:

@@ -7,6 +7,7 @@ plans and probes before it drives one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -45,6 +46,7 @@ from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message
 from unetseg.training.runlog import RunLogger
 from unetseg.training.state import Clock, resumable, rng_state, set_rng_state
+from unetseg.training.trackers import open_trackers
 from unetseg.training.validation import Validator
 from unetseg.validate import check_axes
 
@@ -309,7 +311,9 @@ class Trainer:
             )
         clock = Clock(self.minutes_before, self.info, bool(self.deadline), self.stop)
         out_of_time = False
-        with log.progress() as bar:
+        if self.info.is_main and cfg.train.log:
+            log.track(open_trackers(cfg.train.log, self.run, cfg))
+        with log.progress() as bar, contextlib.closing(log):
             task = bar.add_task(
                 "train",
                 total=self.total_steps,
@@ -412,6 +416,8 @@ class Trainer:
             self.last_score = score
             metrics.update(val_dice=score if "val_dsb" not in row else float(per_class[0]), val_score=score,
                            val_dice_per_class=[float(d) for d in per_class])
+            if self.log.trackers:
+                self.log.image(self.step, "validation", self.validator.preview(self.model))
             if score > self.best:
                 self.best, self.stale = score, 0
                 if self.info.is_main:

@@ -89,6 +89,22 @@ class Validator:
         finally:
             model.train(was_training)
 
+    def preview(self, model: torch.nn.Module) -> np.ndarray | None:
+        """The first validation image as image | truth | prediction | errors (uint8 RGB), for trackers."""
+        if not self.cases:
+            return None
+        from unetseg.data.overlay import overlay_panels
+
+        engine = TorchEngine(model, self.device, self.precision, channels_last=self.channels_last)
+        was_training = model.training
+        model.eval()
+        try:
+            image, labels, _ = self.store.get(self.cases[0])
+            pred = predictor_for(engine, self.cfg).predict(image)
+        finally:
+            model.train(was_training)
+        return overlay_panels(image, pred, labels)
+
     def _original_labels(self, case: Any) -> np.ndarray:
         """A resampled case's labels on its own grid (read once, then kept: small next to the images)."""
         key = self.store.key(case)
