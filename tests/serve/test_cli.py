@@ -97,6 +97,8 @@ def test_the_token_comes_from_a_file_never_the_command_line_and_bad_options_are_
     assert_refused(code, err, "--token")
     code, err = run_inprocess("serve", "--checkpoint", ckpt, "--queue-size", "0", capsys=capsys)
     assert_refused(code, err, "--queue-size")
+    code, err = run_inprocess("serve", "--checkpoint", ckpt, "--log-level", "loud", capsys=capsys)
+    assert_refused(code, err, "--log-level loud")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

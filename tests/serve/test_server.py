@@ -173,6 +173,22 @@ def test_a_3d_model_answers_volumes_in_their_own_format_and_grid(tmp_path):
         assert r.status_code == 422 and "a 2D image, but the model is 3D" in r.json()["error"]
 
 
+def test_an_onnx_export_is_served_as_the_python_api_runs_it(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from unetseg.export import export_model
+
+    export_model(make_checkpoint(tmp_path / "ckpt"), "onnx", tmp_path / "model.onnx")
+    seg = load(tmp_path / "model.onnx", device="cpu")
+    png = _png(_image((45, 33), seed=6))
+    want = _expected(seg, png, tmp_path, "a.png")
+    app = create_app(load(tmp_path / "model.onnx", device="cpu"))
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        info = client.get("/model").json()
+        assert info["source"] == "model.onnx" and info["classes"] == [0, 255] and info["tile"] == [16, 16]
+        r = client.post("/predict", content=png)
+        assert r.status_code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want)
+
+
 def _png_bomb(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

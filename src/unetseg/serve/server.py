@@ -17,6 +17,8 @@ from pathlib import Path
 from unetseg.errors import ConfigError
 from unetseg.serve.settings import Limits
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
 
 def read_token(path: str | Path) -> str:
     """The bearer token: the first line of ``path``, stripped (a token is never given on the command line,
@@ -98,6 +100,8 @@ def run(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     from unetseg.inference.segmenter import load
     from unetseg.serve.app import create_app
 
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level {log_level}: expected one of {' | '.join(LOG_LEVELS)}")
     token = read_token(token_file) if token_file is not None else None
     warning = exposure_warning(host, token)
     if warning:
