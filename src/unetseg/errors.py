@@ -11,6 +11,11 @@ class DataError(UnetsegError):
     """A dataset file is missing, unreadable, corrupt or inconsistent. The message names the file."""
 
 
+class TooLargeError(DataError):
+    """An image would decode to more than the memory budget (``data.max_image_gib``; decompression bombs),
+    found from its header before decoding. The message names the file and the limit."""
+
+
 class ConfigError(UnetsegError, ValueError):
     """An option or configuration value is invalid. The message says what is allowed."""
 

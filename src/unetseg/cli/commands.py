@@ -342,6 +342,61 @@ def export(
 
 @app.command()
 @user_errors
+def serve(
+    checkpoint: Annotated[Path, Opt(help="run or checkpoint folder, .onnx file or BioImage Model Zoo .zip")],
+    host: Annotated[str, Opt(help="address to listen on; anything but loopback is reachable by others")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, Opt(help="port (0: a free one, printed)")] = 8000,
+    token_file: Annotated[
+        Path | None, Opt(help="file holding the bearer token every request but /health must carry")
+    ] = None,
+    max_upload_mib: Annotated[float, Opt(help="largest request body, MiB (413 beyond)")] = 256.0,
+    max_image_gib: Annotated[
+        float | None, Opt(help="largest decoded image, float32 GiB (413 beyond); default: the model's")
+    ] = None,
+    queue_size: Annotated[int, Opt(help="requests waiting at most; one more is answered 503")] = 16,
+    max_batch: Annotated[int, Opt(help="requests run together at most (micro-batch)")] = 8,
+    batch_wait_ms: Annotated[float, Opt(help="wait for more requests of a batch, ms")] = 5.0,
+    tile: Annotated[list[int] | None, Opt(help="tile size H W or D H W; default: the checkpoint's")] = None,
+    overlap: Annotated[float | None, Opt(help="tile overlap in [0, 1)")] = None,
+    blend: Annotated[str | None, Opt(help=_one_of("infer", "blend"))] = None,
+    tta: Annotated[bool, Opt("--tta", help="average over flips")] = False,
+    batch_size: Annotated[int | None, Opt(help="tiles per forward pass")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, Opt(help=_one_of("train", "precision"))] = "auto",
+    log_level: Annotated[str, Opt(help="uvicorn's: critical | error | warning | info | debug")] = "info",
+    trust_torchscript: Annotated[
+        bool,
+        Opt(
+            "--trust-torchscript",
+            help="load a TorchScript file: it is a program and can run any code; only for files you made",
+        ),
+    ] = False,
+) -> None:
+    """Serve a model over HTTP until Ctrl-C/SIGTERM: POST /predict, GET /model, GET /health
+    (`pip install 'unetseg[serve]'`)."""
+    from unetseg.serve import Limits
+    from unetseg.serve import serve as run_server
+
+    if max_image_gib is not None:
+        build_config([({"data.max_image_gib": max_image_gib}, "command line")])
+    limits = Limits(
+        max_upload_bytes=int(max_upload_mib * 2**20),
+        max_image_bytes=None if max_image_gib is None else max_image_gib * 2**30,
+        queue_size=queue_size,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_ms / 1000,
+    )
+    run_server(
+        checkpoint, host=host, port=port, token_file=token_file, limits=limits, device=device,
+        precision=precision, trust_torchscript=trust_torchscript, tta=True if tta else None,
+        log_level=log_level, **_infer_overrides(tile, overlap, batch_size, blend),
+    )
+
+
+@app.command()
+@user_errors
 def demo(
     out: Annotated[Path, Opt(help="folder for the synthetic data and the run")] = Path("demo_out"),
     minutes: Annotated[float, Opt(help="training budget")] = 2.0,

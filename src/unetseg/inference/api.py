@@ -64,22 +64,36 @@ def predict_image(
     the image is resampled to it (third-order spline), predicted there, and the probabilities are resampled
     back to the image's grid (linear) before the argmax, as nnU-Net does. A cascade's second stage
     (``engine.previous``) also sees its first stage's prediction on that grid (:func:`prior_of`)."""
+    return predict_images(predictor, [image], spacing, config, probabilities=probabilities,
+                          progress=progress)[0]
+
+
+def predict_images(
+    predictor: Predictor,
+    images: Sequence[np.ndarray],
+    spacing: Sequence[float] | None,
+    config: Config | None,
+    *,
+    probabilities: bool = False,
+    progress: Progress | None = None,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """:func:`predict_image` of several normalised images of one shape and spacing, their tiles sharing
+    the forward passes (:meth:`Predictor.predict_many`; a server's micro-batch)."""
     from unetseg.data.resample import model_grid, resample_image
 
-    grid = model_grid(spacing, config.data, image.ndim - 1) if config is not None else None
-    x = image if grid is None else resample_image(image, *grid)
+    grid = model_grid(spacing, config.data, images[0].ndim - 1) if config is not None else None
+    xs = [image if grid is None else resample_image(image, *grid) for image in images]
     stage = predictor.engine.previous
     if stage is not None:
-        x = np.concatenate([x, prior_of(stage, x, spacing if grid is None else grid[1], predictor)])
+        xs = [np.concatenate([x, prior_of(stage, x, spacing if grid is None else grid[1], predictor)])
+              for x in xs]
     elif config is not None and config.data.prior_channels:
         raise ConfigError("a cascade's second stage needs its first stage: load the model from its "
                           "checkpoint folder or export (unetseg.predict(path, image))")
     if grid is None:
-        if probabilities:
-            return predictor.predict_both(x, progress)
-        return predictor.predict(x, progress), None
-    return from_model_grid(predictor.predict_proba(x, progress), tuple(image.shape[1:]),
-                           probabilities=probabilities)
+        return predictor.predict_many(xs, probabilities=probabilities, progress=progress)
+    return [from_model_grid(p, tuple(image.shape[1:]), probabilities=probabilities)
+            for p, image in zip(predictor.predict_proba_many(xs, progress), images, strict=True)]
 
 
 def prior_of(stage: Stage, image: np.ndarray, spacing: Sequence[float] | None,

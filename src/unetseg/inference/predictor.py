@@ -20,6 +20,8 @@ How a prediction is made (one code path for 2D/3D and for every engine):
    logit) and the multiplication by the importance map happen on the device; the weighted
    probabilities are added into one float32 accumulator ``(classes, *spatial)`` on the *host*, so device
    memory does not grow with the image. On CUDA the copy back overlaps the next batch's compute.
+   Several images of one shape (:meth:`Predictor.predict_many`: a server's micro-batch) share the batches:
+   their tiles are cut in turn, each added into its own image's accumulator.
 4. **Blending.** The importance map is a product of 1-D Gaussians (sigma = tile/8, max 1 at the centre,
    strictly positive). Because both the map and the grid are separable, the sum of the weights over all
    tiles is an outer product of 1-D sums: no weight image is ever stored. Probabilities are divided by
@@ -158,20 +160,41 @@ class Predictor:
         """Probabilities ``(max(2, num_classes), *spatial)`` float32 of an already-normalised image
         ``(C, *spatial)``; rows sum to 1. ``progress(done, total)`` is called after each batch of tiles (an
         exception it raises stops the prediction: a viewer's cancel button)."""
-        acc, plan = self._accumulate(image, progress)
-        return self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
+        return self.predict_proba_many([image], progress)[0]
 
     def predict(self, image: np.ndarray | torch.Tensor, progress: Progress | None = None) -> np.ndarray:
         """Class indices with the image's spatial shape (uint8, or uint16 beyond 256 classes)."""
-        acc, plan = self._accumulate(image, progress)
-        return self.argmax(acc, tuple(image.shape[1:]))
+        return self.predict_many([image], progress=progress)[0][0]
 
     def predict_both(self, image: np.ndarray | torch.Tensor,
                      progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, probabilities)`` from one pass over the tiles."""
-        acc, plan = self._accumulate(image, progress)
-        probs = self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
-        return self.argmax(torch.from_numpy(probs), probs.shape[1:]), probs
+        labels, probs = self.predict_many([image], probabilities=True, progress=progress)[0]
+        assert probs is not None  # asked for
+        return labels, probs
+
+    def predict_proba_many(self, images: Sequence[np.ndarray | torch.Tensor],
+                           progress: Progress | None = None) -> list[np.ndarray]:
+        """:meth:`predict_proba` of several images of one shape, their tiles sharing the forward passes."""
+        accs, plan = self._accumulate(images, progress)
+        shape = tuple(int(s) for s in images[0].shape[1:])
+        return [self._normalise(acc, plan, image_shape=shape) for acc in accs]
+
+    def predict_many(self, images: Sequence[np.ndarray | torch.Tensor], *, probabilities: bool = False,
+                     progress: Progress | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """``(labels, probabilities or None)`` of several normalised images of one shape (a server's
+        micro-batch): the tiles of all of them go through the engine ``batch_size`` at a time, so small
+        images fill the batches that one alone would leave short. Each result equals the image's own
+        :meth:`predict` / :meth:`predict_both` up to the float rounding of a differently filled batch."""
+        accs, plan = self._accumulate(images, progress)
+        shape = tuple(int(s) for s in images[0].shape[1:])
+        if not probabilities:
+            return [(self.argmax(acc, shape), None) for acc in accs]
+        out: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for acc in accs:
+            probs = self._normalise(acc, plan, image_shape=shape)
+            out.append((self.argmax(torch.from_numpy(probs), probs.shape[1:]), probs))
+        return out
 
     # ------------------------------------------------------------------ internals
     def _check(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -211,25 +234,28 @@ class Predictor:
             probs.mul_(weights)
         return probs
 
-    def _accumulate(self, image: np.ndarray | torch.Tensor,
-                    progress: Progress | None = None) -> tuple[torch.Tensor, TilePlan]:
-        x = self._check(image)
-        plan = self.plan(x.shape[1:])
-        src = self._mirror(x, plan)
-        acc = torch.zeros((self.out_channels, *plan.domain), dtype=torch.float32)
+    def _accumulate(self, images: Sequence[np.ndarray | torch.Tensor],
+                    progress: Progress | None = None) -> tuple[list[torch.Tensor], TilePlan]:
+        """Blend the tiles of one or more images of one shape into one accumulator each; the tiles of all
+        of them are cut in order and batched together."""
+        xs = [self._check(image) for image in images]
+        if not xs or any(x.shape != xs[0].shape for x in xs):
+            raise DataError(f"a batch of images needs one shape, got {sorted({tuple(x.shape) for x in xs})}")
+        plan = self.plan(xs[0].shape[1:])
+        srcs = [self._mirror(x, plan) for x in xs]
+        accs = [torch.zeros((self.out_channels, *plan.domain), dtype=torch.float32) for _ in xs]
         weights = self.weights(plan)
-        dev = self.engine.device
-        cuda = dev.type == "cuda"
-        positions = list(plan.positions())
-        in_buf = [self._buffer((self.batch_size, src.shape[0], *plan.tile_in), cuda) for _ in range(2)]
+        cuda = self.engine.device.type == "cuda"
+        positions = [(k, p) for k in range(len(xs)) for p in plan.positions()]
+        in_buf = [self._buffer((self.batch_size, xs[0].shape[0], *plan.tile_in), cuda) for _ in range(2)]
         out_buf = [self._buffer((self.batch_size, self.out_channels, *plan.tile_out), cuda) for _ in range(2)]
         pending: tuple | None = None
         with torch.inference_mode():
             for k, first in enumerate(range(0, len(positions), self.batch_size)):
                 batch = positions[first : first + self.batch_size]
                 xb = in_buf[k % 2][: len(batch)]
-                for j, p in enumerate(batch):
-                    xb[j].copy_(src[box(p, plan.tile_in)])
+                for j, (i, p) in enumerate(batch):
+                    xb[j].copy_(srcs[i][box(p, plan.tile_in)])
                 probs = self.run_batch(xb, plan, weights)
                 if cuda:  # copy back asynchronously; add the previous batch while this one computes
                     host = out_buf[k % 2][: len(batch)]
@@ -237,27 +263,27 @@ class Predictor:
                     event = torch.cuda.Event()
                     event.record()
                     if pending is not None:
-                        self._add(acc, plan, *pending)
+                        self._add(accs, plan, *pending)
                     pending = (batch, host, event)
                 else:
-                    self._add(acc, plan, batch, probs, None)
+                    self._add(accs, plan, batch, probs, None)
                 if progress is not None:
                     progress(first + len(batch), len(positions))
             if pending is not None:
-                self._add(acc, plan, *pending)
-        return acc, plan
+                self._add(accs, plan, *pending)
+        return accs, plan
 
     @staticmethod
     def _buffer(shape: tuple[int, ...], pinned: bool) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.float32, pin_memory=pinned)
 
     @staticmethod
-    def _add(acc: torch.Tensor, plan: TilePlan, batch: list, probs: torch.Tensor, event) -> None:
+    def _add(accs: list[torch.Tensor], plan: TilePlan, batch: list, probs: torch.Tensor, event) -> None:
         if event is not None:
             event.synchronize()
         probs = probs.to("cpu")
-        for j, p in enumerate(batch):
-            acc[box(p, plan.tile_out)].add_(probs[j])
+        for j, (i, p) in enumerate(batch):
+            accs[i][box(p, plan.tile_out)].add_(probs[j])
 
     def _normalise(self, acc: torch.Tensor, plan: TilePlan, image_shape: tuple[int, ...]) -> np.ndarray:
         """Divide by the summed tile weights (outer product of per-axis sums), in place, in chunks."""

@@ -5,6 +5,7 @@ to its trained folder and Cellpose's and StarDist's models are to theirs::
     labels = seg.predict(image)          # classes (an instance model: object ids), at the image's size
     probs = seg.predict_proba(image)     # float32 (C, *spatial)
     ids, table = seg.predict_instances(image)   # instance models: ids and the per-object table
+    many = seg.predict_many([a, b])      # images of one shape: their tiles share the forward passes
     seg.predict_file("slide.ome.tif", "out/")   # the command line's path: files, streamed slides, OME-Zarr
 
 Normalisation, tile, overlap, TTA and resolution come from the model's config (each may be overridden
@@ -23,7 +24,7 @@ import torch
 from unetseg.config import Config
 from unetseg.data.normalize import normalize
 from unetseg.errors import ConfigError
-from unetseg.inference.api import as_channels_first, predict_image, predictor_for
+from unetseg.inference.api import as_channels_first, predict_images, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.jobs.file import Routing, job_for
 from unetseg.inference.jobs.folder import PredictResult, run_job
@@ -66,17 +67,17 @@ class Segmenter:
     def _input(self, image: Image) -> np.ndarray:
         return normalize(as_channels_first(image, self.engine), self.config.data)
 
-    def _run(self, image: Image, spacing: Sequence[float] | None, probabilities: bool,
-             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        return predict_image(self.predictor, self._input(image), spacing, self.config,
-                             probabilities=probabilities, progress=progress)
+    def _run(self, images: Sequence[Image], spacing: Sequence[float] | None, probabilities: bool,
+             progress: Progress | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        return predict_images(self.predictor, [self._input(image) for image in images], spacing, self.config,
+                              probabilities=probabilities, progress=progress)
 
     def predict_proba(self, image: Image, *, spacing: Sequence[float] | None = None,
                       progress: Progress | None = None) -> np.ndarray:
         """Class probabilities ``(max(2, classes), *spatial)`` float32 at the image's size (``spacing``: a
         3D volume's voxel size, when the model was trained at another). ``progress(done, total)``: called
-        after each batch of tiles; an exception it raises stops the prediction."""
-        probs = self._run(image, spacing, probabilities=True, progress=progress)[1]
+        after each batch of tiles; an exception it raises stops the prediction (a viewer's cancel)."""
+        probs = self._run([image], spacing, probabilities=True, progress=progress)[0][1]
         assert probs is not None
         return probs
 
@@ -84,26 +85,42 @@ class Segmenter:
                 progress: Progress | None = None) -> np.ndarray:
         """Class indices at the image's size (uint8); for an instance model the object ids (as
         :meth:`predict_instances`)."""
+        return self.predict_many([image], spacing=spacing, progress=progress)[0]
+
+    def predict_many(self, images: Sequence[Image], *, spacing: Sequence[float] | None = None,
+                     progress: Progress | None = None) -> list[np.ndarray]:
+        """:meth:`predict` of several images of one shape and spacing at once, their tiles sharing the
+        forward passes (what ``unetseg serve`` runs a micro-batch of requests with). Each result equals
+        the image's own :meth:`predict` up to the float rounding of a differently filled batch."""
         if self.task == "instances":
-            return self.predict_instances(image, spacing=spacing, progress=progress)[0]
-        return self._run(image, spacing, probabilities=False, progress=progress)[0]
+            return [ids for ids, _ in self.predict_instances_many(images, spacing=spacing, progress=progress)]
+        return [labels for labels, _ in self._run(images, spacing, probabilities=False, progress=progress)]
 
     def predict_instances(self, image: Image, *, spacing: Sequence[float] | None = None,
                           progress: Progress | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(object ids, table)`` of an instance model: ids 1..N (0 background) by the watershed the model
         was validated with, and one row per object (id, area, centroid, bounding box, mean intensity per
         channel) as a dict of arrays."""
+        return self.predict_instances_many([image], spacing=spacing, progress=progress)[0]
+
+    def predict_instances_many(self, images: Sequence[Image], *, spacing: Sequence[float] | None = None,
+                               progress: Progress | None = None
+                               ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """:meth:`predict_instances` of several images of one shape and spacing (as :meth:`predict_many`)."""
         from unetseg.inference.instances import instances_of
         from unetseg.postprocess.objects import object_table
 
         if self.task != "instances":
             raise ConfigError(f"{self.source}: a semantic model ({len(self.classes)} classes); "
                               "predict_instances needs an instance model (train --task instances)")
-        probs = self._run(image, spacing, probabilities=True, progress=progress)[1]
-        assert probs is not None
-        ids = instances_of(probs, self.config)
-        raw = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        return ids, object_table(ids, raw, spacing)
+        out = []
+        runs = self._run(images, spacing, probabilities=True, progress=progress)
+        for image, (_, probs) in zip(images, runs, strict=True):
+            assert probs is not None
+            ids = instances_of(probs, self.config)
+            raw = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+            out.append((ids, object_table(ids, raw, spacing)))
+        return out
 
     def predict_file(self, input: str | Path, output: str | Path, *, probabilities: bool = False,
                      overlay: bool = False, mask_values: str = "index", skip_bad: bool = False,

@@ -10,9 +10,10 @@ TIFF stacks and NIfTI volumes share one order (the SimpleITK / nnU-Net order).
 
 from __future__ import annotations
 
+import gzip
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -79,8 +80,9 @@ def _pil_array(im: Any, *, mask: bool) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 
 
-def read_pillow(path: Path, *, mask: bool, max_bytes: float | None = None) -> tuple[np.ndarray, dict]:
-    """Read a PNG/JPEG (or anything Pillow opens) to ``(C, H, W)``."""
+def read_pillow(path: Path | IO[bytes], *, mask: bool, max_bytes: float | None = None
+                ) -> tuple[np.ndarray, dict]:
+    """Read a PNG/JPEG (or anything Pillow opens; a file or its bytes in a stream) to ``(C, H, W)``."""
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -94,14 +96,16 @@ def read_pillow(path: Path, *, mask: bool, max_bytes: float | None = None) -> tu
     return arr, {"spacing": (1.0, 1.0), "spatial_dims": 2, "format": fmt or "png"}
 
 
-def write_pillow(path: Path, array: np.ndarray) -> None:
-    """Write ``(H, W)`` grey (uint8/uint16) or ``(3, H, W)`` uint8 RGB with Pillow (PNG by extension)."""
+def write_pillow(path: Path, array: np.ndarray, *, stream: IO[bytes] | None = None) -> None:
+    """Write ``(H, W)`` grey (uint8/uint16) or ``(3, H, W)`` uint8 RGB with Pillow (PNG by extension), to
+    ``path`` or, given ``stream``, into it (``path`` then only chooses the format)."""
     from PIL import Image
 
     arr = array[0] if array.ndim == 3 and array.shape[0] == 1 else array
     if arr.ndim == 3:
         arr = np.moveaxis(arr, 0, -1)
-    Image.fromarray(np.ascontiguousarray(arr)).save(path, format=_pil_format(path))
+    target = path if stream is None else stream
+    Image.fromarray(np.ascontiguousarray(arr)).save(target, format=_pil_format(path))
 
 
 def _pil_format(path: Path) -> str:
@@ -109,28 +113,32 @@ def _pil_format(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- TIFF
-def write_tiff(path: Path, array: np.ndarray, *, spacing: tuple | None = None,
-               channels: bool = False) -> None:
-    """Write ``(*spatial)`` (``channels=False``) or ``(C, *spatial)`` with axes metadata and spacing."""
+def write_tiff(path: Path, array: np.ndarray, *, spacing: tuple | None = None, channels: bool = False,
+               stream: IO[bytes] | None = None) -> None:
+    """Write ``(*spatial)`` (``channels=False``) or ``(C, *spatial)`` with axes metadata and spacing (to
+    ``path`` or, given ``stream``, into it)."""
     import tifffile
 
     spatial = array.shape[1:] if channels else array.shape
     axes = ("C" if channels else "") + ("ZYX" if len(spatial) == 3 else "YX")
     sp = tuple(float(s) for s in (spacing or (1.0,) * len(spatial)))
+    target = path if stream is None else stream
     if not channels and len(spatial) == 3 and array.dtype in (np.uint8, np.uint16, np.float32):
         # ImageJ's flavour keeps the z spacing where Fiji and napari find it.
-        tifffile.imwrite(path, array, imagej=True, metadata={"axes": "ZYX", "spacing": sp[0]},
+        tifffile.imwrite(target, array, imagej=True, metadata={"axes": "ZYX", "spacing": sp[0]},
                          resolution=(1.0 / sp[-1], 1.0 / sp[-2]))
     else:
         # Unit NONE: the spacing is carried as a ratio; tifffile's default (inch) would claim a physical size.
-        tifffile.imwrite(path, array, metadata={"axes": axes}, resolution=(1.0 / sp[-1], 1.0 / sp[-2]),
+        tifffile.imwrite(target, array, metadata={"axes": axes}, resolution=(1.0 / sp[-1], 1.0 / sp[-2]),
                          resolutionunit=1)
 
 
 # ---------------------------------------------------------------------------------------------- NIfTI
-def write_nifti(path: Path, array: np.ndarray, *, meta: dict | None = None, channels: bool = False) -> None:
+def write_nifti(path: Path, array: np.ndarray, *, meta: dict | None = None, channels: bool = False,
+                stream: IO[bytes] | None = None) -> None:
     """Write ``(z, y, x)`` (or ``(C, z, y, x)`` with ``channels``) as NIfTI ``(x, y, z[, C])`` with the
-    affine of ``meta`` (or a diagonal of its spacing)."""
+    affine of ``meta`` (or a diagonal of its spacing); given ``stream``, into it (gzipped when ``path``
+    ends in ``.gz``)."""
     import nibabel as nib
 
     meta = meta or {}
@@ -143,4 +151,8 @@ def write_nifti(path: Path, array: np.ndarray, *, meta: dict | None = None, chan
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
     img.set_data_dtype(data.dtype)
     img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    if stream is None:
+        nib.save(img, str(path))
+        return
+    raw = img.to_bytes()
+    stream.write(gzip.compress(raw, compresslevel=1) if path.name.lower().endswith(".gz") else raw)

@@ -15,14 +15,16 @@ Conventions:
 
 from __future__ import annotations
 
+import io
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from unetseg.errors import DataError
+from unetseg.errors import DataError, TooLargeError
 from unetseg.fileio import atomic_write
 from unetseg.io import formats
 from unetseg.io.readers import READERS
@@ -139,7 +141,8 @@ def check_suffix(path: Path, allowed: tuple[str, ...] = IMAGE_SUFFIXES) -> str:
     return suffix
 
 
-def _decode(path: Path, *, mask: bool, max_bytes: float | None) -> tuple[np.ndarray, dict]:
+def _file_kind(path: Path, mask: bool) -> tuple[str, str]:
+    """``(reader, format name)`` of a file: its extension must be allowed and its content must match it."""
     suffix = check_suffix(path, MASK_SUFFIXES if mask else IMAGE_SUFFIXES)
     name = _FORMAT_NAMES[suffix]
     if not path.exists():
@@ -157,9 +160,28 @@ def _decode(path: Path, *, mask: bool, max_bytes: float | None) -> tuple[np.ndar
     expected = ("gzip" if suffix == ".nii.gz" else "nifti") if nifti else None
     if (nifti and kind != expected) or (not nifti and kind not in ("png", "jpeg", "tiff")):
         raise DataError(f"{path}: not a {name} file (unrecognised content)")
-    reader = READERS["nifti" if nifti else str(kind)]  # the one reader of the format, read whole
+    return ("nifti" if nifti else str(kind)), name
+
+
+_CONTENT_NAMES = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "nifti": "NIfTI", "gzip": "NIfTI (gzip)"}
+
+
+def _content_kind(name: Path, data: bytes) -> tuple[str, str]:
+    """``(reader, format name)`` of a file's bytes, from the content alone (an upload has no trusted name)."""
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    kind = formats.sniff(data[:16])
+    if kind not in _CONTENT_NAMES:
+        raise DataError(f"{name}: not a PNG, JPEG, TIFF or NIfTI image (unrecognised content)")
+    return ("nifti" if kind == "gzip" else str(kind)), _CONTENT_NAMES[str(kind)]
+
+
+def _decode(path: Path, *, mask: bool, max_bytes: float | None,
+            data: bytes | None = None) -> tuple[np.ndarray, dict]:
+    kind, name = _file_kind(path, mask) if data is None else _content_kind(path, data)
+    reader = READERS[kind]  # the one reader of the format, read whole
     try:
-        arr, meta = reader.read(path, mask=mask, max_bytes=max_bytes)
+        arr, meta = reader.read(path, mask=mask, max_bytes=max_bytes, data=data)
         arr = np.asarray(arr)
         stored = arr.dtype
         if stored.kind not in "biuf":
@@ -169,13 +191,13 @@ def _decode(path: Path, *, mask: bool, max_bytes: float | None) -> tuple[np.ndar
     except DataError:
         raise
     except formats.TooLarge as e:
-        raise DataError(f"{path}: {e}") from None
+        raise TooLargeError(f"{path}: {e}") from None
     except MemoryError:
-        raise DataError(f"{path}: image too large to decode in memory") from None
+        raise TooLargeError(f"{path}: image too large to decode in memory") from None
     except Exception as e:  # decoders raise anything on corrupt bytes; all of it is one user error
         reason = " ".join(str(e).split())[:160] or type(e).__name__
         if type(e).__name__ == "DecompressionBombError":
-            raise DataError(f"{path}: image too large to decode ({reason})") from None
+            raise TooLargeError(f"{path}: image too large to decode ({reason})") from None
         raise DataError(f"{path}: truncated or corrupt {name} file (cannot decode: {reason})") from None
     if stored.kind == "f" and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
@@ -221,6 +243,17 @@ def read_channels(paths: list[Path], *, max_bytes: float | None = DEFAULT_MAX_BY
     return image, meta
 
 
+def decode_image(data: bytes, name: str = "upload", *,
+                 max_bytes: float | None = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`read_image` of a file's bytes held in memory (an HTTP upload): the format from the content
+    alone (PNG, JPEG, TIFF, NIfTI, gzipped NIfTI), then the same reader, axis rule, size budget (checked on
+    the header, before decoding: :class:`~unetseg.errors.TooLargeError`) and checks as a file. Messages
+    start with ``name``."""
+    image, meta = _decode(Path(name), mask=False, max_bytes=max_bytes, data=data)
+    meta["channels"] = int(image.shape[0])
+    return image, meta
+
+
 def read_mask(
     path: str | Path, *, max_bytes: float | None = DEFAULT_MAX_BYTES
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -261,23 +294,50 @@ def write_mask(path: str | Path, labels: np.ndarray, meta: dict[str, Any] | None
     creates the parent folder. Returns the path.
     """
     p = Path(path)
+    write = _mask_writer(p, labels, meta)
+    return atomic_write(p, lambda tmp: write(tmp, None))
+
+
+def encode_mask(labels: np.ndarray, suffix: str, meta: dict[str, Any] | None = None) -> bytes:
+    """The bytes :func:`write_mask` would write to a ``mask<suffix>`` file (an HTTP response)."""
+    buffer = io.BytesIO()
+    _mask_writer(Path(f"mask{suffix}"), labels, meta)(Path(f"mask{suffix}"), buffer)
+    return buffer.getvalue()
+
+
+def _mask_writer(p: Path, labels: np.ndarray,
+                 meta: dict[str, Any] | None) -> Callable[[Path, IO[bytes] | None], None]:
+    """The one rule of a mask file's format: ``write(path, stream or None)``."""
     suffix = check_suffix(p, MASK_SUFFIXES)
     arr = _mask_array(labels)
     if suffix == ".png":
         if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
             raise DataError(f"{p}: PNG holds 2D masks with values 0..65535; use .tif or .nii.gz")
-        return atomic_write(p, lambda tmp: formats.write_pillow(tmp, arr))
+        return lambda path, stream: formats.write_pillow(path, arr, stream=stream)
     if suffix in (".tif", ".tiff"):
-        return atomic_write(p, lambda tmp: formats.write_tiff(tmp, arr, spacing=(meta or {}).get("spacing")))
-    return atomic_write(p, lambda tmp: formats.write_nifti(tmp, arr, meta=meta))
+        spacing = (meta or {}).get("spacing")
+        return lambda path, stream: formats.write_tiff(path, arr, spacing=spacing, stream=stream)
+    return lambda path, stream: formats.write_nifti(path, arr, meta=meta, stream=stream)
+
+
+def instance_ids(ids: np.ndarray) -> np.ndarray:
+    """Object ids as stored: uint16, or uint32 when there are more than 65535 objects."""
+    arr = np.asarray(ids)
+    return arr.astype(np.uint16 if arr.size == 0 or int(arr.max()) <= 65535 else np.uint32, copy=False)
 
 
 def write_instances(path: str | Path, ids: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
     """Write object ids as a TIFF: uint16, or uint32 when there are more than 65535 objects (atomically)."""
-    arr = np.asarray(ids)
-    arr = arr.astype(np.uint16 if arr.size == 0 or int(arr.max()) <= 65535 else np.uint32, copy=False)
+    arr = instance_ids(ids)
     spacing = (meta or {}).get("spacing")
     return atomic_write(Path(path), lambda tmp: formats.write_tiff(tmp, arr, spacing=spacing))
+
+
+def encode_instances(ids: np.ndarray, meta: dict[str, Any] | None = None) -> bytes:
+    """The bytes :func:`write_instances` would write (an HTTP response)."""
+    buffer = io.BytesIO()
+    formats.write_tiff(Path("ids.tif"), instance_ids(ids), spacing=(meta or {}).get("spacing"), stream=buffer)
+    return buffer.getvalue()
 
 
 def write_image(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None = None) -> Path:

@@ -24,6 +24,7 @@ None. Lower TIFF levels scale level 0 by the shape ratio (OME-XML describes leve
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from unetseg.errors import DataError
+from unetseg.errors import DataError, TooLargeError
 from unetseg.io import formats
 from unetseg.io.physical import tiff_pixel_size, um
 
@@ -170,16 +171,20 @@ def _reason(e: BaseException) -> str:
 
 class Reader:
     """One file format: :meth:`open` lazily, :meth:`read` whole (open + every pixel of level 0, in the
-    stored pixel type, after a header check of the decoded size). Raise what the decoder raises; the
-    callers (:func:`open_lazy`, :func:`unetseg.io.images.read_image`) turn it into one line."""
+    stored pixel type, after a header check of the decoded size; ``data``: the file's bytes held in memory,
+    an upload, which ``path`` then only names). Raise what the decoder raises; the callers
+    (:func:`open_lazy`, :func:`unetseg.io.images.read_image`, :func:`unetseg.io.images.decode_image`) turn it
+    into one line."""
 
     name = ""
 
     def open(self, path: Path, *, mask: bool = False) -> LazyImage:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def read(self, path: Path, *, mask: bool = False,
-             max_bytes: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def read(self, path: Path, *, mask: bool = False, max_bytes: float | None = None,
+             data: bytes | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        if data is not None:
+            raise DataError(f"{path}: {self.name} images are read from files only")
         with self.open(path, mask=mask) as image:
             formats.check_budget((image.channels, *image.shape(0)), max_bytes)
             return image.read_stored(), image.eager_meta()
@@ -227,12 +232,12 @@ class TiffReader(Reader):
         image.closers.append(tif.close)
         return image
 
-    def read(self, path: Path, *, mask: bool = False,
-             max_bytes: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def read(self, path: Path, *, mask: bool = False, max_bytes: float | None = None,
+             data: bytes | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         import tifffile
 
         # whole files decode faster through tifffile than through its zarr store; the axis rule is the same
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path if data is None else io.BytesIO(data)) as tif:
             series = tif.series[0]
             axes, shape = series.axes, tuple(int(s) for s in series.shape)
             order, fixed, nchan = _tiff_axes(path, axes, shape)
@@ -285,11 +290,11 @@ class NiftiReader(Reader):
         img: Any = nib.load(str(path))  # the data stays on disk: img.dataobj slices read only what they need
         return self._image(path, img, img.dataobj)
 
-    def read(self, path: Path, *, mask: bool = False,
-             max_bytes: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def read(self, path: Path, *, mask: bool = False, max_bytes: float | None = None,
+             data: bytes | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         import nibabel as nib
 
-        img: Any = nib.load(str(path))
+        img: Any = nib.load(str(path)) if data is None else _nifti_from_bytes(data)
         formats.check_budget(tuple(int(s) for s in img.shape), max_bytes)
         image = self._image(path, img, np.asanyarray(img.dataobj))
         return image.levels[0][()], image.eager_meta()
@@ -312,6 +317,22 @@ class NiftiReader(Reader):
                          [tuple(known) if len(known) == len(sizes) else None], meta=meta)
 
 
+def _nifti_from_bytes(data: bytes) -> Any:
+    """A NIfTI-1 or -2 image (gzipped or not) from its bytes; the voxels stay undecoded until read, so the
+    budget is checked on the header first."""
+    import gzip
+
+    import nibabel as nib
+
+    stream: Any = io.BytesIO(data)
+    if formats.sniff(data[:16]) == "gzip":
+        stream = gzip.GzipFile(fileobj=stream)
+    head = stream.read(4)
+    stream.seek(0)
+    nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_stream(stream)
+
+
 # ---------------------------------------------------------------------------------------------- Pillow
 class PillowReader(Reader):
     """PNG and JPEG: decoded in memory whichever way (they are small); the budget is checked on the
@@ -324,9 +345,9 @@ class PillowReader(Reader):
         arr, meta = formats.read_pillow(path, mask=mask)
         return LazyImage(path, 2, arr.shape[0], arr.dtype, [_View(arr, [0, 1, 2])], [None], meta=meta)
 
-    def read(self, path: Path, *, mask: bool = False,
-             max_bytes: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        return formats.read_pillow(path, mask=mask, max_bytes=max_bytes)
+    def read(self, path: Path, *, mask: bool = False, max_bytes: float | None = None,
+             data: bytes | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        return formats.read_pillow(path if data is None else io.BytesIO(data), mask=mask, max_bytes=max_bytes)
 
 
 # ---------------------------------------------------------------------------------------------- OME-Zarr
@@ -418,10 +439,10 @@ def open_lazy(path: str | Path) -> LazyImage:
     except DataError:
         raise
     except MemoryError:
-        raise DataError(f"{p}: image too large to decode") from None
+        raise TooLargeError(f"{p}: image too large to decode") from None
     except Exception as e:
         if type(e).__name__ == "DecompressionBombError":
-            raise DataError(f"{p}: image too large to decode ({_reason(e)})") from None
+            raise TooLargeError(f"{p}: image too large to decode ({_reason(e)})") from None
         what = f"truncated or corrupt {kind.upper()} file"
         raise DataError(f"{p}: {what} (cannot open: {_reason(e)})") from None
 
