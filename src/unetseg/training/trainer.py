@@ -27,7 +27,6 @@ from unetseg.errors import CheckpointError, TrainingError
 from unetseg.fileio import write_text
 from unetseg.losses import DeepSupervisionLoss, build_loss
 from unetseg.models import build_model
-from unetseg.planning.finetune import head_is_new, open_source
 from unetseg.runtime import (
     autocast,
     autocast_dtype,
@@ -40,6 +39,7 @@ from unetseg.training.distributed import (
     average_buffers,
     synchronize,
 )
+from unetseg.training.finetune import FrozenEncoder, start_from
 from unetseg.training.interrupt import GRACE_S, Termination
 from unetseg.training.loader import build_loader
 from unetseg.training.optim import build_optimizer, lr_factor
@@ -139,10 +139,8 @@ class Trainer:
         elif init is not None:
             self._init_from(init)
         elif cfg.train.init_from:
-            self._fine_tune_from(cfg.train.init_from)
-        # a fine-tune's first share: the copied encoder layers wait while the new ones settle
-        self.frozen = [p for n, p in self.model.named_parameters()
-                       if n.startswith("encoder.") and n in self.copied] if cfg.train.freeze_encoder else []
+            self.copied = start_from(self.model, cfg, self.run, self.log, info.is_main)
+        self.frozen = FrozenEncoder(self.model, self.copied, cfg.train.freeze_encoder)
         if start is not None and found is not None:
             # the clock counts every trial of the probe; best and patience are this run's own
             self.minutes_before, self.best, self.stale = start.minutes, -1.0, 0
@@ -204,33 +202,6 @@ class Trainer:
         else:
             self.log.log(f"weights from {folder}" + (f" ({', '.join(widened)} widened)" if widened else ""))
 
-    def _fine_tune_from(self, path: str) -> None:
-        """A fine-tune's start: the source's tensors where they fit; the stem adapted to other image
-        channels where it can be, the head new when the classes differ; RUN/init.json records which."""
-        source = open_source(path)
-        cfg, src = self.cfg, source.config
-        channels = (src.model.in_channels, cfg.model.in_channels)
-        done = ckpt.transfer_weights(self.model, source.path / ckpt.MODEL_FILE,
-                                     keep_head=not head_is_new(cfg, source),
-                                     channels=channels if channels[0] != channels[1] else None)
-        self.copied = set(done.copied) | set(done.adapted)
-        parts = sorted({n.rsplit(".", 1)[0] for n in done.new})
-        self.log.log(f"fine-tuning from {source.path}: {len(done.copied)} of {len(self.model.state_dict())} "
-                     "tensors copied" + (f", {', '.join(done.adapted)} adapted from {channels[0]} to "
-                                         f"{channels[1]} channels" if done.adapted else "")
-                     + (f"; new: {', '.join(parts)}" if parts else ""))
-        if self.info.is_main:
-            record = {"source": str(source.path.resolve()), "source_classes": src.data.class_values,
-                      "source_channels": src.model.in_channels, "source_task": src.data.task,
-                      **done.to_dict()}
-            write_text(self.run / "init.json", json.dumps(record, indent=2) + "\n")
-
-    def _frozen_now(self, minutes: float) -> bool:
-        share = self.cfg.train.freeze_encoder
-        if not self.frozen or not share:
-            return False
-        return minutes < share * self.deadline if self.deadline else self.step < share * self.total_steps
-
     def _training_state(self, minutes: float) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
@@ -283,9 +254,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self._frozen_now(minutes):
-            for p in self.frozen:  # no gradient: AdamW leaves them untouched (no decay either)
-                p.grad = None
+        if self.frozen.active(minutes, self.deadline, self.step, self.total_steps):
+            self.frozen.hold()
         if self.cfg.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
