@@ -65,7 +65,8 @@ class SegmentWidget(QWidget):
         self.timer = QTimer(self)
         self.timer.setInterval(LOSS_POLL_MS)
         self.timer.timeout.connect(self._poll_loss)
-        self.loss_file: Path | None = None
+        self.loss_curve: list[float] = []  # the running (or last) round's training loss per epoch
+        self.last_labels: Any = None  # the newest labels layer this widget added
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
@@ -209,8 +210,11 @@ class SegmentWidget(QWidget):
         runs = sorted(Path(str(self.rounds.value)).glob("round_*/run/metrics.csv"))
         if not runs:
             return
-        with open(runs[-1], newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(runs[-1], newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:  # replaced between the glob and the open: next time
+            return
         losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
         self.loss.value = "loss " + " ".join(f"{v:.3f}" for v in losses[-8:])
         self.loss_curve = losses
@@ -261,7 +265,8 @@ class SegmentWidget(QWidget):
 
     def _finished(self) -> None:
         self.worker, self.stop = None, None
-        self.timer.stop()
-        self._poll_loss() if self.loss_file else None
+        if self.timer.isActive():  # a fine-tune: its last epochs' loss
+            self.timer.stop()
+            self._poll_loss()
         self.segment_button.enabled = self.finetune_button.enabled = True
         self.cancel_button.enabled = False
