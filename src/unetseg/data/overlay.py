@@ -79,6 +79,7 @@ def save_overlay(
     *,
     slice_index: int | None = None,
     objects: bool = False,
+    beside: bool = False,
 ) -> Path:
     """Write a PNG of ``labels`` over ``image``; with ``truth``, the panels image | truth | prediction |
     errors (FP red, FN blue, wrong class yellow) side by side.
@@ -89,6 +90,7 @@ def save_overlay(
         slice_index: for 3D, the slice along the first axis; default the one with most foreground
             (of ``truth`` when given, else of ``labels``).
         objects: ``labels`` (and ``truth``) are object ids: one colour per object, outlines drawn.
+        beside: without ``truth``: the image alone beside the overlay (image | prediction).
     """
     labels = np.asarray(labels)
     d = labels.ndim
@@ -110,6 +112,8 @@ def save_overlay(
             else error_map(grey, lab, tru)
         )
         panels = [plain, colourise(grey, tru, objects=objects), panels[0], errors]
+    elif beside:
+        panels = [colourise(grey, np.zeros_like(lab)), panels[0]]
     gap = np.full((grey.shape[0], 4, 3), 255, dtype=np.uint8)
     row = [p for panel in panels for p in (panel, gap)][:-1]
     from PIL import Image

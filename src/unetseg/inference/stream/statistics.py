@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.data.normalize import Normalizer
+from unetseg.data.normalize import Normalizer, needs_image_statistics
 from unetseg.errors import ConfigError
 
 Region = tuple[slice, ...]
@@ -91,10 +91,14 @@ def _sample_clip(source: Any, shape: tuple[int, ...], level: int, percentiles: S
 def stream_normalizer(source: Any, data_cfg: Any, *, level: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """The region normaliser for ``data_cfg.normalization``: whole-image statistics from
     :func:`image_statistics` for ``zscore`` / ``percentile``; the config's fixed mapping otherwise
-    (``window``, ``ct``, ``none`` are per pixel already)."""
+    (``window``, ``ct``, ``none`` are per pixel already). An imported package's ``steps`` that read the
+    image's statistics are refused (they are computed over the whole image, which a stream never holds)."""
     method = data_cfg.normalization
     if method in ("zscore", "percentile"):
         return image_statistics(source, method, percentiles=data_cfg.percentiles, level=level)
+    if needs_image_statistics(data_cfg):
+        raise ConfigError("this model's preprocessing (an imported package's) needs statistics of the whole "
+                          "image, which streamed inputs do not provide; predict smaller images (or tiles) of it")
     return Normalizer.from_config(data_cfg)
 
 
