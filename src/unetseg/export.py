@@ -234,7 +234,8 @@ def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
 
 
 def write_torchscript(model: nn.Module, config: Config, path: Path) -> float:
-    """Write ``model`` as TorchScript with ``config`` inside; returns the parity check's max abs difference."""
+    """Write ``model`` as TorchScript with ``config`` inside; returns the parity check's max abs
+    difference."""
     sizes = example_sizes(model)
     example = torch.randn(2, model.in_channels, *sizes[0])
     try:

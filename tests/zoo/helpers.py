@@ -40,7 +40,8 @@ def rewrite(package: Path, out: Path, edit: Callable[[dict[str, Any]], None] | N
         rdf = yaml.safe_load(src.read("rdf.yaml"))
         if edit is not None:
             edit(rdf)
-        dst.writestr("rdf.yaml", yaml.safe_dump(rdf, sort_keys=False))
+        if "rdf.yaml" not in drop:
+            dst.writestr("rdf.yaml", yaml.safe_dump(rdf, sort_keys=False))
         for info in src.infolist():
             if info.filename not in ("rdf.yaml", *files, *drop):
                 dst.writestr(info.filename, src.read(info))

@@ -324,21 +324,27 @@ def export(
     format: Annotated[str, Opt(help="onnx | torchscript | bioimageio (a BioImage Model Zoo .zip)")],
     output: Annotated[Path, Opt(help="file to write (.onnx, .pt, .zip)")],
     opset: Annotated[int, Opt(help="ONNX opset (17 or newer)")] = 17,
-    author: Annotated[list[str] | None, Opt(help="bioimageio: an author's name (repeatable; required)")] = None,
+    author: Annotated[
+        list[str] | None, Opt(help="bioimageio: an author's name (repeatable; required)")
+    ] = None,
     license: Annotated[
         str | None, Opt(help="bioimageio: SPDX licence id, e.g. CC-BY-4.0 or MIT (required; no default)")
     ] = None,
     name: Annotated[str | None, Opt(help="bioimageio: the model's name (default: from the model)")] = None,
-    description: Annotated[str | None, Opt(help="bioimageio: one paragraph (default: from the model)")] = None,
+    description: Annotated[
+        str | None, Opt(help="bioimageio: one paragraph (default: from the model)")
+    ] = None,
     sample: Annotated[
-        Path | None, Opt(help="bioimageio: image for the test tensors and cover (default: a validation image)")
+        Path | None,
+        Opt(help="bioimageio: image for the test tensors and cover (default: a validation image)"),
     ] = None,
     overwrite: Annotated[
         bool, Opt("--overwrite", help="replace an existing file unetseg did not write")
     ] = False,
 ) -> None:
-    """Export a checkpoint to ONNX or TorchScript (checked against PyTorch: max abs diff <= 1e-4), or as a
-    BioImage Model Zoo package for Fiji (deepImageJ), QuPath, ilastik and napari (tested by bioimageio.core)."""
+    """Export a checkpoint to ONNX or TorchScript (checked against PyTorch: max abs diff <= 1e-4), or as
+    a BioImage Model Zoo package for Fiji (deepImageJ), QuPath, ilastik and napari (tested by
+    bioimageio.core)."""
     bioimageio_only = {"--author": author, "--license": license, "--name": name, "--description": description,
                        "--sample": sample}
     if format.lower() == "bioimageio":

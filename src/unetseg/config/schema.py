@@ -146,8 +146,8 @@ class DataConfig(Section):
     ``percentile`` (clip to ``percentiles`` then z-score, per image), ``window`` (fixed ``window=[lo, hi]``
     mapped to [-1, 1]), ``ct`` (clip to ``window`` then the dataset's ``intensity_stats`` mean/std, as
     nnU-Net does for CT), ``steps`` (the ordered ``preprocessing`` steps of an imported BioImage Model Zoo
-    package, see :mod:`unetseg.data.normalize`) or ``none``. ``max_image_gib`` bounds the float32 bytes one image may decode to
-    (checked from the file header, before decoding: no decompression bombs).
+    package, see :mod:`unetseg.data.normalize`) or ``none``. ``max_image_gib`` bounds the float32 bytes
+    one image may decode to (checked from the file header, before decoding: no decompression bombs).
     """
 
     data: str | None = None

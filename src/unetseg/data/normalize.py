@@ -1,13 +1,14 @@
 """Intensity normalisation, per channel; the method and its statistics travel in the checkpoint.
 
 ``steps`` is the preprocessing of an imported BioImage Model Zoo package, one step per operation of the
-model spec (the same formulas as its reference implementation, ``bioimageio.core``): ``zero_mean_unit_variance``
-(``(x - mean) / (std + eps)`` of the image, ``per_channel`` or jointly), ``fixed_zero_mean_unit_variance``
-(given ``mean``/``std``, a number or one per channel), ``scale_linear`` (``gain * x + offset``, likewise),
-``scale_range`` (``(x - p_lo) / (p_hi - p_lo + eps)`` between the image's ``min_percentile`` and
-``max_percentile``, linear interpolation) and ``clip`` (fixed ``min``/``max``, or the image's
-``min_percentile``/``max_percentile``, inverted-CDF as ``bioimageio.core``). As in ``bioimageio.core``, every
-statistic (mean, std, percentile) is of the image as it came in, not of what the steps before made of it."""
+model spec (the same formulas as its reference implementation, ``bioimageio.core``):
+``zero_mean_unit_variance`` (``(x - mean) / (std + eps)`` of the image, ``per_channel`` or jointly),
+``fixed_zero_mean_unit_variance`` (given ``mean``/``std``, a number or one per channel),
+``scale_linear`` (``gain * x + offset``, likewise), ``scale_range`` (``(x - p_lo) / (p_hi - p_lo + eps)``
+between the image's ``min_percentile`` and ``max_percentile``, linear interpolation) and ``clip`` (fixed
+``min``/``max``, or the image's ``min_percentile``/``max_percentile``, inverted-CDF as ``bioimageio.core``).
+As in ``bioimageio.core``, every statistic (mean, std, percentile) is of the image as it came in, not of
+what the steps before made of it."""
 
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def _apply_step(step: dict[str, Any], img: np.ndarray, raw: np.ndarray) -> np.nd
 def _clip(step: dict[str, Any], img: np.ndarray, raw: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     def bound(value: Any, percentile: Any) -> Any:
         if value is not None:
-            return float(value)
+            return _broadcast(_per_channel(value, img.shape[0]), img)
         if percentile is None:
             return None
         return np.percentile(raw, percentile, axis=axes, keepdims=True, method="inverted_cdf")
@@ -173,3 +174,36 @@ def needs_image_statistics(data_cfg: DataConfig) -> bool:
     return any(s.get("op") in ("zero_mean_unit_variance", "scale_range")
                or s.get("min_percentile") is not None or s.get("max_percentile") is not None
                for s in data_cfg.preprocessing or [])
+
+
+def frozen_steps(steps: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray,
+                 sample: np.ndarray) -> list[dict[str, Any]]:
+    """``steps`` with every statistic of the image replaced by its value, so that they apply pixel by pixel
+    to any region of it (a streamed image): ``mean``/``std`` per channel (the joint ones follow, each
+    channel having as many pixels), percentiles from ``sample`` ``(C, n)`` (the image's pixels, or a
+    regular subsample of them)."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    joint_mean = float(mean.mean())
+    joint_std = float(np.sqrt(np.mean(std**2 + (mean - joint_mean) ** 2)))
+
+    def pct(q: float, per_channel: bool, method: str) -> list[float]:
+        rows = sample if per_channel else sample.reshape(1, -1)
+        return [float(np.percentile(r, q, method=method)) for r in rows]  # type: ignore[call-overload]
+
+    out = []
+    for step in (_check_step(dict(s)) for s in steps):
+        op, per = step["op"], step.get("per_channel", True)
+        if op == "zero_mean_unit_variance":
+            m, sd = (mean.tolist(), std.tolist()) if per else (joint_mean, joint_std)
+            step = {"op": "fixed_zero_mean_unit_variance", "mean": m, "std": sd, "eps": step["eps"]}
+        elif op == "scale_range":
+            lo, hi = (np.array(pct(step[k], per, "linear")) for k in ("min_percentile", "max_percentile"))
+            gain = 1.0 / (hi - lo + step["eps"])
+            step = {"op": "scale_linear", "gain": gain.tolist(), "offset": (-lo * gain).tolist()}
+        elif op == "clip":
+            for end in ("min", "max"):
+                q = step.pop(f"{end}_percentile")
+                if step[end] is None and q is not None:
+                    step[end] = pct(q, per, "inverted_cdf")
+        out.append(step)
+    return out

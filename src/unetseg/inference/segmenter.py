@@ -1,7 +1,7 @@
 """``unetseg.load(RUN)``: a trained model bound to what it was trained with, as nnU-Net's predictor is bound
 to its trained folder and Cellpose's and StarDist's models are to theirs::
 
-    seg = unetseg.load("RUN")            # a run/checkpoint folder, .onnx, bioimage.io .zip (TorchScript if trusted)
+    seg = unetseg.load("RUN")            # run/checkpoint folder, .onnx, bioimage.io .zip, trusted TorchScript
     labels = seg.predict(image)          # classes (an instance model: object ids), at the image's size
     probs = seg.predict_proba(image)     # float32 (C, *spatial)
     ids, table = seg.predict_instances(image)   # instance models: ids and the per-object table

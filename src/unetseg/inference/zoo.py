@@ -86,8 +86,9 @@ def safe_zip(path: Path) -> zipfile.ZipFile:
         raise CheckpointError(f"{path}: not a readable zip file ({first_line(e)})") from None
     entries = zf.infolist()
     total = sum(e.file_size for e in entries)
-    problem = (f"{len(entries)} entries (at most {MAX_MEMBERS})" if len(entries) > MAX_MEMBERS else
-               f"{total / 2**30:.1f} GiB uncompressed (at most {MAX_BYTES >> 30})" if total > MAX_BYTES else "")
+    problem = (f"{len(entries)} entries (at most {MAX_MEMBERS})" if len(entries) > MAX_MEMBERS
+               else f"{total / 2**30:.1f} GiB uncompressed (at most {MAX_BYTES >> 30})" if total > MAX_BYTES
+               else "")
     if not problem and len({e.filename for e in entries}) != len(entries):
         problem = "two entries share a name"
     for e in entries:
@@ -98,7 +99,8 @@ def safe_zip(path: Path) -> zipfile.ZipFile:
         elif stat.S_ISLNK(e.external_attr >> 16):
             problem = f"entry {e.filename!r} is a link"
         elif e.file_size > MAX_RATIO * max(e.compress_size, 1) and e.file_size > 1 << 20:
-            problem = f"entry {e.filename!r} expands {e.file_size // max(e.compress_size, 1)}-fold (a zip bomb?)"
+            ratio = e.file_size // max(e.compress_size, 1)
+            problem = f"entry {e.filename!r} expands {ratio}-fold (a zip bomb?)"
     rdf = [e for e in entries if e.filename in ("rdf.yaml", "bioimageio.yaml") or
            (e.filename.endswith(".bioimageio.yaml") and "/" not in e.filename)]
     if not problem and (not rdf or rdf[0].file_size > MAX_RDF):
@@ -116,8 +118,8 @@ def extract(zf: zipfile.ZipFile, source: Any, sha256: Any, folder: Path, package
 
     name = str(source.path) if isinstance(source, RelativeFilePath) else str(source)
     if not isinstance(source, RelativeFilePath) or _bad_name(name):
-        raise CheckpointError(f"{package}: its weights {name!r} are not inside the package; unetseg downloads "
-                              "nothing")
+        raise CheckpointError(f"{package}: its weights {name!r} are not inside the package; unetseg "
+                              "downloads nothing")
     try:
         info = zf.getinfo(name)
     except KeyError:
@@ -140,11 +142,13 @@ def read_description(zf: zipfile.ZipFile, package: Path) -> Any:
     try:
         from bioimageio.spec import InvalidDescr, load_description
     except ImportError:
-        raise UnetsegError(f"{package}: reading bioimage.io packages needs bioimageio.spec: {EXTRA}") from None
+        raise UnetsegError(f"{package}: reading bioimage.io packages needs bioimageio.spec: {EXTRA}") \
+            from None
     try:
         descr = load_description(zf, format_version="latest", perform_io_checks=False)
     except Exception as e:  # noqa: BLE001 - the spec library raises many kinds for a broken description
-        raise CheckpointError(f"{package}: not a readable bioimage.io description ({first_line(e)})") from None
+        why = first_line(e)
+        raise CheckpointError(f"{package}: not a readable bioimage.io description ({why})") from None
     if isinstance(descr, InvalidDescr):
         detail = next((f"{'.'.join(map(str, err.loc))}: {first_line(err.msg)}"
                        for d in descr.validation_summary.details for err in d.errors), "invalid")
@@ -200,7 +204,8 @@ def open_package(path: str | Path, folder: Path) -> PackageModel:
             return _onnx_model(package, graph, own, descr)
     formats = ", ".join(name for name, w in descr.weights if w is not None)
     raise CheckpointError(f"{package}: its weights ({formats}) are neither unetseg's architecture nor ONNX; "
-                          "unetseg runs packages made by unetseg, of a unetseg architecture, or with ONNX weights")
+                          "unetseg runs packages made by unetseg, of a unetseg architecture, or with ONNX "
+                          "weights")
 
 
 def _torch_model(package: Path, weights: Path, kwargs: dict[str, Any], wrapped: bool, own: Config | None,
@@ -259,7 +264,8 @@ def graph_gives_probabilities(path: Path) -> bool | None:
     return True if last is not None and last.op_type in ("Softmax", "Sigmoid") else None
 
 
-def derived_config(descr: Any, geometry: nn.Module | TensorLayout, kwargs: dict[str, Any] | None = None) -> Config:
+def derived_config(descr: Any, geometry: nn.Module | TensorLayout,
+                   kwargs: dict[str, Any] | None = None) -> Config:
     """The config of a package unetseg did not make: its network (unetseg's, built from ``kwargs``, or the
     package's :class:`TensorLayout`), its preprocessing as normalisation steps, class indices as the class
     values, and a tile of about 256 (2D) / 96 (3D) pixels per axis that the network takes."""
@@ -267,7 +273,8 @@ def derived_config(descr: Any, geometry: nn.Module | TensorLayout, kwargs: dict[
     cfg = Config()
     if isinstance(geometry, TensorLayout):
         dims, classes = geometry.spatial_dims, geometry.classes
-        cfg.model.spatial_dims, cfg.model.in_channels, cfg.model.num_classes = dims, geometry.channels, classes
+        cfg.model.spatial_dims, cfg.model.in_channels = dims, geometry.channels
+        cfg.model.num_classes = classes
     else:
         rest = dict(kwargs or {})
         for key in ("name", "spatial_dims", "in_channels", "num_classes", "base_channels", "depth"):

@@ -124,8 +124,8 @@ def layout_of(descr: Any, probabilities: bool | None) -> TensorLayout:
     """The layout of a (0.5) model description; ``probabilities``: what the graph's last operation says
     (None: unknown, then the output's declared postprocessing decides)."""
     if len(descr.inputs) != 1 or len(descr.outputs) != 1:
-        raise CheckpointError(f"{len(descr.inputs)} input(s) and {len(descr.outputs)} output(s); unetseg runs "
-                              "models of one image in and one segmentation out")
+        raise CheckpointError(f"{len(descr.inputs)} input(s) and {len(descr.outputs)} output(s); unetseg "
+                              "runs models of one image in and one segmentation out")
     ipt, out = descr.inputs[0], descr.outputs[0]
     inputs = tuple(_axis_name(a, "input") for a in ipt.axes)
     outputs = tuple(_axis_name(a, "output") for a in out.axes)

@@ -51,20 +51,22 @@ def _num(value: Any) -> str:
 
 
 def preprocessing(config: Config) -> list[dict[str, Any]]:
-    """The config's normalisation as the spec's operations, each exact (up to the spec's ``eps`` of 1e-6):
-    ``zscore`` -> per-image, per-channel ``zero_mean_unit_variance``; ``window`` -> ``clip`` + ``scale_linear``
-    to [-1, 1]; ``ct`` -> ``clip`` + ``fixed_zero_mean_unit_variance``; an imported package's ``steps`` as they
-    came; ``none`` -> nothing. Statistics are per image (the axes exclude batch) and per channel (they
-    exclude channel). ``percentile`` (clip to the image's percentiles, then the z-score *of the clipped
-    image*) is refused: the spec's reference implementation computes every statistic of a chain on the raw
-    input, so no chain of its operations gives the clipped image's z-score."""
+    """The config's normalisation as the spec's operations, each exact (up to the spec's ``eps`` of
+    1e-6): ``zscore`` -> per-image, per-channel ``zero_mean_unit_variance``; ``window`` -> ``clip`` +
+    ``scale_linear`` to [-1, 1]; ``ct`` -> ``clip`` + ``fixed_zero_mean_unit_variance``; an imported
+    package's ``steps`` as they came; ``none`` -> nothing. Statistics are per image (the axes exclude
+    batch) and per channel (they exclude channel). ``percentile`` (clip to the image's percentiles, then
+    the z-score *of the clipped image*) is refused: the spec's reference implementation computes every
+    statistic of a chain on the raw input, so no chain of its operations gives the clipped image's
+    z-score."""
     d, axes = config.data, space_ids(config.model.spatial_dims)
     if d.normalization == "zscore":
         return [{"id": "zero_mean_unit_variance", "kwargs": {"axes": axes}}]
     if d.normalization == "percentile":
-        raise ConfigError("data.normalization 'percentile' (clip to each image's percentiles, then z-score the "
-                          "clipped image) has no exact equivalent in the model spec (bioimageio.core takes every "
-                          "statistic from the raw image); retrain with --normalization zscore to export it")
+        raise ConfigError(
+            "data.normalization 'percentile' (clip to each image's percentiles, then z-score the clipped "
+            "image) has no exact equivalent in the model spec (bioimageio.core takes every statistic from "
+            "the raw image); retrain with --normalization zscore to export it")
     if d.normalization in ("window", "ct"):
         assert d.window is not None
         lo, hi = (float(w) for w in d.window)
@@ -92,7 +94,7 @@ def _spec_step(step: dict[str, Any], axes: list[str]) -> dict[str, Any]:
     lists = {k: v for k, v in step.items() if isinstance(v, list) and k != "axes"}
     if lists:  # one value per channel: the spec's "along axis" form, every value a list
         n = len(next(iter(lists.values())))
-        step.update({k: [v] * n for k, v in step.items() if isinstance(v, (int, float)) and k not in ("eps",)})
+        step.update({k: [v] * n for k, v in step.items() if isinstance(v, (int, float)) and k != "eps"})
         step["axis"] = "channel"
     return {"id": op, "kwargs": {k: v for k, v in step.items() if v is not None}}
 
@@ -134,7 +136,8 @@ def output_axes(model: ClassProbabilities, config: Config) -> list[dict[str, Any
     probe = model.valid_input_size((1,) * dims)
     crops = [int(i) - int(o) for i, o in zip(probe, model.output_size(probe), strict=True)]
     scales, unit = axis_scales(config)
-    axes: list[dict[str, Any]] = [{"type": "batch"}, {"type": "channel", "channel_names": class_names(config)}]
+    axes: list[dict[str, Any]] = [{"type": "batch"},
+                                  {"type": "channel", "channel_names": class_names(config)}]
     for k, name in enumerate(space_ids(dims)):
         size = {"tensor_id": INPUT, "axis_id": name, "offset": -crops[k]}
         axes.append({"type": "space", "id": name, "size": size, **_scale(scales, unit, k)})

@@ -20,9 +20,11 @@ test (each weight format reproduces the test output; every declared size runs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from unetseg.export import ATOL, with_inference_defaults, write_onnx, write_torc
 from unetseg.fileio import OutputGuard, atomic_write, ensure_dir, record_written, write_text
 from unetseg.models.probabilities import ClassProbabilities
 from unetseg.models.registry import describe_model
+from unetseg.training.state import rng_state, set_rng_state
 from unetseg.zoo import describe
 from unetseg.zoo.readme import RunFacts, read_rows, readme_text
 from unetseg.zoo.samples import Sample, make_sample, write_cover
@@ -58,7 +61,8 @@ def require_bioimageio() -> None:
         import bioimageio.core  # noqa: F401
         import bioimageio.spec  # noqa: F401
     except ImportError:
-        raise UnetsegError(f"BioImage Model Zoo packages need bioimageio.spec and bioimageio.core: {EXTRA}") from None
+        raise UnetsegError(f"BioImage Model Zoo packages need bioimageio.spec and bioimageio.core: {EXTRA}") \
+            from None
 
 
 def check_license(license: str | None) -> str:
@@ -66,8 +70,8 @@ def check_license(license: str | None) -> str:
     from bioimageio.spec.model.v0_5 import DeprecatedLicenseId, LicenseId
 
     if not license:
-        raise ConfigError("--license is required: the package must say under which licence others may use the "
-                          "model (an SPDX identifier such as CC-BY-4.0, MIT or BSD-3-Clause)")
+        raise ConfigError("--license is required: the package must say under which licence others may use "
+                          "the model (an SPDX identifier such as CC-BY-4.0, MIT or BSD-3-Clause)")
     for kind in (LicenseId, DeprecatedLicenseId):
         try:
             return str(kind(license))
@@ -104,8 +108,8 @@ def default_name(config: Config) -> str:
 
 def check_name(name: str) -> str:
     if not 5 <= len(name) <= 128 or NAME_CHARS.search(name):
-        raise ConfigError(f"--name {name!r}: 5 to 128 letters, digits, spaces and _ + - ( ) (the model spec's "
-                          "rule)")
+        raise ConfigError(f"--name {name!r}: 5 to 128 letters, digits, spaces and _ + - ( ) (the model "
+                          "spec's rule)")
     return name
 
 
@@ -156,6 +160,28 @@ def export_bioimageio(
     """
     output = Path(output)
     require_bioimageio()
+    with callers_state():
+        return _export(checkpoint, output, authors, license, name, description, sample, opset, atol, overwrite)
+
+
+@contextlib.contextmanager
+def callers_state() -> Iterator[None]:
+    """The caller's random generators and torch's deterministic mode, given back afterwards: the export
+    draws random inputs for its parity checks, and ``bioimageio.core``'s test seeds numpy and torch and
+    sets torch's deterministic mode."""
+    state = rng_state()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _export(checkpoint: str | Path, output: Path, authors: list[str] | None, license: str | None,
+            name: str | None, description: str | None, sample: str | Path | None, opset: int, atol: float,
+            overwrite: bool) -> Path:
     license_id, names = check_license(license), check_authors(authors)
     if opset < 17:
         raise ConfigError(f"--opset {opset}: unetseg exports ONNX opset 17 or newer")
@@ -260,10 +286,12 @@ def _weights_entries(config: Config, work: Path) -> dict[str, Any]:
             "source": WEIGHTS["pytorch_state_dict"], "architecture": describe.architecture(config),
             "pytorch_version": torch_version, "dependencies": {"source": "environment.yaml"},
             "comment": f"the network of {pin} (pip install {pin}) with a softmax: class probabilities"},
-        "onnx": {"source": WEIGHTS["onnx"], "opset_version": onnx_opset(work / WEIGHTS["onnx"]), "parent": "pytorch_state_dict",
+        "onnx": {"source": WEIGHTS["onnx"], "opset_version": onnx_opset(work / WEIGHTS["onnx"]),
+                 "parent": "pytorch_state_dict",
                  "comment": f"exported by {pin}; max abs difference to PyTorch checked"},
         "torchscript": {"source": WEIGHTS["torchscript"], "pytorch_version": torch_version,
-                        "parent": "pytorch_state_dict", "comment": f"exported by {pin} (for QuPath, deepImageJ)"},
+                        "parent": "pytorch_state_dict",
+                        "comment": f"exported by {pin} (for QuPath, deepImageJ)"},
     }
 
 
@@ -285,7 +313,8 @@ def _rdf(model: ClassProbabilities, config: Config, facts: RunFacts, *, authors:
     return {
         "type": "model", "format_version": facts.spec_version, "name": name, "description": description,
         "authors": [{"name": a} for a in authors], "cite": citations, "license": license_id,
-        "tags": describe.tags(config), "documentation": {"source": "README.md"}, "covers": [{"source": "cover.png"}],
+        "tags": describe.tags(config), "documentation": {"source": "README.md"},
+        "covers": [{"source": "cover.png"}],
         "inputs": [{"id": describe.INPUT, "description": "the image (raw intensities)",
                     "axes": describe.input_axes(model, config), "data": {"type": "float32"},
                     "test_tensor": {"source": "test_input.npy"},

@@ -69,7 +69,8 @@ def _data_section(config: Config, facts: RunFacts) -> list[str]:
             f"{'3-class interior/boundary' if d.instance_target == 'three_class' else 'distance'} target)"
             if d.task == "instances" else "semantic classes")
     values = d.class_values if d.task == "semantic" and d.class_values else class_names(config)
-    lines += [f"- Task: {task}; classes (mask values, in channel order): {', '.join(_value(v) for v in values)}",
+    listed = ", ".join(_value(v) for v in values)
+    lines += [f"- Task: {task}; classes (mask values, in channel order): {listed}",
               f"- Training patch: {d.patch_size}; normalisation: `{d.normalization}`"
               + (f" (percentiles {d.percentiles})" if d.normalization == "percentile" else "")
               + (f" (window {d.window})" if d.window else "")]
@@ -78,7 +79,8 @@ def _data_section(config: Config, facts: RunFacts) -> list[str]:
     if d.spacing:
         lines.append(f"- Target spacing (3D): {d.spacing}")
     if d.downsample:
-        lines.append(f"- Trained at a coarser resolution: {d.downsample} per axis (see the input axes' scale)")
+        lines.append(f"- Trained at a coarser resolution: {d.downsample} per axis (see the input axes' "
+                     "scale)")
     t = config.train
     lines.append(f"- Training: loss `{t.loss}`, optimizer `{t.optimizer}`, learning rate {t.lr:g} "
                  f"({t.schedule}), batch {t.batch_size}, {len(facts.rows) or '?'} epoch(s) logged")
@@ -86,15 +88,15 @@ def _data_section(config: Config, facts: RunFacts) -> list[str]:
 
 
 def _validation_section(facts: RunFacts) -> list[str]:
-    lines = ["## Validation", "", "Scores on the run's validation images (unetseg's sliding-window prediction "
-             "at each image's own size), from the checkpoint this package was made of:", ""]
+    lines = ["## Validation", "", "Scores on the run's validation images (unetseg's sliding-window "
+             "prediction at each image's own size), from the checkpoint this package was made of:", ""]
     shown = {k: v for k, v in facts.metrics.items() if k.startswith("val_") or k in ("epoch", "step")}
-    lines += [f"| metric | value |", "| --- | --- |"] if shown else ["(no validation scores recorded)"]
+    lines += ["| metric | value |", "| --- | --- |"] if shown else ["(no validation scores recorded)"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
     if facts.rows:
         last = facts.rows[-1]
-        lines += ["", f"The run logged {len(facts.rows)} epoch(s); the last: "
-                  + ", ".join(f"{k} {_short(v)}" for k, v in last.items() if v and k.startswith(("val_", "train_")))]
+        logged = [f"{k} {_short(v)}" for k, v in last.items() if v and k.startswith(("val_", "train_"))]
+        lines += ["", f"The run logged {len(facts.rows)} epoch(s); the last: {', '.join(logged)}"]
     return lines
 
 
@@ -104,8 +106,9 @@ def _io_section(config: Config, facts: RunFacts) -> list[str]:
             f"- Input `input`: float32, axes batch, channel ({config.model.in_channels}), {', '.join(axes)}; "
             f"sizes {facts.input_sizes}. The raw image: the package's preprocessing applies unetseg's "
             f"`{config.data.normalization}` normalisation with the spec's own operations.",
-            f"- Output `probabilities`: float32 class probabilities (softmax inside the network), one channel "
-            f"per class: {', '.join(class_names(config))}. The label image is the argmax over channels.",
+            "- Output `probabilities`: float32 class probabilities (softmax inside the network), one "
+            f"channel per class: {', '.join(class_names(config))}. The label image is the argmax over "
+            "channels.",
             f"- Weights: {', '.join(facts.weights)} (the same network; bioimage.io model spec "
             f"{facts.spec_version})."]
 
@@ -118,20 +121,22 @@ def _usage_section(config: Config, package: str) -> list[str]:
              "```python", "import unetseg", f'seg = unetseg.load("{package}")',
              "labels = seg.predict(image)" + ("            # object ids" if config.data.task == "instances"
                                               else ""), "```", "",
-             "**Fiji** (deepImageJ 3): *Plugins > DeepImageJ > DeepImageJ Run*, install the model from this .zip "
-             "file, open an image and run it (TorchScript or ONNX engine); the output is one probability "
-             "image per class.", "",
-             "**QuPath** (0.5+, with the deep learning / bioimage.io extension): uses the TorchScript weights.", "",
+             "**Fiji** (deepImageJ 3): *Plugins > DeepImageJ > DeepImageJ Run*, install the model from "
+             "this .zip file, open an image and run it (its TorchScript or ONNX weights); the output is one "
+             "probability image per class.", "",
+             "**QuPath** (0.5+, with its Deep Java Library and bioimage.io extensions): a pixel classifier "
+             "from this package runs its TorchScript weights.", "",
              "**napari / Python** (bioimageio.core, or the napari bioimage.io plugin):", "", "```python",
              "from bioimageio.core import load_description, predict",
              f'model = load_description("{package}")',
              "sample = predict(model=model, inputs=image)  # image with axes " +
              ("(batch, channel, y, x)" if dims == 2 else "(batch, channel, z, y, x)"), "```"]
     if config.data.task == "instances":
-        lines += ["", "**Instances**: this network gives the per-pixel classes (background, interior, boundary "
-                  "or distance bins); the seeded watershed that separates touching objects runs outside the "
-                  "network: in unetseg (`unetseg predict` / `seg.predict(image)` above, with the thresholds "
-                  f"calibrated on the validation images: foreground {config.infer.foreground_threshold:g}, "
+        lines += ["", "**Instances**: this network gives the per-pixel classes (background, interior, "
+                  "boundary or distance bins); the seeded watershed that separates touching objects runs "
+                  "outside the network: in unetseg (`unetseg predict` / `seg.predict(image)` above, with "
+                  "the thresholds calibrated on the validation images: "
+                  f"foreground {config.infer.foreground_threshold:g}, "
                   f"interior {config.infer.interior_threshold:g}) or in napari (e.g. a watershed of the "
                   "interior probability seeded by its connected components)."]
     if config.data.downsample or config.data.spacing:
@@ -149,8 +154,8 @@ def readme_text(config: Config, facts: RunFacts, *, name: str, description: str,
              f"- Architecture: `{m.name}` ({m.spatial_dims}D, {m.in_channels} input channel(s), "
              f"{len(class_names(config))} output classes, base width {m.base_channels}, depth {m.depth}"
              + (f", options {m.options}" if m.options else "") + ")",
-             f"- Made with unetseg {facts.versions.get('unetseg', '?')} (torch {facts.versions.get('torch', '?')});"
-             f" sample image: `{facts.sample}`"]
+             f"- Made with unetseg {facts.versions.get('unetseg', '?')} "
+             f"(torch {facts.versions.get('torch', '?')}); sample image: `{facts.sample}`"]
     cite = ["## Citation", "", *(f"- {c['text']}. doi:{c['doi']}" for c in citations), "",
             "## Authors and licence", "", f"{', '.join(authors)}; licence: {license_id} (SPDX)."]
     parts = [model, _data_section(config, facts), _validation_section(facts), _io_section(config, facts),

@@ -94,8 +94,8 @@ def make_sample(model: ClassProbabilities, config: Config, given: str | Path | N
     """The test input and output (see the module doc)."""
     image, meta, source = find_sample(config, given)
     if image.shape[0] != model.in_channels or image.ndim - 1 != model.spatial_dims:
-        raise DataError(f"{source}: a {image.ndim - 1}D image of {image.shape[0]} channel(s); the model takes "
-                        f"{model.spatial_dims}D images of {model.in_channels}")
+        raise DataError(f"{source}: a {image.ndim - 1}D image of {image.shape[0]} channel(s); the model "
+                        f"takes {model.spatial_dims}D images of {model.in_channels}")
     image = on_model_grid(image, meta, config)
     side = MAX_SIDE if model.spatial_dims == 2 else MAX_SIDE // 4
     cap = tuple(min(side, int(t)) for t in (config.infer.tile or config.data.patch_size or [side] * 3))
@@ -109,7 +109,8 @@ def write_cover(path: Path, sample: Sample, config: Config) -> Path:
     """The test input beside its prediction (objects for an instance model, else classes): a 2:1 PNG."""
     probs = sample.output[0]
     crop = [(i - o) // 2 for i, o in zip(sample.image.shape[2:], probs.shape[1:], strict=True)]
-    image = sample.image[0][(slice(None), *(slice(c, c + o) for c, o in zip(crop, probs.shape[1:], strict=True)))]
+    box = tuple(slice(c, c + o) for c, o in zip(crop, probs.shape[1:], strict=True))
+    image = sample.image[0][(slice(None), *box)]
     objects = config.data.task == "instances"
     if objects:
         from unetseg.inference.instances import instances_of
