@@ -126,3 +126,33 @@ def _npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr)
     return buf.getvalue()
+
+
+def legacy_package(out: Path) -> tuple[Path, nn.Module]:
+    """A spec 0.4 package: a fixed 1x1x64x64 ONNX graph (batch fixed at 1), an output halo of 8 to crop,
+    one sigmoid channel, per-sample z-score. Returns it and the network in it."""
+    torch.manual_seed(5)
+    net = nn.Conv2d(1, 1, 3, padding=1).eval()
+    graph = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(1, 1, 64, 64),), graph, dynamo=False, opset_version=17,
+                      input_names=["raw"], output_names=["fg"])
+    rdf = {
+        "format_version": "0.4.10", "type": "model", "name": "legacy nuclei", "description": "spec 0.4",
+        "authors": [{"name": "Someone"}], "cite": [{"text": "none", "doi": "10.1000/182"}], "license": "MIT",
+        "documentation": "README.md", "timestamp": "2020-01-01T00:00:00", "tags": ["segmentation"],
+        "inputs": [{"name": "raw", "axes": "bcyx", "data_type": "float32", "shape": [1, 1, 64, 64],
+                    "preprocessing": [{"name": "zero_mean_unit_variance",
+                                       "kwargs": {"mode": "per_sample", "axes": "yx"}}]}],
+        "outputs": [{"name": "fg", "axes": "bcyx", "data_type": "float32", "halo": [0, 0, 8, 8],
+                     "shape": {"reference_tensor": "raw", "scale": [1.0, 1.0, 1.0, 1.0],
+                               "offset": [0, 0, 0, 0]},
+                     "postprocessing": [{"name": "sigmoid"}]}],
+        "test_inputs": ["in.npy"], "test_outputs": ["out.npy"],
+        "weights": {"onnx": {"source": "net.onnx", "opset_version": 17}},
+    }
+    x = np.random.default_rng(1).random((1, 1, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        y = torch.sigmoid(net(torch.from_numpy((x - x.mean()) / (x.std() + 1e-6)))).numpy()
+    files = {"rdf.yaml": yaml.safe_dump(rdf, sort_keys=False).encode(), "README.md": b"# Validation\n",
+             "net.onnx": graph.getvalue(), "in.npy": _npy(x), "out.npy": _npy(y)}
+    return _write_zip(out, files), net

@@ -17,7 +17,7 @@ import unetseg
 from reliability.helpers import assert_refused, run_inprocess
 from unetseg.inference.zoo_spec import TensorLayout
 from unetseg.io.images import read_image
-from zoo.helpers import core_prediction, foreign_package, rewrite
+from zoo.helpers import core_prediction, foreign_package, legacy_package, rewrite
 
 pytest.importorskip("bioimageio.core")
 pytest.importorskip("onnxruntime")
@@ -45,6 +45,20 @@ def test_another_tools_onnx_package_predicts_as_bioimageio_core(tmp_path, capsys
 
     labels = zarr.open_array(str(tmp_path / "out" / "two.ome.zarr" / "0"), mode="r")[...]
     np.testing.assert_array_equal(labels, want.argmax(0))
+
+
+def test_a_spec_04_package_with_a_fixed_shape_halo_and_sigmoid_runs(tmp_path):
+    package, net = legacy_package(tmp_path / "legacy.zip")
+    seg = unetseg.load(package)
+    assert seg.config.infer.tile == [64, 64] and not seg.engine.layout.batched  # its graph takes one tile
+    image = np.random.default_rng(2).random((150, 100), dtype=np.float32)
+    probs = seg.predict_proba(image)  # tiles of 64 keep their 48 x 48 centre (the halo of 8 cropped)
+    x = (image - image.mean()) / (image.std() + 1e-6)
+    with torch.no_grad():
+        want = torch.sigmoid(net(torch.from_numpy(x)[None, None]))[0, 0].numpy()
+    inner = (slice(1, -1), slice(1, -1))  # the outermost ring sees the mirrored image, not zero padding
+    np.testing.assert_allclose(probs[1][inner], want[inner], atol=1e-5)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
 
 
 def test_layout_maps_axes_crops_the_halo_and_turns_probabilities_into_logits():

@@ -323,7 +323,11 @@ class OnnxEngine(Engine):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = torch.as_tensor(x).detach().to("cpu", torch.float32).contiguous().numpy()
         if self.layout is not None:
-            out = self.layout.run(lambda a: self.session.run(None, {self.input_name: a})[0], arr)
+            try:
+                out = self.layout.run(lambda a: self.session.run(None, {self.input_name: a})[0], arr)
+            except Exception as e:  # noqa: BLE001 - ORT raises many types for input its graph refuses
+                raise CheckpointError(f"the package's ONNX graph does not run on a tile of its declared axes "
+                                      f"and sizes {tuple(arr.shape)} ({first_line(e)})") from None
         else:
             out = self.session.run(None, {self.input_name: arr})[-1]
         return torch.from_numpy(out).float()

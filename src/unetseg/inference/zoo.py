@@ -28,10 +28,12 @@ A package is read in three checked steps:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import stat
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -91,16 +93,16 @@ def safe_zip(path: Path) -> zipfile.ZipFile:
                else "")
     if not problem and len({e.filename for e in entries}) != len(entries):
         problem = "two entries share a name"
-    for e in entries:
+    for entry in entries:
         if problem:
             break
-        if _bad_name(e.filename):
-            problem = f"entry {e.filename!r} points outside the package"
-        elif stat.S_ISLNK(e.external_attr >> 16):
-            problem = f"entry {e.filename!r} is a link"
-        elif e.file_size > MAX_RATIO * max(e.compress_size, 1) and e.file_size > 1 << 20:
-            ratio = e.file_size // max(e.compress_size, 1)
-            problem = f"entry {e.filename!r} expands {ratio}-fold (a zip bomb?)"
+        if _bad_name(entry.filename):
+            problem = f"entry {entry.filename!r} points outside the package"
+        elif stat.S_ISLNK(entry.external_attr >> 16):
+            problem = f"entry {entry.filename!r} is a link"
+        elif entry.file_size > MAX_RATIO * max(entry.compress_size, 1) and entry.file_size > 1 << 20:
+            ratio = entry.file_size // max(entry.compress_size, 1)
+            problem = f"entry {entry.filename!r} expands {ratio}-fold (a zip bomb?)"
     rdf = [e for e in entries if e.filename in ("rdf.yaml", "bioimageio.yaml") or
            (e.filename.endswith(".bioimageio.yaml") and "/" not in e.filename)]
     if not problem and (not rdf or rdf[0].file_size > MAX_RDF):
@@ -145,17 +147,24 @@ def read_description(zf: zipfile.ZipFile, package: Path) -> Any:
         raise UnetsegError(f"{package}: reading bioimage.io packages needs bioimageio.spec: {EXTRA}") \
             from None
     try:
-        descr = load_description(zf, format_version="latest", perform_io_checks=False)
+        with warnings.catch_warnings():  # notes on converting spec 0.4: a graph that disagrees fails later
+            warnings.simplefilter("ignore")
+            descr = load_description(zf, format_version="latest", perform_io_checks=False)
     except Exception as e:  # noqa: BLE001 - the spec library raises many kinds for a broken description
         why = first_line(e)
         raise CheckpointError(f"{package}: not a readable bioimage.io description ({why})") from None
     if isinstance(descr, InvalidDescr):
-        detail = next((f"{'.'.join(map(str, err.loc))}: {first_line(err.msg)}"
+        detail = next((f"{'.'.join(map(str, err.loc))}: {one_line(err.msg)}"
                        for d in descr.validation_summary.details for err in d.errors), "invalid")
         raise CheckpointError(f"{package}: not a valid bioimage.io description ({detail})")
     if descr.type != "model":
         raise CheckpointError(f"{package}: a bioimage.io {descr.type}, not a model")
     return descr
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A validation message as one line."""
+    return " ".join(str(text).split())[:limit]
 
 
 def _unetseg_config(descr: Any, package: Path) -> Config | None:
@@ -211,7 +220,7 @@ def open_package(path: str | Path, folder: Path) -> PackageModel:
 def _torch_model(package: Path, weights: Path, kwargs: dict[str, Any], wrapped: bool, own: Config | None,
                  descr: Any) -> PackageModel:
     from unetseg.models import build_model
-    from unetseg.models.probabilities import ClassProbabilities
+    from unetseg.models.probabilities import with_probabilities
     from unetseg.validate import check_config
 
     try:
@@ -222,7 +231,7 @@ def _torch_model(package: Path, weights: Path, kwargs: dict[str, Any], wrapped: 
         raise CheckpointError(f"{package}: its architecture does not fit unetseg ({e})") from None
     if own is not None and {"name": config.model.name, **config.model.build_kwargs()} != kwargs:
         raise CheckpointError(f"{package}: config.unetseg describes another model than its architecture")
-    model = ClassProbabilities(net) if wrapped else net
+    model = with_probabilities(net) if wrapped else net
     load_weights(model, package, "cpu", tensors=read_state_dict(weights, package))
     return PackageModel(config, module=net.eval())
 
@@ -245,7 +254,10 @@ def _onnx_model(package: Path, graph: Path, own: Config | None, descr: Any) -> P
     from unetseg.validate import check_config
 
     try:
-        layout = layout_of(descr, True if own is not None else graph_gives_probabilities(graph))
+        probabilities, single = graph_facts(graph)
+        layout = layout_of(descr, True if own is not None else probabilities)
+        if single and "batch" in layout.inputs:  # the graph takes one tile whatever the description says
+            layout = dataclasses.replace(layout, batched=False)
         config = own if own is not None else check_config(derived_config(descr, layout), str(package),
                                                           trained=True)
     except CheckpointError as e:
@@ -254,18 +266,23 @@ def _onnx_model(package: Path, graph: Path, own: Config | None, descr: Any) -> P
     return PackageModel(config, onnx=graph, layout=layout, label=label)
 
 
-def graph_gives_probabilities(path: Path) -> bool | None:
-    """True when the graph's output comes from a Softmax or Sigmoid node; None otherwise."""
+def graph_facts(path: Path) -> tuple[bool | None, bool]:
+    """``(probabilities, single)``: True when the graph's output comes from a Softmax or Sigmoid node (None
+    otherwise), and whether its input's first axis is fixed at 1 (spec 0.4 descriptions lose that)."""
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - a damaged graph is one line
+        raise CheckpointError(f"not a loadable ONNX model ({first_line(e)})") from None
     name = proto.graph.output[0].name
     last = next((n for n in proto.graph.node if name in n.output), None)
-    return True if last is not None and last.op_type in ("Softmax", "Sigmoid") else None
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    single = bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+    return (True if last is not None and last.op_type in ("Softmax", "Sigmoid") else None), single
 
 
-def derived_config(descr: Any, geometry: nn.Module | TensorLayout,
-                   kwargs: dict[str, Any] | None = None) -> Config:
+def derived_config(descr: Any, geometry: Any, kwargs: dict[str, Any] | None = None) -> Config:
     """The config of a package unetseg did not make: its network (unetseg's, built from ``kwargs``, or the
     package's :class:`TensorLayout`), its preprocessing as normalisation steps, class indices as the class
     values, and a tile of about 256 (2D) / 96 (3D) pixels per axis that the network takes."""
@@ -273,7 +290,7 @@ def derived_config(descr: Any, geometry: nn.Module | TensorLayout,
     cfg = Config()
     if isinstance(geometry, TensorLayout):
         dims, classes = geometry.spatial_dims, geometry.classes
-        cfg.model.spatial_dims, cfg.model.in_channels = dims, geometry.channels
+        cfg.model.spatial_dims, cfg.model.in_channels = (3 if dims == 3 else 2), geometry.channels
         cfg.model.num_classes = classes
     else:
         rest = dict(kwargs or {})

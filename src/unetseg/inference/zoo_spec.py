@@ -25,10 +25,10 @@ class TensorLayout:
     """How unetseg's ``(N, C, *spatial)`` tiles map to a package's one input and one output.
 
     ``inputs``/``outputs``: the package's axes in its order (``batch``, ``channel``, ``z``, ``y``, ``x``;
-    batch or channel may be absent). ``sizes``: ``(min, step)`` per spatial axis in unetseg's order (step 0:
-    a fixed size). ``offsets``/``halos``: the output is ``input + offset`` per axis, of which ``halo`` is
-    cropped on each side. ``probabilities``: the output holds probabilities (made logits again for the
-    predictor's softmax) rather than logits."""
+    batch or channel may be absent). ``sizes``: ``(min, step)`` per spatial axis in unetseg's order (step
+    0: a fixed size). ``offsets``/``halos``: the output is ``input + offset`` per axis, of which ``halo``
+    is cropped on each side. ``probabilities``: the output holds probabilities (made logits again for the
+    predictor's softmax) rather than logits. ``batched``: its batch axis takes several tiles at once."""
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
@@ -38,6 +38,7 @@ class TensorLayout:
     channels: int
     classes: int
     probabilities: bool
+    batched: bool = True
 
     @property
     def spatial_dims(self) -> int:
@@ -59,12 +60,12 @@ class TensorLayout:
         """Logits ``(N, classes, *output)`` of the tiles ``x`` ``(N, C, *spatial)`` through ``forward`` (one
         call for the batch, or one per tile when the package has no batch axis)."""
         ours = ("batch", "channel", *SPACE[3 - self.spatial_dims:])
-        if "batch" in self.inputs:
+        if "batch" in self.inputs and self.batched:
             y = forward(np.ascontiguousarray(_to(x, ours, self.inputs)))
             out = _from(y, self.outputs, ours)
         else:
             parts = [_from(forward(np.ascontiguousarray(_to(t[None], ours, self.inputs))), self.outputs, ours)
-                     for t in x]
+                     for t in x]  # one tile at a time (no batch axis, or one of size 1)
             out = np.concatenate(parts)
         crop = (slice(None), slice(None), *(slice(h, out.shape[2 + k] - h) for k, h in enumerate(self.halos)))
         return self._logits(np.asarray(out[crop], dtype=np.float32))
@@ -139,8 +140,9 @@ def layout_of(descr: Any, probabilities: bool | None) -> TensorLayout:
     offsets, halos = zip(*(_offset(out_by_id[a], by_id[a]) for a in space), strict=True)
     channels = _channels(by_id.get("channel"), "input")
     classes = _channels(out_by_id.get("channel"), "output")
+    batched = "batch" in by_id and by_id["batch"].size is None  # a batch axis of size 1 takes one tile
     return TensorLayout(inputs, outputs, sizes, tuple(offsets), tuple(halos), channels, classes,
-                        _output_kind(out, classes, probabilities))
+                        _output_kind(out, classes, probabilities), batched)
 
 
 def _channels(axis: Any, where: str) -> int:

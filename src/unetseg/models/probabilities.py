@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unetseg.errors import ConfigError
+from unetseg.models.base import SegmentationModel
 from unetseg.models.registry import build_model
 
 CALLABLE = "class_probabilities"  # the package's architecture.callable
@@ -32,7 +34,7 @@ class ClassProbabilities(nn.Module):
     """``net`` followed by :func:`to_probabilities` (a deep-supervision list: its full-resolution head).
     The geometry the exporters read (spatial dims, channels, divisors, valid sizes) is the network's."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: SegmentationModel) -> None:
         super().__init__()
         self.net = net
         self.spatial_dims: int = net.spatial_dims
@@ -60,6 +62,13 @@ class ClassProbabilities(nn.Module):
         return to_probabilities(self._last(self.net(x)).float())
 
 
+def with_probabilities(net: nn.Module) -> ClassProbabilities:
+    """One of unetseg's networks giving class probabilities."""
+    if not isinstance(net, SegmentationModel):
+        raise ConfigError(f"{type(net).__name__} is not one of unetseg's architectures")
+    return ClassProbabilities(net)
+
+
 def class_probabilities(name: str, **kwargs: Any) -> ClassProbabilities:
     """``build_model(name, **kwargs)`` giving class probabilities (see the module doc)."""
-    return ClassProbabilities(build_model(name, **kwargs))
+    return with_probabilities(build_model(name, **kwargs))

@@ -40,10 +40,11 @@ from unetseg.checkpoint import (
     read_config,
 )
 from unetseg.config import Config
-from unetseg.errors import CheckpointError, ConfigError, UnetsegError, first_line
+from unetseg.errors import CheckpointError, ConfigError, UnetsegError
 from unetseg.export import ATOL, with_inference_defaults, write_onnx, write_torchscript
 from unetseg.fileio import OutputGuard, atomic_write, ensure_dir, record_written, write_text
-from unetseg.models.probabilities import ClassProbabilities
+from unetseg.inference.zoo import one_line
+from unetseg.models.probabilities import ClassProbabilities, with_probabilities
 from unetseg.models.registry import describe_model
 from unetseg.training.state import rng_state, set_rng_state
 from unetseg.zoo import describe
@@ -161,7 +162,8 @@ def export_bioimageio(
     output = Path(output)
     require_bioimageio()
     with callers_state():
-        return _export(checkpoint, output, authors, license, name, description, sample, opset, atol, overwrite)
+        return _export(checkpoint, output, authors, license, name, description, sample, opset, atol,
+                       overwrite)
 
 
 @contextlib.contextmanager
@@ -191,7 +193,7 @@ def _export(checkpoint: str | Path, output: Path, authors: list[str] | None, lic
     describe.preprocessing(config)  # refuses a normalisation the spec cannot express, before any work
     name = check_name(name) if name else default_name(config)
     model, config = load_checkpoint(folder, "cpu")
-    wrapped = ClassProbabilities(model.float().eval()).eval()
+    wrapped = with_probabilities(model.float().eval()).eval()
     config = with_inference_defaults(config)
     ensure_dir(output.parent, "--output")
     with tempfile.TemporaryDirectory(prefix=".unetseg-package-", dir=output.parent) as tmp:
@@ -351,7 +353,7 @@ def _first_error(summary: Any) -> str:
     """The first error of a ``bioimageio.spec`` validation summary, as one line."""
     for detail in summary.details:
         for err in detail.errors:
-            return f"{detail.name}: {'.'.join(str(x) for x in err.loc)}: {first_line(err.msg)}"
+            return f"{detail.name}: {'.'.join(str(x) for x in err.loc)}: {one_line(err.msg)}"
     return str(summary.status)
 
 
