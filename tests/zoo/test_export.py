@@ -49,6 +49,10 @@ def test_package_is_spec_05_with_unetseg_architecture_and_onnx(exported):
     with zipfile.ZipFile(exported[2]) as zf:
         assert f"unetseg=={package_version()}" in zf.read("environment.yaml").decode()
         state = torch.load(zf.open("weights.pt"), weights_only=True)  # a plain tensor dict: no pickled code
+        import onnx
+
+        meta = {p.key for p in onnx.load_from_string(zf.read("model.onnx")).metadata_props}
+    assert "unetseg_config" not in meta  # its graph gives probabilities: a bare unetseg load must refuse it
     assert all(k.startswith("net.") and isinstance(v, torch.Tensor) for k, v in state.items())
     assert str(descr.license) == "MIT" and [a.name for a in descr.authors] == ["Jane Doe", "Joe Bloggs"]
     assert "10.1007/978-3-319-24574-4_28" in [str(c.doi) for c in descr.cite]
@@ -106,9 +110,9 @@ def test_load_and_predict_cli_give_the_runs_predictions(exported, tmp_path, caps
         np.testing.assert_array_equal(read_mask(tmp_path / "zip" / f.name)[0], read_mask(f)[0])
 
 
-def _checkpoint(folder: Path, **data_options) -> Path:
+def _checkpoint(folder: Path, classes: int = 2, **data_options) -> Path:
     task = data_options.pop("task", "semantic")
-    cfg = tiny_config("unet", num_classes=3 if task == "instances" else 2,
+    cfg = tiny_config("unet", num_classes=3 if task == "instances" else classes,
                       **({"padding": "valid"} if data_options.pop("valid", False) else {}))
     cfg.data.task = task
     if task == "instances":
@@ -120,8 +124,8 @@ def _checkpoint(folder: Path, **data_options) -> Path:
 
 def test_unpadded_unet_declares_its_border_and_instances_keep_the_watershed_outside(exported, tmp_path):
     sample = next((exported[0] / "images").iterdir())
-    valid = _checkpoint(tmp_path / "valid", valid=True, patch_size=[44, 44], window=[0.0, 200.0],
-                        normalization="window")
+    valid = _checkpoint(tmp_path / "valid", classes=1, valid=True, patch_size=[44, 44],
+                        window=[0.0, 200.0], normalization="window")  # one sigmoid logit: 2 probabilities
     np.random.seed(7)
     torch.manual_seed(7)
     package = export_bioimageio(valid, tmp_path / "valid.zip", authors=["A B"], license="CC-BY-4.0",
@@ -135,6 +139,7 @@ def test_unpadded_unet_declares_its_border_and_instances_keep_the_watershed_outs
     assert [a["size"] for a in rdf["inputs"][0]["axes"][2:]] == [{"min": low, "step": 4}] * 2
     assert [a["size"]["offset"] for a in rdf["outputs"][0]["axes"][2:]] == [-2 * border] * 2
     assert [p["id"] for p in rdf["inputs"][0]["preprocessing"]][1:3] == ["clip", "scale_linear"]
+    assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["value_0", "value_255"]
     image = read_image(sample)[0]
     np.testing.assert_allclose(unetseg.load(package).predict_proba(image),
                                unetseg.load(valid).predict_proba(image), atol=1e-6)

@@ -155,7 +155,13 @@ def test_unsafe_or_damaged_zips_are_refused_before_any_work(exported, tmp_path, 
     with zipfile.ZipFile(twice, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
         zf.writestr("weights.pt", weights)
     (tmp_path / "text.zip").write_text("not a zip")
+
+    def wider(rdf):  # an architecture twice as wide as its weights (built on the meta device: no memory)
+        del rdf["config"]["unetseg"]
+        rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["base_channels"] = 512
+
     cases = {
+        rewrite(package, tmp_path / "wider.zip", wider): "do not fit its architecture",
         rewrite(package, tmp_path / "escape.zip", files={"../escape.txt": b"x"}): "points outside",
         bomb: "expands",
         twice: "share a name",

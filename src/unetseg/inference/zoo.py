@@ -223,17 +223,28 @@ def _torch_model(package: Path, weights: Path, kwargs: dict[str, Any], wrapped: 
     from unetseg.models.probabilities import with_probabilities
     from unetseg.validate import check_config
 
+    state = read_state_dict(weights, package)
     try:
+        with torch.device("meta"):  # the shapes first: a stranger's arguments allocate nothing yet
+            skeleton = build_model(**kwargs)
+            config = own if own is not None else check_config(derived_config(descr, skeleton, kwargs),
+                                                              str(package), trained=True)
+        _check_shapes(with_probabilities(skeleton) if wrapped else skeleton, state, package)
         net = build_model(**kwargs)
-        config = own if own is not None else check_config(derived_config(descr, net, kwargs), str(package),
-                                                          trained=True)
     except UnetsegError as e:
         raise CheckpointError(f"{package}: its architecture does not fit unetseg ({e})") from None
     if own is not None and {"name": config.model.name, **config.model.build_kwargs()} != kwargs:
         raise CheckpointError(f"{package}: config.unetseg describes another model than its architecture")
-    model = with_probabilities(net) if wrapped else net
-    load_weights(model, package, "cpu", tensors=read_state_dict(weights, package))
+    load_weights(with_probabilities(net) if wrapped else net, package, "cpu", tensors=state)
     return PackageModel(config, module=net.eval())
+
+
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], package: Path) -> None:
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = sorted(k for k in own if k not in state or tuple(state[k].shape) != own[k])
+    if wrong or set(state) - set(own):
+        what = wrong[0] if wrong else sorted(set(state) - set(own))[0]
+        raise CheckpointError(f"{package}: its weights do not fit its architecture ({what})")
 
 
 def read_state_dict(path: Path, package: Path) -> dict[str, torch.Tensor]:

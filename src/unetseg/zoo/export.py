@@ -33,6 +33,7 @@ import torch
 
 from unetseg.checkpoint import (
     CONFIG_FILE,
+    ONNX_CONFIG_KEY,
     STAGE1,
     find_checkpoint,
     load_checkpoint,
@@ -196,7 +197,7 @@ def _export(checkpoint: str | Path, output: Path, authors: list[str] | None, lic
     wrapped = with_probabilities(model.float().eval()).eval()
     config = with_inference_defaults(config)
     ensure_dir(output.parent, "--output")
-    with tempfile.TemporaryDirectory(prefix=".unetseg-package-", dir=output.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix="unetseg-package-") as tmp:
         work = Path(tmp)
         example = make_sample(wrapped, config, sample)
         diffs = _write_weights(wrapped, config, work, opset, atol)
@@ -216,13 +217,32 @@ def _write_weights(model: ClassProbabilities, config: Config, work: Path, opset:
     """The three weight files; ONNX and TorchScript each checked against PyTorch (max abs <= ``atol``)."""
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     torch.save(state, work / WEIGHTS["pytorch_state_dict"])  # the spec's format: a plain tensor dict
-    diffs = {"onnx": write_onnx(model, config, work / WEIGHTS["onnx"], opset, atol, "auto")[0],
-             "torchscript": write_torchscript(model, config, work / WEIGHTS["torchscript"])}
+    probs = config.copy_deep()  # what the parity checks read: the graph gives max(2, classes) channels
+    probs.model.num_classes = model.num_classes
+    diffs = {"onnx": write_onnx(model, probs, work / WEIGHTS["onnx"], opset, atol, "auto")[0],
+             "torchscript": write_torchscript(model, probs, work / WEIGHTS["torchscript"])}
+    _without_unetseg_config(work / WEIGHTS["onnx"], work / WEIGHTS["torchscript"])
     for fmt, diff in diffs.items():
         if not diff <= atol:
             raise UnetsegError(f"the {fmt} weights differ from PyTorch by {diff:.3g} (max abs), more than "
                                f"{atol:g}; nothing written")
     return diffs
+
+
+def _without_unetseg_config(graph: Path, script: Path) -> None:
+    """The package's networks give probabilities, not the logits of unetseg's own ONNX and TorchScript
+    exports: without the config inside, ``unetseg predict`` refuses the bare files instead of misreading
+    them (the package itself carries the config)."""
+    import onnx
+
+    torch.jit.save(torch.jit.load(str(script)), str(script))  # the file just written: no extra files
+    proto = onnx.load(str(graph))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != ONNX_CONFIG_KEY]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(graph))
 
 
 def _environment() -> str:
