@@ -211,7 +211,7 @@ def _infer_overrides(
 @app.command()
 @user_errors
 def evaluate(
-    checkpoint: Annotated[Path, Opt(help="checkpoint folder, run folder (-> best/) or .onnx file")],
+    checkpoint: Annotated[Path, Opt(help="checkpoint or run folder (-> best/), .onnx or bioimage.io .zip")],
     data: Annotated[Path, Opt(help="dataset folder with images/ and masks/")],
     out: Annotated[Path | None, Opt(help="write metrics as strict JSON")] = None,
     overlays: Annotated[Path | None, Opt(help="write side-by-side PNGs here")] = None,
@@ -257,7 +257,7 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
-    checkpoint: Annotated[Path, Opt(help="checkpoint folder, run folder (-> best/) or .onnx file")],
+    checkpoint: Annotated[Path, Opt(help="checkpoint or run folder (-> best/), .onnx or bioimage.io .zip")],
     input: Annotated[Path, Opt(help="an image file, an OME-Zarr store or a folder of images")],
     output: Annotated[Path, Opt(help="folder for the masks")],
     tile: Annotated[list[int] | None, Opt(help="tile size H W or D H W; default: training patch")] = None,
