@@ -149,9 +149,11 @@ def _add_metadata(path: Path, config: Config) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _export_onnx(
+def write_onnx(
     model: nn.Module, config: Config, path: Path, opset: int, atol: float, exporter: str
 ) -> tuple[float, str]:
+    """Write ``model`` as ONNX with ``config`` in its metadata, by the first exporter whose parity check
+    passes (else the closest); returns the max abs difference and how it was written."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -231,7 +233,9 @@ def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.script(_SamePad(core, divs))
 
 
-def _export_torchscript(model: nn.Module, config: Config, path: Path) -> float:
+def write_torchscript(model: nn.Module, config: Config, path: Path) -> float:
+    """Write ``model`` as TorchScript with ``config`` inside; returns the parity check's max abs
+    difference."""
     sizes = example_sizes(model)
     example = torch.randn(2, model.in_channels, *sizes[0])
     try:
@@ -248,7 +252,8 @@ def _export_torchscript(model: nn.Module, config: Config, path: Path) -> float:
 def _check_request(checkpoint: str | Path, fmt: str, output: Path, opset: int, overwrite: bool) -> None:
     """Every option checked, and the output against the checkpoint's files, before any work."""
     if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)} (a bioimage.io package: "
+                          "unetseg.zoo.export_bioimageio)")
     if fmt == "onnx" and opset < 17:
         raise ConfigError(f"--opset {opset}: unetseg exports ONNX opset 17 or newer")
     suffixes = (".onnx",) if fmt == "onnx" else TORCHSCRIPT_SUFFIXES
@@ -296,13 +301,13 @@ def export_model(
                      overwrite=overwrite)
     model = model.float().eval()
     ensure_dir(output.parent, "--output")
-    config = _with_inference_defaults(config)
+    config = with_inference_defaults(config)
     tmp = temp_path(output)
     try:
         if fmt == "onnx":
-            diff, how = _export_onnx(model, config, tmp, opset, atol, exporter)
+            diff, how = write_onnx(model, config, tmp, opset, atol, exporter)
         else:
-            diff, how = _export_torchscript(model, config, tmp), "TorchScript"
+            diff, how = write_torchscript(model, config, tmp), "TorchScript"
         print(f"max abs difference: {diff:.3g}")
         if not diff <= atol:
             raise UnetsegError(
@@ -323,7 +328,7 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _with_inference_defaults(config: Config) -> Config:
+def with_inference_defaults(config: Config) -> Config:
     """A copy whose ``infer.tile`` is set (the training patch size when not given) so the export is
     self-describing for deployment."""
     cfg = config_from_dict(config.to_dict())

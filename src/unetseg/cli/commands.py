@@ -217,7 +217,7 @@ def _infer_overrides(
 @app.command()
 @user_errors
 def evaluate(
-    checkpoint: Annotated[Path, Opt(help="checkpoint folder, run folder (-> best/) or .onnx file")],
+    checkpoint: Annotated[Path, Opt(help="checkpoint or run folder (-> best/), .onnx or bioimage.io .zip")],
     data: Annotated[Path, Opt(help="dataset folder with images/ and masks/")],
     out: Annotated[Path | None, Opt(help="write metrics as strict JSON")] = None,
     overlays: Annotated[Path | None, Opt(help="write side-by-side PNGs here")] = None,
@@ -263,7 +263,7 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
-    checkpoint: Annotated[Path, Opt(help="checkpoint folder, run folder (-> best/) or .onnx file")],
+    checkpoint: Annotated[Path, Opt(help="checkpoint or run folder (-> best/), .onnx or bioimage.io .zip")],
     input: Annotated[Path, Opt(help="an image file, an OME-Zarr store or a folder of images")],
     output: Annotated[Path, Opt(help="folder for the masks")],
     tile: Annotated[list[int] | None, Opt(help="tile size H W or D H W; default: training patch")] = None,
@@ -327,14 +327,41 @@ def predict(
 @user_errors
 def export(
     checkpoint: Annotated[Path, Opt(help="checkpoint folder or run folder (-> best/)")],
-    format: Annotated[str, Opt(help="onnx | torchscript")],
-    output: Annotated[Path, Opt(help="file to write")],
+    format: Annotated[str, Opt(help="onnx | torchscript | bioimageio (a BioImage Model Zoo .zip)")],
+    output: Annotated[Path, Opt(help="file to write (.onnx, .pt, .zip)")],
     opset: Annotated[int, Opt(help="ONNX opset (17 or newer)")] = 17,
+    author: Annotated[
+        list[str] | None, Opt(help="bioimageio: an author's name (repeatable; required)")
+    ] = None,
+    license: Annotated[
+        str | None, Opt(help="bioimageio: SPDX licence id, e.g. CC-BY-4.0 or MIT (required; no default)")
+    ] = None,
+    name: Annotated[str | None, Opt(help="bioimageio: the model's name (default: from the model)")] = None,
+    description: Annotated[
+        str | None, Opt(help="bioimageio: one paragraph (default: from the model)")
+    ] = None,
+    sample: Annotated[
+        Path | None,
+        Opt(help="bioimageio: image for the test tensors and cover (default: a validation image)"),
+    ] = None,
     overwrite: Annotated[
         bool, Opt("--overwrite", help="replace an existing file unetseg did not write")
     ] = False,
 ) -> None:
-    """Export a checkpoint to ONNX or TorchScript and check it against PyTorch (max abs diff <= 1e-4)."""
+    """Export a checkpoint to ONNX or TorchScript (checked against PyTorch: max abs diff <= 1e-4), or as
+    a BioImage Model Zoo package for Fiji (deepImageJ), QuPath, ilastik and napari (tested by
+    bioimageio.core)."""
+    bioimageio_only = {"--author": author, "--license": license, "--name": name, "--description": description,
+                       "--sample": sample}
+    if format.lower() == "bioimageio":
+        from unetseg.zoo import export_bioimageio
+
+        export_bioimageio(checkpoint, output, authors=author, license=license, name=name,
+                          description=description, sample=sample, opset=opset, overwrite=overwrite)
+        return
+    given = [k for k, v in bioimageio_only.items() if v]
+    if given:
+        raise UnetsegError(f"{given[0]} is for --format bioimageio only")
     from unetseg.export import export_model
 
     export_model(checkpoint, format, output, opset=opset, overwrite=overwrite)

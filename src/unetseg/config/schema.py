@@ -26,7 +26,7 @@ from pydantic import (
 from unetseg.errors import ConfigError
 
 # The choices this layer owns; the stages that implement them import these (one place for each).
-NORMALIZATIONS = ("zscore", "percentile", "window", "ct", "none")
+NORMALIZATIONS = ("zscore", "percentile", "window", "ct", "steps", "none")
 CACHE_MODES = ("auto", "memory", "lazy")
 PAD_MODES = ("reflect", "constant")
 OPTIMIZERS = ("adamw", "sgd")
@@ -152,8 +152,9 @@ class DataConfig(Section):
     set of values found in the training masks. ``normalization``: ``zscore`` (per image and channel),
     ``percentile`` (clip to ``percentiles`` then z-score, per image), ``window`` (fixed ``window=[lo, hi]``
     mapped to [-1, 1]), ``ct`` (clip to ``window`` then the dataset's ``intensity_stats`` mean/std, as
-    nnU-Net does for CT) or ``none``. ``max_image_gib`` bounds the float32 bytes one image may decode to
-    (checked from the file header, before decoding: no decompression bombs).
+    nnU-Net does for CT), ``steps`` (the ordered ``preprocessing`` steps of an imported BioImage Model Zoo
+    package, see :mod:`unetseg.data.normalize`) or ``none``. ``max_image_gib`` bounds the float32 bytes
+    one image may decode to (checked from the file header, before decoding: no decompression bombs).
     """
 
     data: str | None = None
@@ -164,10 +165,13 @@ class DataConfig(Section):
     # what an instance model learns: the 3-class map, or the distance to the boundary in DISTANCE_BINS bins
     instance_target: InstanceTarget = "three_class"
     class_values: Annotated[list[ClassValue], Field(min_length=1)] | None = None
-    normalization: Literal["zscore", "percentile", "window", "ct", "none"] = "zscore"
+    normalization: Literal["zscore", "percentile", "window", "ct", "steps", "none"] = "zscore"
     percentiles: Range = Field(default_factory=lambda: [0.5, 99.5])
     window: Range | None = None
     intensity_stats: Range | None = None  # [mean, std] for "ct"
+    # for "steps": [{op: zero_mean_unit_variance | fixed_zero_mean_unit_variance | scale_range | scale_linear
+    # | clip, ...its options}], applied in order (checked by unetseg.data.normalize.Normalizer)
+    preprocessing: list[dict[str, Any]] | None = None
     spacing: list[Annotated[Float, Field(gt=0)]] | None = None  # target spacing (3D resampling), z y x
     # the model's grid: each axis of data.spacing (or, without it, of each image's own grid) coarser by this
     # factor, so a patch sees more of large structures (the planner's resolution choice; predictions are
@@ -205,6 +209,8 @@ class DataConfig(Section):
             raise ValueError(f"normalization {self.normalization!r} needs window: [lo, hi]")
         if self.normalization == "ct" and self.intensity_stats is None:
             raise ValueError("normalization 'ct' needs intensity_stats: [mean, std] (the planner sets it)")
+        if self.normalization == "steps" and not self.preprocessing:
+            raise ValueError("normalization 'steps' needs preprocessing: [{op: ..., ...}]")
         return self
 
 

@@ -79,11 +79,13 @@ def save_overlay(
     *,
     slice_index: int | None = None,
     objects: bool = False,
+    beside: bool = False,
 ) -> Path:
     """Write :func:`overlay_panels` as a PNG (atomically)."""
     from PIL import Image
 
-    picture = Image.fromarray(overlay_panels(image, labels, truth, slice_index=slice_index, objects=objects))
+    picture = Image.fromarray(overlay_panels(image, labels, truth, slice_index=slice_index, objects=objects,
+                                             beside=beside))
     return atomic_write(Path(path), lambda tmp: picture.save(tmp, format="PNG"))
 
 
@@ -94,6 +96,7 @@ def overlay_panels(
     *,
     slice_index: int | None = None,
     objects: bool = False,
+    beside: bool = False,
 ) -> np.ndarray:
     """An ``(H, W', 3)`` uint8 picture of ``labels`` over ``image``; with ``truth``, the panels image |
     truth | prediction | errors (FP red, FN blue, wrong class yellow) side by side.
@@ -104,6 +107,7 @@ def overlay_panels(
         slice_index: for 3D, the slice along the first axis; default the one with most foreground
             (of ``truth`` when given, else of ``labels``).
         objects: ``labels`` (and ``truth``) are object ids: one colour per object, outlines drawn.
+        beside: without ``truth``: the image alone beside the overlay (image | prediction).
     """
     labels = np.asarray(labels)
     d = labels.ndim
@@ -125,6 +129,8 @@ def overlay_panels(
             else error_map(grey, lab, tru)
         )
         panels = [plain, colourise(grey, tru, objects=objects), panels[0], errors]
+    elif beside:
+        panels = [colourise(grey, np.zeros_like(lab)), panels[0]]
     gap = np.full((grey.shape[0], 4, 3), 255, dtype=np.uint8)
     row = [p for panel in panels for p in (panel, gap)][:-1]
     return np.concatenate(row, axis=1)

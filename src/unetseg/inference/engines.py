@@ -39,6 +39,7 @@ from unetseg.checkpoint import (
 )
 from unetseg.config import Config
 from unetseg.errors import CheckpointError, ConfigError, UnetsegError, first_line
+from unetseg.inference.zoo_spec import TensorLayout
 from unetseg.runtime import autocast, autocast_dtype, memory_format, resolve_device, use_channels_last
 
 TORCHSCRIPT_RISK = (
@@ -61,6 +62,7 @@ class Engine:
     divisors: tuple[int, ...] = (1, 1)
     prior_channels: int = 0
     previous: Stage | None = None
+    label: str | None = None  # what runs, when not the config's architecture (an imported package's graph)
     _sizes: Any = None  # an object with output_size/valid_input_size (the model, or a skeleton of it)
 
     @property
@@ -260,7 +262,8 @@ class OnnxEngine(Engine):
     (written by :func:`unetseg.export.export_model`) and is checked against the graph. Uses CUDA when
     asked for and available."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "auto") -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "auto", *, config: Config | None = None,
+                 layout: TensorLayout | None = None) -> None:
         ort = _import_ort()
         path = Path(path)
         check_onnx_external_data(path)
@@ -271,15 +274,22 @@ class OnnxEngine(Engine):
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises many types for a bad file
             raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
+        self.layout = layout
+        self.config = config if config is not None else self._own_config(path)
+        self._set_geometry(None, self.config)
+        if layout is not None:  # a package's graph: its geometry is the package's, checked by the spec
+            self.divisors, self._sizes = layout.divisors, layout
+        else:
+            self._sizes = model_skeleton(self.config)
+            self._check_graph(path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.providers = self.session.get_providers()
+
+    def _own_config(self, path: Path) -> Config:
         meta = self.session.get_modelmeta().custom_metadata_map
         if ONNX_CONFIG_KEY not in meta:
             raise CheckpointError(f"{path}: no unetseg config in its metadata (export with `unetseg export`)")
-        self.config = parse_config(meta[ONNX_CONFIG_KEY], f"{path} (metadata {ONNX_CONFIG_KEY})")
-        self._set_geometry(None, self.config)
-        self._sizes = model_skeleton(self.config)
-        self._check_graph(path)
-        self.input_name = self.session.get_inputs()[0].name
-        self.providers = self.session.get_providers()
+        return parse_config(meta[ONNX_CONFIG_KEY], f"{path} (metadata {ONNX_CONFIG_KEY})")
 
     def _check_graph(self, path: Path) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -312,7 +322,14 @@ class OnnxEngine(Engine):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = torch.as_tensor(x).detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self.session.run(None, {self.input_name: arr})[-1]
+        if self.layout is not None:
+            try:
+                out = self.layout.run(lambda a: self.session.run(None, {self.input_name: a})[0], arr)
+            except Exception as e:  # noqa: BLE001 - ORT raises many types for input its graph refuses
+                raise CheckpointError(f"the package's ONNX graph does not run on a tile of its declared axes "
+                                      f"and sizes {tuple(arr.shape)} ({first_line(e)})") from None
+        else:
+            out = self.session.run(None, {self.input_name: arr})[-1]
         return torch.from_numpy(out).float()
 
 
@@ -353,8 +370,9 @@ def load_engine(
     trust_torchscript: bool = False,
 ) -> tuple[Engine, Config]:
     """Open a model for inference, choosing the engine by the file: ``.onnx`` -> ONNX Runtime,
-    ``.pt``/``.ts``/``.torchscript`` -> TorchScript (only with ``trust_torchscript``), a folder (checkpoint
-    or run) -> PyTorch + safetensors.
+    ``.pt``/``.ts``/``.torchscript`` -> TorchScript (only with ``trust_torchscript``), a ``.zip``
+    bioimage.io package -> unetseg's network or ONNX Runtime (:mod:`unetseg.inference.zoo`), a folder
+    (checkpoint or run) -> PyTorch + safetensors.
 
     Returns the engine and the config that travels with the model (normalisation, class map, tile size).
     A cascade's second stage comes with its first (:attr:`Engine.previous`), found beside it
@@ -383,9 +401,31 @@ def _check_stages(engine: Engine, stage: Stage, path: Path) -> None:
         )
 
 
+def _load_package(path: Path, device: str | torch.device, precision: str) -> tuple[Engine, Config]:
+    """A BioImage Model Zoo package: unetseg's network on its weights, or its ONNX graph through its axes
+    (:mod:`unetseg.inference.zoo`: checked, extracted to a private folder, nothing in it run)."""
+    import tempfile
+
+    from unetseg.inference.zoo import open_package
+
+    with tempfile.TemporaryDirectory(prefix="unetseg-package-") as tmp:
+        pkg = open_package(path, Path(tmp))
+        if pkg.module is not None:
+            dev = resolve_device(device)
+            layout = pkg.config.train.channels_last
+            return TorchEngine(pkg.module, dev, precision, config=pkg.config, channels_last=layout,
+                               fuse=True), pkg.config
+        assert pkg.onnx is not None
+        engine = OnnxEngine(pkg.onnx, device, config=pkg.config, layout=pkg.layout)
+        engine.label = pkg.label
+        return engine, pkg.config
+
+
 def _load_one(path: str | Path, device: str | torch.device, precision: str,
               trust_torchscript: bool) -> tuple[Engine, Config]:
     p = Path(path)
+    if p.suffix.lower() == ".zip":
+        return _load_package(p, device, precision)
     if p.suffix.lower() == ".onnx":
         if not p.is_file():
             raise CheckpointError(f"{p}: ONNX model not found")

@@ -1,7 +1,7 @@
 """``unetseg.load(RUN)``: a trained model bound to what it was trained with, as nnU-Net's predictor is bound
 to its trained folder and Cellpose's and StarDist's models are to theirs::
 
-    seg = unetseg.load("RUN")            # a run or checkpoint folder, an .onnx file (TorchScript if trusted)
+    seg = unetseg.load("RUN")            # run/checkpoint folder, .onnx, bioimage.io .zip, trusted TorchScript
     labels = seg.predict(image)          # classes (an instance model: object ids), at the image's size
     probs = seg.predict_proba(image)     # float32 (C, *spatial)
     ids, table = seg.predict_instances(image)   # instance models: ids and the per-object table
@@ -42,7 +42,8 @@ class Segmenter:
         self.predictor = predictor_for(engine, config, **self.overrides)
 
     def __repr__(self) -> str:
-        return (f"Segmenter({str(self.source)!r}: {self.config.model.name}, {self.spatial_dims}D, "
+        what = self.engine.label or self.config.model.name
+        return (f"Segmenter({str(self.source)!r}: {what}, {self.spatial_dims}D, "
                 f"{self.channels} channel(s), {self.task}, classes {self.classes})")
 
     @property
@@ -139,7 +140,8 @@ def load(path: str | Path, *, device: str | torch.device = "auto", precision: st
          trust_torchscript: bool = False, tile: Sequence[int] | None = None, overlap: float | None = None,
          tta: bool | None = None, batch_size: int | None = None, blend: str | None = None) -> Segmenter:
     """Load a trained model for prediction: a run folder (its ``best``), a checkpoint folder, an ``.onnx``
-    file or a TorchScript file (``trust_torchscript``: it is a program). ``tile``, ``overlap``, ``tta``,
+    file, a BioImage Model Zoo ``.zip`` (unetseg's own, a unetseg architecture's, or one with ONNX weights)
+    or a TorchScript file (``trust_torchscript``: it is a program). ``tile``, ``overlap``, ``tta``,
     ``batch_size``, ``blend``: override the model's inference settings (None: its own)."""
     engine, config = load_engine(path, device, precision, trust_torchscript=trust_torchscript)
     return Segmenter(path, engine, config, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from unetseg.models.probabilities import to_probabilities
+
 
 def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
     """Every subset of the spatial axes of an ``(N, C, *spatial)`` tensor, the identity ``()`` first."""
@@ -22,11 +24,7 @@ def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
 def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over classes; a single sigmoid channel becomes two rows ``[1 - p, p]`` so that labels are
     always the argmax over rows. Computed in float32 whatever the autocast dtype of the logits."""
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
-        return torch.cat([1.0 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
+    return to_probabilities(logits.float())
 
 
 def predict_probs(

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.data.normalize import Normalizer
+from unetseg.data.normalize import Normalizer, frozen_steps, needs_image_statistics
 from unetseg.errors import ConfigError
 
 Region = tuple[slice, ...]
@@ -77,24 +77,36 @@ def image_statistics(source: Any, method: str = "zscore", *, percentiles: Sequen
     return ChannelStats(tuple(float(m) for m in mean), tuple(float(s) for s in std), clip)
 
 
-def _sample_clip(source: Any, shape: tuple[int, ...], level: int, percentiles: Sequence[float],
-                 sample: int) -> tuple[tuple[float, float], ...]:
+def _subsample(source: Any, shape: tuple[int, ...], level: int, sample: int) -> np.ndarray:
+    """``(C, n)``: every k-th pixel along each axis, at most about ``sample`` of them (all when fewer)."""
     step = max(1, math.ceil((math.prod(shape) / max(1, sample)) ** (1.0 / len(shape))))
     inner = tuple(slice(0, s, step) for s in shape[1:])
     rows = step * max(1, (1 << 22) // max(1, math.prod(-(-s // step) for s in shape[1:])))
     parts = [source.read((slice(r, min(shape[0], r + rows), step), *inner), level)
              for r in range(0, shape[0], rows)]
-    flat = np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
+    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
+
+
+def _sample_clip(source: Any, shape: tuple[int, ...], level: int, percentiles: Sequence[float],
+                 sample: int) -> tuple[tuple[float, float], ...]:
+    flat = _subsample(source, shape, level, sample)
     return tuple((float(lo), float(hi)) for lo, hi in (np.percentile(ch, percentiles) for ch in flat))
 
 
 def stream_normalizer(source: Any, data_cfg: Any, *, level: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """The region normaliser for ``data_cfg.normalization``: whole-image statistics from
     :func:`image_statistics` for ``zscore`` / ``percentile``; the config's fixed mapping otherwise
-    (``window``, ``ct``, ``none`` are per pixel already)."""
+    (``window``, ``ct``, ``none`` are per pixel already). An imported package's ``steps`` that read the
+    image's statistics get them the same way (exact mean and std; percentiles of the subsample) and become
+    per-pixel steps (:func:`~unetseg.data.normalize.frozen_steps`)."""
     method = data_cfg.normalization
     if method in ("zscore", "percentile"):
         return image_statistics(source, method, percentiles=data_cfg.percentiles, level=level)
+    if needs_image_statistics(data_cfg):
+        stats = image_statistics(source, "zscore", level=level)
+        sample = _subsample(source, tuple(int(s) for s in source.shape(level)), level, 1 << 20)
+        return Normalizer("steps", steps=frozen_steps(data_cfg.preprocessing, np.array(stats.mean),
+                                                      np.array(stats.std), sample))
     return Normalizer.from_config(data_cfg)
 
 
