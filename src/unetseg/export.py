@@ -42,6 +42,7 @@ from unetseg.config import Config, config_from_dict
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
 from unetseg.inference.engines import OnnxEngine, load_torchscript
+from unetseg.models.base import SegmentationModel
 from unetseg.models.sizes import same_padding
 
 FORMATS = ("onnx", "torchscript")
@@ -49,12 +50,12 @@ ATOL = 1e-4
 Size = tuple[int, ...]
 
 
-def example_sizes(model: nn.Module) -> list[Size]:
+def example_sizes(model: SegmentationModel) -> list[Size]:
     """Spatial sizes: ``[export example, check 1, check 2]``, all different, distinct per axis so no two
     axes can be confused. For "same" models the example and the second check are not multiples of
     2**depth (internal padding), the first check is; for the valid U-Net all are valid sizes."""
     dims, div = model.spatial_dims, max(model.divisors)
-    if getattr(model, "padding", "same") == "valid":
+    if model.padding == "valid":
         base = model.valid_input_size((1,) * dims)[0]
         return [tuple(base + div * (k + i) for i in range(dims)) for k in (1, 0, 2)]
     return [
@@ -70,7 +71,7 @@ def _eager(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (out[-1] if isinstance(out, (list, tuple)) else out).float()
 
 
-def parity(model: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], sizes: list[Size]) -> float:
+def parity(model: SegmentationModel, run: Callable[[torch.Tensor], torch.Tensor], sizes: list[Size]) -> float:
     """Max abs difference between ``run`` (the exported model) and ``model`` over random inputs of ``sizes``
     (batch 1 for the first size, 3 for the others)."""
     gen = torch.Generator().manual_seed(0)
@@ -100,6 +101,7 @@ def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int
             output_names=["logits"],
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns the program
     program.save(str(path))
 
 
@@ -150,7 +152,7 @@ def _add_metadata(path: Path, config: Config) -> int:
 
 
 def _export_onnx(
-    model: nn.Module, config: Config, path: Path, opset: int, atol: float, exporter: str
+    model: SegmentationModel, config: Config, path: Path, opset: int, atol: float, exporter: str
 ) -> tuple[float, str]:
     try:
         import onnx  # noqa: F401
@@ -208,7 +210,7 @@ class _SamePad(nn.Module):
 
 
 class _PaddedCore(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
         self.model = model
 
@@ -217,12 +219,12 @@ class _PaddedCore(nn.Module):
         return out[-1] if isinstance(out, (list, tuple)) else out
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+def _trace(model: SegmentationModel, example: torch.Tensor) -> torch.jit.ScriptModule:
     """TorchScript of ``model``. The models are not scriptable and a trace bakes in the "same" pad amounts,
     so the padded core is traced (its ops follow the input shape) inside a scripted :class:`_SamePad`."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes; the parity check is the judge
-        if getattr(model, "padding", "same") == "valid" or not hasattr(model, "forward_padded"):
+        if model.padding == "valid":
             return torch.jit.trace(model, example, check_trace=False)
         divs = list(model.divisors)
         sizes = (-(-s // d) * d for s, d in zip(example.shape[2:], divs, strict=True))
@@ -231,7 +233,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.script(_SamePad(core, divs))
 
 
-def _export_torchscript(model: nn.Module, config: Config, path: Path) -> float:
+def _export_torchscript(model: SegmentationModel, config: Config, path: Path) -> float:
     sizes = example_sizes(model)
     example = torch.randn(2, model.in_channels, *sizes[0])
     try:

@@ -15,7 +15,7 @@ from unetseg.config import Config, build_config, dump_yaml
 from unetseg.config.schema import instance_classes
 from unetseg.data.cases import find_cases
 from unetseg.data.prepare import check_geometry
-from unetseg.errors import ConfigError
+from unetseg.errors import ConfigError, DataError
 from unetseg.planning import rules
 from unetseg.planning.fingerprint import Fingerprint
 from unetseg.planning.fingerprint_cache import cached_fingerprint
@@ -116,6 +116,12 @@ class _Work:
             return obj.options.get(parts[2])
         return getattr(obj, parts[1])
 
+    def minutes(self) -> float:
+        """The time budget: given, or :func:`~unetseg.planning.rules.default_budget`'s."""
+        minutes = self.cfg.train.max_minutes
+        assert minutes is not None  # planned before the width and the schedule
+        return float(minutes)
+
     def take(self, decisions: list[Decision]) -> None:
         for d in decisions:
             if d.key in self.given:
@@ -149,10 +155,13 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
     device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or a default for the device).
     When the rules cannot be sure of the resolution (:func:`unetseg.planning.rules.resolution`), the plan's
     ``alternatives`` hold the other candidates, each planned whole, for a timed probe in ``train``."""
-    cases = find_cases(cfg.data.data, skip_bad=cfg.data.skip_bad)
+    data = cfg.data.data
+    if data is None:
+        raise DataError("no dataset given (--data DIR)")
+    cases = find_cases(data, skip_bad=cfg.data.skip_bad)
     instances = cfg.data.task == "instances"
     fp = cached_fingerprint(
-        cfg.data.data,
+        data,
         cases,
         cache_dir=cache_dir,
         class_values=None if instances else cfg.data.class_values,
@@ -267,7 +276,7 @@ def _width_and_schedule(work: _Work, plan: Plan, device: torch.device) -> None:
     """Time the candidate widths, choose the widest that still reaches MIN_STEPS in the budget, then the
     epoch length, the validation interval and TTA so validation stays within VAL_SHARE of the budget."""
     cfg, fp = work.cfg, plan.fingerprint
-    minutes = float(cfg.train.max_minutes)
+    minutes = work.minutes()
     given_width = "model.base_channels" in work.given
     widths = [cfg.model.base_channels] if given_width else WIDTHS[plan.device.kind]
     plan.timing = measure(cfg, widths, device)
@@ -304,7 +313,7 @@ def choose_width(step_s: dict[int, float], minutes: float, dims: int) -> tuple[i
 
 def _schedule(work: _Work, plan: Plan, steps: int) -> None:
     cfg, fp = work.cfg, plan.fingerprint
-    minutes = float(cfg.train.max_minutes)
+    minutes = work.minutes()
     iters = int(np.clip(round(steps / 12), 20, 250))
     epochs = max(1, math.ceil(steps / iters))
     tiles = _tiles_per_image(fp, cfg)
@@ -349,6 +358,7 @@ def _schedule(work: _Work, plan: Plan, steps: int) -> None:
 
 def _tiles_per_image(fp: Fingerprint, cfg: Config) -> int:
     tile = cfg.infer.tile or cfg.data.patch_size
+    assert tile is not None  # rules.geometry planned the patch
     overlap = cfg.infer.overlap if cfg.infer.overlap is not None else (0.25 if fp.spatial_dims == 2 else 0.5)
     median = np.median(np.asarray(fp.shapes), axis=0) / np.asarray(cfg.data.downsample or [1.0] * len(tile))
     return int(
