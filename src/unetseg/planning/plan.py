@@ -150,24 +150,14 @@ def device_of(cfg: Config) -> tuple[torch.device, Device]:
     return dev, Device(dev.type, mem)
 
 
-def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = None) -> Plan:
-    """Plan every option of ``cfg`` that is not in ``given`` from ``cfg.data.data``'s fingerprint, the
-    device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or a default for the device).
-    When the rules cannot be sure of the resolution (:func:`unetseg.planning.rules.resolution`), the plan's
-    ``alternatives`` hold the other candidates, each planned whole, for a timed probe in ``train``."""
-    data = cfg.data.data
-    if data is None:
-        raise DataError("no dataset given (--data DIR)")
-    cases = find_cases(data, skip_bad=cfg.data.skip_bad)
-    instances = cfg.data.task == "instances"
-    fp = cached_fingerprint(
-        data,
-        cases,
-        cache_dir=cache_dir,
-        class_values=None if instances else cfg.data.class_values,
-        max_bytes=cfg.data.max_image_gib * 2**30,
-        instances=instances,
-    )
+def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = None,
+              fingerprint: Fingerprint | None = None) -> Plan:
+    """Plan every option of ``cfg`` that is not in ``given`` from ``cfg.data.data``'s fingerprint (or the
+    ``fingerprint`` given), the device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or
+    a default for the device). When the rules cannot be sure of the resolution
+    (:func:`unetseg.planning.rules.resolution`), the plan's ``alternatives`` hold the other candidates, each
+    planned whole, for a timed probe in ``train``."""
+    fp = fingerprint if fingerprint is not None else _fingerprint(cfg, cache_dir)
     check_axes(cfg, fp.spatial_dims, what=f"the images in {cfg.data.data} are")  # before any rule uses them
     torch_dev, device = device_of(cfg)
     work = _Work(cfg, given)
@@ -190,6 +180,22 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
                 "full", None, rules.PATCH_VOXELS[(device.kind, fp.spatial_dims)],
                 "full resolution (a cascade's second stage)"))
     return plans[0]
+
+
+def _fingerprint(cfg: Config, cache_dir: str | Path | None) -> Fingerprint:
+    data = cfg.data.data
+    if data is None:
+        raise DataError("no dataset given (--data DIR)")
+    cases = find_cases(data, skip_bad=cfg.data.skip_bad)
+    instances = cfg.data.task == "instances"
+    return cached_fingerprint(
+        data,
+        cases,
+        cache_dir=cache_dir,
+        class_values=None if instances else cfg.data.class_values,
+        max_bytes=cfg.data.max_image_gib * 2**30,
+        instances=instances,
+    )
 
 
 def _may_cascade(cfg: Config, dims: int) -> bool:
