@@ -25,6 +25,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,10 @@ from unetseg.config import Config, config_from_dict
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
 from unetseg.inference.engines import OnnxEngine, load_torchscript
-from unetseg.models.base import SegmentationModel
 from unetseg.models.sizes import same_padding
+
+if TYPE_CHECKING:
+    from unetseg.models.base import SegmentationModel
 
 FORMATS = ("onnx", "torchscript")
 ATOL = 1e-4

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -40,7 +40,6 @@ from unetseg.checkpoint import (
 )
 from unetseg.config import Config
 from unetseg.errors import CheckpointError, ConfigError, UnetsegError, first_line
-from unetseg.models.base import SegmentationModel
 from unetseg.runtime import (
     autocast,
     autocast_dtype,
@@ -49,6 +48,9 @@ from unetseg.runtime import (
     to_channels_last,
     use_channels_last,
 )
+
+if TYPE_CHECKING:
+    from unetseg.models.base import SegmentationModel
 
 TORCHSCRIPT_RISK = (
     "a TorchScript file is a program, not weights: loading it can run any code it holds "
