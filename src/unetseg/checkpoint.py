@@ -274,8 +274,9 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means the state is unusable
         raise CheckpointError(f"{path}: training state unreadable ({first_line(e)})") from None
-    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    found = state if isinstance(state, dict) else {}
+    missing = [k for k in STATE_KEYS if k not in found]
     if missing:
         raise CheckpointError(f"{path}: training state lacks {', '.join(missing)}; resume from another run "
                               "or start afresh with --overwrite")
-    return state
+    return found

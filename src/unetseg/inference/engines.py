@@ -266,7 +266,7 @@ class TorchEngine(Engine):
         if self.channels_last:
             x = x.contiguous(memory_format=memory_format(self.spatial_dims))
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            out = self.model(x)
+            out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] = self.model(x)
         if isinstance(out, (list, tuple)):  # deep supervision: the last head is the full-resolution one
             out = out[-1]
         return out.float()
