@@ -10,6 +10,7 @@ carry their config (:data:`ONNX_CONFIG_KEY`, :data:`TORCHSCRIPT_CONFIG_FILE`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,6 +28,9 @@ from unetseg.config import Config, config_from_dict, load_json, read_text
 from unetseg.errors import CheckpointError, ConfigError, first_line
 from unetseg.fileio import atomic_write, fsync_dir, write_text
 from unetseg.validate import check_config
+
+if TYPE_CHECKING:
+    from unetseg.models.base import SegmentationModel
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -54,6 +58,8 @@ def versions() -> dict[str, str]:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module behind DDP / torch.compile wrappers."""
+    # torch's wrappers (DistributedDataParallel, DataParallel; compile's OptimizedModule) keep the wrapped
+    # module under these names, and a caller's model may be any of them or none
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
 
@@ -85,7 +91,7 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, config: Config |
     if previous is not None:
         (tmp / STAGE1).mkdir()
         for name in (MODEL_FILE, CONFIG_FILE):
-            atomic_write(tmp / STAGE1 / name, lambda p, n=name: shutil.copyfile(Path(previous) / n, p))
+            atomic_write(tmp / STAGE1 / name, functools.partial(shutil.copyfile, Path(previous) / name))
         fsync_dir(tmp / STAGE1)
     fsync_dir(tmp)
     return _swap_in(tmp, folder)
@@ -124,7 +130,7 @@ def copy_checkpoint(source: str | Path, folder: str | Path, *, state: bool = Fal
     for sub in ["", *subs]:
         (tmp / sub).mkdir(exist_ok=True)
         for name in names if not sub else [MODEL_FILE, CONFIG_FILE]:
-            atomic_write(tmp / sub / name, lambda p, f=source / sub / name: shutil.copyfile(f, p))
+            atomic_write(tmp / sub / name, functools.partial(shutil.copyfile, source / sub / name))
         fsync_dir(tmp / sub)
     return _swap_in(tmp, folder)
 
@@ -303,7 +309,7 @@ def check_shapes(model: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes ({detail})")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModel, Config]:
     """Build the model a checkpoint describes and load its weights (safetensors: no unpickling)."""
     from unetseg.models import build_model
 
@@ -324,8 +330,9 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means the state is unusable
         raise CheckpointError(f"{path}: training state unreadable ({first_line(e)})") from None
-    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    found = state if isinstance(state, dict) else {}
+    missing = [k for k in STATE_KEYS if k not in found]
     if missing:
         raise CheckpointError(f"{path}: training state lacks {', '.join(missing)}; resume from another run "
                               "or start afresh with --overwrite")
-    return state
+    return found

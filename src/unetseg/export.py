@@ -25,6 +25,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -44,17 +45,24 @@ from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
 from unetseg.inference.engines import OnnxEngine, load_torchscript
 from unetseg.models.sizes import same_padding
 
+if TYPE_CHECKING:
+    from unetseg.models.base import SegmentationModel
+    from unetseg.models.probabilities import ClassProbabilities
+
+    # what the exporters take: one of our networks, or one giving class probabilities (a zoo package's)
+    Exportable = SegmentationModel | ClassProbabilities
+
 FORMATS = ("onnx", "torchscript")
 ATOL = 1e-4
 Size = tuple[int, ...]
 
 
-def example_sizes(model: nn.Module) -> list[Size]:
+def example_sizes(model: Exportable) -> list[Size]:
     """Spatial sizes: ``[export example, check 1, check 2]``, all different, distinct per axis so no two
     axes can be confused. For "same" models the example and the second check are not multiples of
     2**depth (internal padding), the first check is; for the valid U-Net all are valid sizes."""
     dims, div = model.spatial_dims, max(model.divisors)
-    if getattr(model, "padding", "same") == "valid":
+    if model.padding == "valid":
         base = model.valid_input_size((1,) * dims)[0]
         return [tuple(base + div * (k + i) for i in range(dims)) for k in (1, 0, 2)]
     return [
@@ -70,7 +78,7 @@ def _eager(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (out[-1] if isinstance(out, (list, tuple)) else out).float()
 
 
-def parity(model: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], sizes: list[Size]) -> float:
+def parity(model: Exportable, run: Callable[[torch.Tensor], torch.Tensor], sizes: list[Size]) -> float:
     """Max abs difference between ``run`` (the exported model) and ``model`` over random inputs of ``sizes``
     (batch 1 for the first size, 3 for the others)."""
     gen = torch.Generator().manual_seed(0)
@@ -100,6 +108,7 @@ def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int
             output_names=["logits"],
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns the program
     program.save(str(path))
 
 
@@ -150,7 +159,7 @@ def _add_metadata(path: Path, config: Config) -> int:
 
 
 def write_onnx(
-    model: nn.Module, config: Config, path: Path, opset: int, atol: float, exporter: str
+    model: Exportable, config: Config, path: Path, opset: int, atol: float, exporter: str
 ) -> tuple[float, str]:
     """Write ``model`` as ONNX with ``config`` in its metadata, by the first exporter whose parity check
     passes (else the closest); returns the max abs difference and how it was written."""
@@ -210,7 +219,7 @@ class _SamePad(nn.Module):
 
 
 class _PaddedCore(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Exportable) -> None:
         super().__init__()
         self.model = model
 
@@ -219,12 +228,12 @@ class _PaddedCore(nn.Module):
         return out[-1] if isinstance(out, (list, tuple)) else out
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+def _trace(model: Exportable, example: torch.Tensor) -> torch.jit.ScriptModule:
     """TorchScript of ``model``. The models are not scriptable and a trace bakes in the "same" pad amounts,
     so the padded core is traced (its ops follow the input shape) inside a scripted :class:`_SamePad`."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes; the parity check is the judge
-        if getattr(model, "padding", "same") == "valid" or not hasattr(model, "forward_padded"):
+        if model.padding == "valid":
             return torch.jit.trace(model, example, check_trace=False)
         divs = list(model.divisors)
         sizes = (-(-s // d) * d for s, d in zip(example.shape[2:], divs, strict=True))
@@ -233,7 +242,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.script(_SamePad(core, divs))
 
 
-def write_torchscript(model: nn.Module, config: Config, path: Path) -> float:
+def write_torchscript(model: Exportable, config: Config, path: Path) -> float:
     """Write ``model`` as TorchScript with ``config`` inside; returns the parity check's max abs
     difference."""
     sizes = example_sizes(model)

@@ -292,7 +292,7 @@ class DeepSupervisionLoss(nn.Module):
         """Weighted loss over all heads (or the plain loss for a single tensor)."""
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, target, weight)
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for w, logits in zip(self.head_weights(len(outputs)), outputs, strict=True):
             t, pw = target, weight
             if logits.shape[2:] != target.shape[1:]:
@@ -301,7 +301,7 @@ class DeepSupervisionLoss(nn.Module):
                 if weight is not None:
                     pw = F.interpolate(weight.unsqueeze(1).float(), size=size, mode="nearest").squeeze(1)
             total = total + w * self.loss(logits, t, pw)
-        return total
+        return torch.as_tensor(total)  # the sum itself (a tensor) whenever there are heads
 
 
 _LOSSES = {"dice": DiceLoss, "ce": CrossEntropyLoss, "dice_ce": DiceCELoss, "focal": FocalLoss,

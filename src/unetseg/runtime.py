@@ -155,6 +155,12 @@ def memory_format(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
+def to_channels_last(model: torch.nn.Module, spatial_dims: int) -> None:
+    """Put ``model``'s weights in the channels-last layout of its dimensionality, in place."""
+    # Module.to takes memory_format (and documents it), but torch's typed overloads of it leave it out
+    model.to(memory_format=memory_format(spatial_dims))  # type: ignore[call-overload]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     """An autocast context for ``dtype``, or a no-op when it is ``None``."""
     if dtype is None:

@@ -25,6 +25,8 @@ from unetseg.planning.fingerprint import (
 )
 from unetseg.planning.fingerprint_cache import cache_path, cached_fingerprint
 
+from .builders import fingerprint
+
 
 def _hand_masks() -> list[np.ndarray]:
     """Two 8x8 masks. a: value 1 as a 2x2 square, a pixel touching the 2-block, two pixels touching only
@@ -121,6 +123,28 @@ def test_specks_beside_a_large_object_do_not_hide_it(tmp_path: Path) -> None:
     o = compute_fingerprint(find_cases(root)).objects["1"]
     assert o["count"] == 28 and o["p90_extent"] == [1.0, 1.0]
     assert o["median_reach"] == [101.0, 101.0]
+
+
+def test_the_rules_tests_build_what_compute_fingerprint_gives(hand: Path) -> None:
+    """``builders.fingerprint`` stands in for computed fingerprints in the rules' tests: the same facts from
+    the same description, the same keys in every per-channel and per-class record, and JSON round trips."""
+    values = {"0": 104 / 128, "1": 15 / 128, "2": 9 / 128}
+    merged = {"0": 104 / 128, "1+2": 24 / 128}
+    for class_values, classes, present in ((None, values, {"2": 1}), ([0, [1, 2]], merged, {})):
+        real = compute_fingerprint(find_cases(hand), class_values=class_values)
+        built = fingerprint([(8, 8)] * 2, classes=classes, images_with_class=present)
+        for field in ("spatial_dims", "channels", "n_cases", "shapes", "spacings", "dtypes", "raw_dtypes",
+                      "median_shape", "median_spacing", "class_values", "class_map", "classes",
+                      "images_with_class"):
+            assert getattr(built, field) == getattr(real, field), field
+        assert built.foreground_fraction == pytest.approx(real.foreground_fraction)
+        assert built.class_fraction == pytest.approx(real.class_fraction)
+        assert set(built.objects) == set(real.objects)
+        records = [(built.intensity, real.intensity), (built.intensity_foreground, real.intensity_foreground),
+                   (list(built.objects.values()), list(real.objects.values())),
+                   (list(built.thickness.values()), list(real.thickness.values()))]
+        assert all(set(b) == set(r) for mine, theirs in records for b, r in zip(mine, theirs, strict=True))
+        assert _json_round_trip(built) == built
 
 
 def test_class_map_merges_values_and_objects(hand: Path) -> None:

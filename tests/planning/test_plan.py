@@ -13,8 +13,13 @@ import pytest
 import yaml
 
 from reliability.helpers import run_inprocess
+from unetseg.config import Config
+from unetseg.errors import ConfigError
 from unetseg.io.images import write_image, write_mask
-from unetseg.planning import rules
+from unetseg.planning import make_plan, rules
+from unetseg.validate import check_config
+
+from .builders import fingerprint
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
 
@@ -205,6 +210,35 @@ def test_options_that_cannot_work_fail_before_the_plan_is_shown(extra, needle, c
     code, err = run_inprocess("train", "--data", cells, "--out", tmp_path / "R", *extra, capsys=capsys)
     assert_refused(code, err, needle)
     assert not (tmp_path / "R").exists()
+
+
+def _given(**values: object) -> tuple[Config, set[str]]:
+    cfg = Config()
+    cfg.data.data, cfg.train.device = "DATA", "cpu"  # the fingerprint is given: no folder is read
+    for key, value in values.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg, {key.replace("__", ".") for key in values}
+
+
+def test_a_fingerprint_is_planned_whole_and_what_was_given_stays():
+    cfg, given = _given(train__max_minutes=1.0, model__base_channels=4)  # one width to time: fast
+    plan = make_plan(cfg, given, fingerprint=fingerprint([(64, 64)] * 6))
+    reasons = {d.key: d.reason for d in plan.decisions}
+    assert reasons["train.max_minutes"] == reasons["model.base_channels"] == "given"
+    assert plan.name == "full" and plan.alternatives == [] and plan.fine is None
+    assert cfg.data.patch_size is None and cfg.model.depth == 4  # planning leaves the caller's config alone
+    planned = check_config(plan.apply(cfg))
+    assert (planned.data.patch_size, planned.model.depth, planned.infer.tile) == ([64, 64], 3, [64, 64])
+    assert planned.model.options["norm"] == "instance"  # a patch holds a whole image
+    assert (planned.model.base_channels, planned.train.max_minutes) == (4, 1.0)
+
+
+def test_a_given_resolution_that_leaves_too_few_pixels_is_refused_before_any_timing():
+    cfg, given = _given(data__downsample=[8.0, 1.0])
+    with pytest.raises(ConfigError, match=r"data.downsample \[8.0, 1.0\] leaves the median image of DATA "
+                                          r"\[12, 300\] px at the model's grid; at most \[6.25, 18.75\]"):
+        make_plan(cfg, given, fingerprint=fingerprint([(100, 300)] * 4))
 
 
 def test_a_3d_recipe_that_gives_only_the_patch_is_planned_around_it(cells_3d, tmp_path, capsys):

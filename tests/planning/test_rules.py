@@ -1,4 +1,5 @@
-"""Each planning rule on small synthetic datasets whose fingerprint has one telling property."""
+"""Each planning rule on a fingerprint with one telling property: built in memory (``builders``) where the
+rule is the subject, computed from small synthetic files where the way from files to the rule is."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from unetseg.planning.fingerprint import Fingerprint, compute_fingerprint
 from unetseg.planning.plan import choose_width
 from unetseg.planning.rules import Device
 
-CPU = Device("cpu")
+from .builders import fingerprint, objects, stats
+
+CPU, GPU = Device("cpu"), Device("cuda", 80.0)
 
 
 def _volumes(root: Path, volumes: list[tuple[np.ndarray, np.ndarray, tuple]]) -> Path:
@@ -51,33 +54,38 @@ def test_ct_like_data_is_clipped_to_the_foreground_window_and_the_datasets_stati
     assert d["data.intensity_stats"][0] == pytest.approx(40, abs=3)
 
 
-def test_mri_like_data_is_z_scored_per_image(tmp_path):
-    rng = np.random.default_rng(1)
-    vols = [
-        (
-            rng.normal(300, 50, (8, 16, 16)).astype(np.float32),
-            _blob((8, 16, 16), (4, 8, 8), 4).astype(np.uint8),
-            (1.0, 1.0, 1.0),
-        )
-        for _ in range(2)
-    ]
-    fp = _fp(_volumes(tmp_path / "mr", vols))
+def test_ct_normalisation_takes_the_foregrounds_window_and_statistics():
+    fp = fingerprint([(40, 128, 128)] * 3, [(2.5, 0.8, 0.8)] * 3, dtypes="float32", raw_dtypes="int16",
+                     intensity=stats(-600, 500, lo=-1024, hi=1800, p05=-1000, p995=400),
+                     foreground=stats(45, 12, lo=-20, hi=120, p05=15, p995=80))
+    d = {x.key: x.value for x in rules.normalization(fp)}
+    assert d == {"data.normalization": "ct", "data.window": [15.0, 80.0],
+                 "data.intensity_stats": [45.0, 12.0]}
+    flat = fingerprint([(40, 128, 128)] * 3, raw_dtypes="int16", intensity=fp.intensity[0],
+                       foreground=stats(45, 0.0, lo=45, hi=45, p05=45, p995=45))
+    assert {x.key: x.value for x in rules.normalization(flat)}["data.intensity_stats"] == [45.0, 1e-6]
+
+
+def test_mri_like_data_is_z_scored_per_image():
+    fp = fingerprint([(8, 16, 16)] * 2, dtypes="float32", intensity=stats(300, 50, lo=80, hi=520))
     assert [x.value for x in rules.normalization(fp)] == ["zscore"]
     assert rules.spacing(fp)[0].value is None  # isotropic and equal: the grid is kept
+    assert "no resampling" in rules.spacing(fp)[0].reason
 
 
-def test_files_of_very_different_scales_are_clipped_per_image(tmp_path):
-    rng = np.random.default_rng(2)
-    vols = [
-        (
-            rng.normal(1, 0.1, (8, 16, 16)).astype(np.float32) * scale,
-            _blob((8, 16, 16), (4, 8, 8), 4).astype(np.uint8),
-            (1.0, 1.0, 1.0),
-        )
-        for scale in (1.0, 1e4)
-    ]
-    d = {x.key: x.value for x in rules.normalization(_fp(_volumes(tmp_path / "mixed", vols)))}
-    assert d["data.normalization"] == "percentile"
+def test_files_of_very_different_scales_are_clipped_per_image():
+    fp = fingerprint([(8, 16, 16)] * 2, dtypes="float32", ranges=[(0.75, 1.25), (7.5e3, 1.25e4)])
+    (norm, percentiles) = rules.normalization(fp)
+    assert norm.value == "percentile" and "differ 10000x" in norm.reason and percentiles.value == [0.5, 99.5]
+
+
+def test_mixed_pixel_types_are_clipped_per_image():
+    (norm, _) = rules.normalization(fingerprint([(64, 64)] * 3, dtypes=["uint8", "uint16", "uint8"]))
+    assert norm.value == "percentile" and "mixed pixel types ['uint16', 'uint8']" in norm.reason
+
+
+def test_2d_images_keep_their_grid():
+    assert rules.spacing(fingerprint([(64, 64)] * 3, [(0.5, 0.5), (1.0, 1.0), (2.0, 2.0)])) == []
 
 
 def test_anisotropic_volumes_are_resampled_and_pooled_per_axis(tmp_path):
@@ -101,24 +109,35 @@ def test_anisotropic_volumes_are_resampled_and_pooled_per_axis(tmp_path):
     assert len(strides) == d["model.depth"] and len(kernels) == d["model.depth"] + 1
 
 
-def test_2d_depth_stops_when_the_coarsest_map_is_4_to_8_pixels(cells2d):
-    fp = _fp(cells2d)
-    d = {x.key: x.value for x in rules.geometry(fp, CPU, None)}
-    coarsest = min(d["data.patch_size"]) // 2 ** d["model.depth"]
-    assert 4 <= coarsest <= 8 and d["data.patch_size"] == [64, 64]
+@pytest.mark.parametrize("shape,device,depth,patch", [
+    ((64, 64), CPU, 3, [64, 64]),  # the whole image
+    ((200, 300), CPU, 5, [192, 288]),  # the whole image rounded up (224x320) is over the CPU's budget
+    ((200, 300), GPU, 5, [224, 320]),
+    ((575, 765), CPU, 5, [256, 256]),
+    ((575, 765), GPU, 6, [512, 512]),
+])
+def test_2d_depth_stops_when_the_coarsest_map_is_4_to_8_pixels(shape, device, depth, patch):
+    d = {x.key: x.value for x in rules.geometry(fingerprint([shape] * 4), device, None)}
+    assert (d["model.depth"], d["data.patch_size"]) == (depth, patch)
+    assert 4 <= min(patch) // 2**depth <= 8 and all(p % 2**depth == 0 for p in patch)
 
 
-def test_small_rare_objects_get_more_centred_patches(tmp_path):
-    def dataset(root, radius):
-        for i in range(3):
-            mask = _blob((128, 128), (40 + 10 * i, 60), radius).astype(np.uint8) * 255
-            write_image(root / "images" / f"c{i}.png", np.full((128, 128), 100, np.uint8))
-            write_mask(root / "masks" / f"c{i}.png", mask)
-        return root
-
-    big = rules.sampling(_fp(dataset(tmp_path / "big", 40)), [128, 128])[0].value
-    tiny = rules.sampling(_fp(dataset(tmp_path / "tiny", 3)), [128, 128])[0].value
-    assert big == 0.33 and tiny > 0.6
+def test_small_rare_objects_get_more_centred_patches():
+    big = fingerprint([(128, 128)] * 3, classes={"0": 0.69, "255": 0.31},
+                      objects_of={"255": objects((128, 128), 0.63)})
+    tiny = fingerprint([(128, 128)] * 3, classes={"0": 0.998, "255": 0.002},
+                       objects_of={"255": objects((128, 128), 0.05)})
+    rare = fingerprint([(128, 128)] * 3, classes={"0": 0.97, "255": 0.03},
+                       objects_of={"255": objects((128, 128), 0.63)})
+    assert rules.sampling(big, [128, 128])[0].value == 0.33  # nnU-Net's third
+    assert rules.sampling(rare, [128, 128])[0].value == 0.67  # a rare class alone
+    (decision,) = rules.sampling(tiny, [128, 128])
+    assert decision.value == 0.67 and "small objects" in decision.reason
+    # objects of ~90 px are not small against a 128^2 patch, but on a 4x coarser grid (16x fewer voxels) are
+    mid = fingerprint([(128, 128)] * 3, classes={"0": 0.69, "255": 0.31},
+                      objects_of={"255": objects((128, 128), 0.15)})
+    assert rules.sampling(mid, [128, 128])[0].value == 0.33
+    assert rules.sampling(mid, [128, 128], [4.0, 4.0])[0].value == 0.5
 
 
 def test_a_small_budget_chooses_a_narrower_net():
@@ -140,48 +159,61 @@ def test_an_instance_task_gets_a_target_with_its_reason():
     assert all("BENCHMARKS.md" in why for why in rules.INSTANCE_TARGET_WHY.values())
 
 
-def test_thin_structures_stored_as_zero_count_in_the_dice(tmp_path):
-    for i in range(2):
-        mask = np.full((64, 64), 255, np.uint8)
-        mask[::8] = 0  # membranes, the minority, stored as 0
-        write_image(tmp_path / "em" / "images" / f"c{i}.png", np.full((64, 64), 90, np.uint8))
-        write_mask(tmp_path / "em" / "masks" / f"c{i}.png", mask)
-    d = {x.key: x.value for x in rules.loss(_fp(tmp_path / "em"))}
+def test_thin_structures_stored_as_zero_count_in_the_dice():
+    membranes = fingerprint(classes={"0": 0.125, "255": 0.875})  # the minority, stored as 0
+    d = {x.key: x.value for x in rules.loss(membranes)}
     assert d["train.loss_options"] == {"include_background": True}
+    assert {x.key: x.value for x in rules.loss(fingerprint())}["train.loss_options"] == {}
 
 
-@pytest.fixture
-def cells2d(tmp_path):
-    from unetseg.data.synthetic import make_dataset
+def test_3d_uses_batch_dice_and_instances_the_weight_map():
+    d3 = {x.key: x.value for x in rules.loss(fingerprint([(32, 64, 64)] * 3))}
+    assert d3 == {"train.loss": "dice_ce", "train.loss_options": {"batch_dice": True}}
+    # instances: the weight map on the borders between objects, whatever the background's share
+    inst = {x.key: x.value for x in rules.loss(fingerprint(classes={"0": 0.3, "1": 0.7}), "instances")}
+    assert inst["train.loss_options"] == {"weight_map": {"w0": 10.0, "sigma": 5.0}}
 
-    return make_dataset(tmp_path / "cells", n=4, size=(64, 64), kind="cells", seed=0)
+
+def test_few_images_get_strong_augmentation_many_light():
+    few = {x.key: x.value for x in rules.augmentation(fingerprint([(64, 64)] * 10))}
+    many = {x.key: x.value for x in rules.augmentation(fingerprint([(64, 64)] * 200))}
+    assert few["augment.elastic_prob"] == 0.35 and few["augment.scale_range"] == [0.75, 1.25]
+    assert many["augment.elastic_prob"] == 0.14 and many["augment.scale_range"] == [0.85, 1.15]
+    probs = [k for k in few if k.endswith("_prob")]
+    assert all(few[k] > many[k] for k in probs)
+    assert "10 training images: strong" in rules.augmentation(fingerprint([(64, 64)] * 10))[0].reason
+    volumes = {x.key: x.value for x in rules.augmentation(fingerprint([(32, 64, 64)] * 10))}
+    assert volumes["augment.rotation_degrees"] == 15.0 < few["augment.rotation_degrees"]
+    assert volumes["augment.elastic_prob"] == 0.1  # costly and less needed in 3D
+
+
+def test_tiles_cover_the_median_image_within_the_devices_cap():
+    fp = fingerprint([(300, 700)] * 3)
+    cpu = {x.key: x.value for x in rules.inference(fp, CPU, [256, 256], [32, 32])}
+    gpu = {x.key: x.value for x in rules.inference(fp, GPU, [256, 256], [32, 32])}
+    assert cpu == {"infer.tile": [320, 512], "infer.overlap": 0.25}  # 700 rounds up to 704, capped at 512
+    assert gpu == {"infer.tile": [320, 704], "infer.overlap": 0.5}
+    # never smaller than the patch; a coarser grid shrinks the image the tile must cover
+    assert rules.inference(fingerprint([(40, 40)] * 3), CPU, [64, 64], [16, 16])[0].value == [64, 64]
+    assert rules.inference(fp, CPU, [64, 64], [32, 32], [4.0, 4.0])[0].value == [96, 192]
+    volume = rules.inference(fingerprint([(200, 300, 300)] * 3), CPU, [64, 64, 64], [16, 16, 16])
+    assert volume[0].value == [128, 128, 128]
+
+
+def test_the_default_budget_follows_the_device_and_dimensionality():
+    assert rules.default_budget(fingerprint(), CPU).value == 10.0
+    (budget, gpu3d) = rules.default_budget(fingerprint(), GPU), rules.default_budget(
+        fingerprint([(32, 64, 64)] * 3), GPU)
+    assert budget.value == 15.0 and gpu3d.value == 45.0 and "45 minutes on this cuda" in gpu3d.reason
 
 
 def _objects_fp(shape: list[int], share: float, thin: float, *, spacing: list[float] | None = None,
                 border: float = 0.0, n: int = 30) -> Fingerprint:
     """A fingerprint of ``n`` images of ``shape`` whose foreground objects reach ``share`` of each side
     (90th percentile) and whose thinnest class regions are ``thin`` spacing units thick (p10)."""
-    d = len(shape)
-    spacing = spacing or [1.0] * d
-    extent = [share * s for s in shape]
-    objects = {"count": 2 * n, "median_voxels": float(np.prod(extent)) / 2, "p10_voxels": 10.0,
-               "min_voxels": 1, "max_voxels": int(np.prod(extent)), "median_volume": 1.0, "p10_volume": 1.0,
-               "median_extent": [e / 2 for e in extent], "p90_extent": extent,
-               "median_extent_share": [share / 2] * d, "p90_extent_share": [share] * d,
-               "border_fraction": border, "median_reach": [e / 2 for e in extent],
-               "median_reach_share": [share / 2] * d}
-    stats = {"mean": 100.0, "std": 20.0, "min": 0.0, "max": 255.0, "p0.5": 5.0, "median": 100.0,
-             "p99.5": 250.0, "voxels": 1000}
-    return Fingerprint(
-        spatial_dims=d, channels=1, n_cases=n, names=[f"c{i}" for i in range(n)], shapes=[list(shape)] * n,
-        spacings=[list(spacing)] * n, dtypes=["uint8"] * n, raw_dtypes=["uint8"] * n,
-        median_shape=[float(s) for s in shape], median_spacing=list(spacing), intensity=[stats],
-        intensity_foreground=[stats], file_ranges=[[[5.0, 250.0]]] * n, class_values=[0, 255], class_map=None,
-        classes=["0", "255"], class_fraction={"0": 0.7, "255": 0.3}, images_with_class={"0": n, "255": n},
-        objects={"255": objects}, thickness={"0": {"p10": 100.0, "median": 200.0},
-                                             "255": {"p10": thin, "median": 2 * thin}},
-        foreground_fraction=0.3,
-    )
+    return fingerprint([shape] * n, [spacing or [1.0] * len(shape)] * n, {"0": 0.7, "255": 0.3},
+                       objects_of={"255": objects(shape, share, count=2 * n, border=border)},
+                       thickness={"0": 100.0, "255": thin})
 
 
 def _geometry(fp: Fingerprint, option: rules.Resolution) -> dict:

@@ -11,14 +11,14 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
 try:  # typer >= 0.22 carries its own copy of click
     from typer._click import exceptions as usage
 except ImportError:  # pragma: no cover - older typer on click
-    from click import exceptions as usage
+    from click import exceptions as usage  # type: ignore[no-redef]  # the same module, from click: mypy sees two
 
 from unetseg.cli.parsing import TRAIN_KEYS, expand_multi, resume_hint, size_option, train_sources
 from unetseg.config import build_config, given_keys
@@ -33,18 +33,19 @@ app = typer.Typer(
     help="Biomedical image segmentation with the U-Net family.",
 )
 Opt = typer.Option
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _one_of(section: str, name: str) -> str:
     return " | ".join(str(c) for c in choices(section, name))
 
 
-def user_errors(fn: F) -> F:
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """The one place where user errors become one line and an exit status."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from unetseg.training.run import TrainingInterrupted
 
         try:
@@ -56,7 +57,7 @@ def user_errors(fn: F) -> F:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @app.command()
@@ -181,8 +182,8 @@ def plan(
     from unetseg.planning import make_plan
     from unetseg.planning.report import probe_notes, show_plan
 
-    opts = {name: None for name in TRAIN_KEYS} | {"patch_size": None, "downsample": None, "option": None,
-                                                "config": config}
+    opts: dict[str, Any] = {name: None for name in TRAIN_KEYS} | {"patch_size": None, "downsample": None,
+                                                                  "option": None, "config": config}
     opts.update(data=data, max_minutes=max_minutes, device=device, classes=classes, task=task)
     sources = train_sources(opts)
     cfg = build_config(sources)

@@ -45,6 +45,16 @@ INSTANCE_TARGETS: tuple[str, ...] = get_args(InstanceTarget)
 DISTANCE_BINS = 4
 
 
+SpatialDims = Literal[2, 3]
+
+
+def as_spatial_dims(n: int) -> SpatialDims:
+    """``n`` as a model's dimensionality: 2 or 3, else a ConfigError."""
+    if n not in (2, 3):
+        raise ConfigError(f"model.spatial_dims: {n}D data; unetseg segments 2D and 3D images")
+    return 2 if n == 2 else 3
+
+
 def instance_classes(target: str) -> int:
     """Classes of an instance model: background, interior, boundary; or background and the distance bins."""
     if target not in INSTANCE_TARGETS:
@@ -131,7 +141,7 @@ class ModelConfig(Section):
     they are checked against the architecture's signature by :func:`unetseg.validate.check_config`."""
 
     name: str = "unet"
-    spatial_dims: Literal[2, 3] = 2
+    spatial_dims: SpatialDims = 2
     in_channels: PosInt = 1
     num_classes: PosInt = 2
     base_channels: Annotated[PosInt, Field(le=4096)] = 32
@@ -330,14 +340,22 @@ class Config(Section):
 SECTIONS: tuple[str, ...] = tuple(Config.model_fields)
 
 
+def _section_type(section: str) -> type[Section]:
+    """The class of one section of :class:`Config`, read from the schema."""
+    cls = Config.model_fields[section].annotation
+    if not (isinstance(cls, type) and issubclass(cls, Section)):
+        raise TypeError(f"Config.{section} is not a section")  # only a broken schema gets here
+    return cls
+
+
 def section_fields() -> dict[str, tuple[str, ...]]:
     """The option names of each section, read from the schema."""
-    return {s: tuple(Config.model_fields[s].annotation.model_fields) for s in SECTIONS}  # type: ignore[union-attr]
+    return {s: tuple(_section_type(s).model_fields) for s in SECTIONS}
 
 
 def choices(section: str, name: str) -> tuple[Any, ...]:
     """The allowed values of a ``Literal`` option (for CLI help and error messages)."""
-    ann = Config.model_fields[section].annotation.model_fields[name].annotation  # type: ignore[union-attr]
+    ann = _section_type(section).model_fields[name].annotation
     for arg in (ann, *get_args(ann)):
         if get_origin(arg) is Literal:
             return get_args(arg)

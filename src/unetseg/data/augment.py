@@ -124,6 +124,12 @@ DROP_PROB = 0.2  # one random connected component of each prior channel removed 
 DROP_MAX_SHARE = 0.15  # ... among those covering at most this share of the patch
 
 
+def _uniform(rng: np.random.Generator, bounds: list[float]) -> float:
+    """One draw from ``[lo, hi)`` of a validated ``[lo, hi]`` range."""
+    lo, hi = bounds
+    return rng.uniform(lo, hi)
+
+
 def perturb_prior(prior: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Damage a cascade's prior ``(P, *spatial)`` (one-hot foreground classes, in place): with
     :data:`MORPH_PROB` a random binary operator per channel, with :data:`DROP_PROB` a random small
@@ -168,7 +174,7 @@ class Augmenter:
         if pad_mode not in PAD_MODES:
             raise ConfigError(f"data.pad_mode: unknown {pad_mode!r}; choose {' or '.join(PAD_MODES)}")
         # ranges and probabilities were validated by the schema
-        self.cfg = cfg if cfg is not None else AugmentConfig(**{k: 0.0 for k in _PROBS})
+        self.cfg = cfg if cfg is not None else AugmentConfig.model_validate(dict.fromkeys(_PROBS, 0.0))
         self.spatial_dims = spatial_dims
         self.pad_mode = pad_mode
         self.prior = int(prior_channels) if cfg is not None else 0
@@ -206,7 +212,7 @@ class Augmenter:
         params = SpatialParams()
         if rng.random() < c.affine_prob:
             angles = rng.uniform(-1, 1, size=1 if d == 2 else 3) * np.deg2rad(c.rotation_degrees)
-            scale = rng.uniform(*c.scale_range)
+            scale = _uniform(rng, c.scale_range)
             params.matrix = rotation_matrix(angles) / scale
         if rng.random() < c.elastic_prob:
             params.displacement = elastic_displacement(size, int(c.elastic_grid), float(c.elastic_sigma), rng)
@@ -270,23 +276,23 @@ class Augmenter:
         c = self.cfg
         spatial = tuple(range(1, img.ndim))
         if rng.random() < c.brightness_prob:
-            img += np.float32(rng.uniform(*c.brightness_range))
+            img += np.float32(_uniform(rng, c.brightness_range))
         if rng.random() < c.contrast_prob:
             mean = img.mean(axis=spatial, keepdims=True)
             img -= mean
-            img *= np.float32(rng.uniform(*c.contrast_range))
+            img *= np.float32(_uniform(rng, c.contrast_range))
             img += mean
         if rng.random() < c.gamma_prob:
             # nnU-Net's gamma: rescale to [0, 1], apply, scale back (the range is kept).
-            gamma = rng.uniform(*c.gamma_range)
+            gamma = _uniform(rng, c.gamma_range)
             lo, hi = img.min(axis=spatial, keepdims=True), img.max(axis=spatial, keepdims=True)
             span = np.maximum(hi - lo, 1e-7)
             img[...] = np.power((img - lo) / span, gamma, dtype=np.float32) * span + lo
         if rng.random() < c.noise_prob:
-            std = rng.uniform(*c.noise_std)
+            std = _uniform(rng, c.noise_std)
             img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(std)
         if rng.random() < c.blur_prob:
-            sigma = rng.uniform(*c.blur_sigma)
+            sigma = _uniform(rng, c.blur_sigma)
             for ch in range(img.shape[0]):
                 ndimage.gaussian_filter(img[ch], sigma, output=img[ch], mode="mirror")
         return img

@@ -40,6 +40,11 @@ class Case:
     image_paths: list[Path] = field(default_factory=list)
     mask_path: Path | None = None
 
+    @property
+    def files(self) -> list[Path]:
+        """Its image file(s) and its mask, when it has one."""
+        return [*self.image_paths, *([self.mask_path] if self.mask_path else [])]
+
 
 def _by_stem(folder: Path, allowed: tuple[str, ...], skip: SkipLog | None) -> dict[str, Path]:
     out: dict[str, Path] = {}

@@ -16,7 +16,7 @@ Depths are computed with one ``distance_transform_edt`` per object on its boundi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -238,7 +238,7 @@ class InstanceLabels:
         except DataError as e:
             raise DataError(f"{source or 'mask'}: {e}") from None
 
-    def check_values(self, found: Sequence[float], source: object) -> None:
+    def check_values(self, found: Collection[float], source: object) -> None:
         if len(found) and min(float(v) for v in found) < 0:
             raise DataError(f"{source}: negative instance ids; expected 0 (background) and one id per object")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +31,28 @@ def fmt_values(values: Iterable[Any]) -> str:
     return "[" + ", ".join(one(v) for v in values) + "]"
 
 
+class LabelMap(Protocol):
+    """How masks become training labels and back: a :class:`ClassMap` (classes of mask values) or, for an
+    instance task, :class:`~unetseg.data.instances.InstanceLabels` (object ids)."""
+
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def values(self) -> Sequence[Any]: ...
+    @property
+    def groups(self) -> Sequence[Sequence[float]]: ...
+    @property
+    def resample_classes(self) -> int | None:
+        """Classes for resampling masks through a one-hot map; None: by nearest neighbour (object ids)."""
+        ...
+
+    def check_values(self, found: Collection[float], source: str | Path | None) -> None: ...
+    def encode(self, mask: np.ndarray, source: str | Path | None = None, dtype: Any = ...) -> np.ndarray: ...
+    def decode(self, indices: np.ndarray) -> np.ndarray: ...
+    def compact_dtype(self) -> Any: ...
+    def config_values(self) -> list[Any]: ...
+
+
 class ClassMap:
     """The map between stored mask values and class indices: ``values[k]`` is the value of class ``k``.
 
@@ -40,7 +62,7 @@ class ClassMap:
     config (``data.class_values``) so prediction can write original values back.
     """
 
-    def __init__(self, values: Sequence[Any]) -> None:
+    def __init__(self, values: Sequence[Any] | None) -> None:
         if not values:
             raise ConfigError("class map: needs at least one class value")
         try:
@@ -65,6 +87,11 @@ class ClassMap:
     @property
     def num_classes(self) -> int:
         return len(self.groups)
+
+    @property
+    def resample_classes(self) -> int:
+        """Masks are resampled through a one-hot map of every class."""
+        return self.num_classes
 
     def config_values(self) -> list[Any]:
         """The values as ``data.class_values`` stores them (whole numbers as ints: 0/255, not 0.0/255.0)."""

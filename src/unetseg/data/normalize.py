@@ -69,8 +69,10 @@ class Normalizer:
                 out = _apply_step(step, out, img)
             return out
         if self.method in ("window", "ct"):
+            assert self.window is not None  # both methods need it (__init__)
             lo, hi = self.window
             if self.method == "ct":
+                assert self.stats is not None  # as "ct" needs (__init__)
                 mean, std = self.stats
                 return ((np.clip(img, lo, hi) - np.float32(mean)) / np.float32(std)).astype(np.float32)
             return ((np.clip(img, lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0).astype(np.float32)

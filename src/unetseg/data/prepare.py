@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from unetseg.config import Config, DataConfig
+from unetseg.config.schema import as_spatial_dims
 from unetseg.data import nnunet
 from unetseg.data.cases import Case, find_cases, read_pair, split_cases
 from unetseg.data.instances import InstanceLabels
-from unetseg.data.labels import ClassMap, fmt_values, infer_class_values, unique_values
+from unetseg.data.labels import ClassMap, LabelMap, fmt_values, infer_class_values, unique_values
 from unetseg.data.normalize import Normalizer
 from unetseg.data.resample import model_grid, shape_after
 from unetseg.data.store import GIB, CaseStore, DiskCache, cache_budget, to_training_space
@@ -37,7 +38,7 @@ class PreparedData:
 
     train_cases: list[Case]
     val_cases: list[Case]
-    class_map: ClassMap
+    class_map: LabelMap
     in_channels: int
     spatial_dims: int
     patch_size: tuple[int, ...]
@@ -64,7 +65,7 @@ class PreparedData:
                 f"{fmt_values(self.class_map.values)}; nothing to segment"
             )
         cfg.model.in_channels = self.in_channels + cfg.data.prior_channels  # a cascade's prior after
-        cfg.model.spatial_dims = self.spatial_dims
+        cfg.model.spatial_dims = as_spatial_dims(self.spatial_dims)
         cfg.model.num_classes = self.class_map.num_classes
         cfg.data.class_values = self.class_map.config_values()
         cfg.data.patch_size = list(self.patch_size)
@@ -84,6 +85,11 @@ class _Scan:
     spacing: tuple[float, ...] | None = None
     pixel_size: tuple[float, ...] | None = None
 
+    @property
+    def mask_path(self) -> Path:
+        assert self.case.mask_path is not None  # as for every training case
+        return self.case.mask_path
+
 
 def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tuple[int, ...]:
     """A patch size for training: the median image size rounded down to ``multiple``, capped per axis
@@ -100,8 +106,8 @@ def default_patch_size(shapes: list[tuple[int, ...]], multiple: int = 16) -> tup
 def common_pixel_size(scans: list[_Scan], tolerance: float = 0.25) -> tuple[float, ...] | None:
     """The median physical pixel size of the training images when all record one and none differs
     from it by more than ``tolerance`` (relative); else None (unknown, or a mix of magnifications)."""
-    sizes = [s.pixel_size for s in scans]
-    if not sizes or any(p is None for p in sizes) or len({len(p) for p in sizes}) != 1:
+    sizes = [s.pixel_size for s in scans if s.pixel_size is not None]
+    if not sizes or len(sizes) < len(scans) or len({len(p) for p in sizes}) != 1:
         return None
     arr = np.asarray(sizes, dtype=np.float64)
     median = np.median(arr, axis=0)
@@ -148,6 +154,7 @@ def _scan(
         except DataError as e:
             raise_or_skip(e, skip)
             continue
+        assert mask is not None  # find_cases gave every training case its mask
         size = image.nbytes + mask.nbytes
         keep = size <= room
         room -= size if keep else 0
@@ -187,7 +194,7 @@ def _consistent(scans: list[_Scan], ref: _Scan, skip: SkipLog | None) -> list[_S
     return good
 
 
-def _check_values(scans: list[_Scan], class_map: ClassMap, skip: SkipLog | None) -> list[_Scan]:
+def _check_values(scans: list[_Scan], class_map: LabelMap, skip: SkipLog | None) -> list[_Scan]:
     good = []
     for s in scans:
         try:
@@ -205,17 +212,18 @@ def _require(scans: list[_Scan], folder: str, skip: SkipLog | None) -> None:
         raise DataError(f"{folder}: no usable image/mask pairs")
 
 
-def _class_map(cfg: Config, scans: list[_Scan]) -> ClassMap | InstanceLabels:
+def _class_map(cfg: Config, scans: list[_Scan]) -> LabelMap:
     d = cfg.data
     if d.task == "instances":
         return InstanceLabels(d.instance_target)  # ids per object: no class values to infer
+    assert d.data is not None  # prepare_data checked it
     values: list[Any] | None = d.class_values
     if values is None and nnunet.is_nnunet_dataset(d.data):
         values = nnunet.class_values_from_json(
             nnunet.read_dataset_json(d.data), Path(d.data) / "dataset.json"
         )
     if values is None:
-        values = infer_class_values([(s.case.mask_path, s.mask_dtype, s.values) for s in scans], d.data)
+        values = infer_class_values([(s.mask_path, s.mask_dtype, s.values) for s in scans], d.data)
     return ClassMap(values)
 
 
@@ -244,8 +252,7 @@ def _fill_store(store: CaseStore, scans: list[_Scan]) -> CaseStore:
         if s.arrays is not None:
             image, mask, meta = s.arrays
             labels = cm.encode(mask, s.case.mask_path, cm.compact_dtype())
-            store.put(s.case, *to_training_space(image, labels, meta, store.data_cfg,
-                                                 getattr(cm, "resample_classes", cm.num_classes)))
+            store.put(s.case, *to_training_space(image, labels, meta, store.data_cfg, cm.resample_classes))
             s.arrays = None
     return store
 

@@ -73,7 +73,7 @@ def regrid_region(read: Callable[[Region], np.ndarray], region: Region, src: Seq
         return np.stack([_transform(ch, region, origin, src, dst, order) for ch in block])
     idx = nearest_index(src[coarse], dst[coarse])[region[coarse]] - need[coarse].start
     plane = [a for a in range(len(src)) if a != coarse]
-    sub = [[src[a] for a in plane], [dst[a] for a in plane], tuple(region[a] for a in plane)]
+    sub = ([src[a] for a in plane], [dst[a] for a in plane], tuple(region[a] for a in plane))
     out = []
     for ch in block:
         slices = np.moveaxis(ch, coarse, 0)[idx]

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from unetseg.config import AugmentConfig, DataConfig
 from unetseg.data.augment import Augmenter
 from unetseg.data.cases import Case
-from unetseg.data.labels import ClassMap
+from unetseg.data.labels import LabelMap
 from unetseg.data.store import CaseStore
 from unetseg.errors import ConfigError
 
@@ -79,7 +79,7 @@ class PatchDataset(Dataset):
         *,
         data_cfg: DataConfig | None = None,
         augment_cfg: AugmentConfig | None = None,
-        class_map: ClassMap | None = None,
+        class_map: LabelMap | None = None,
         samples_per_epoch: int | None = None,
         seed: int = 0,
         cache: str | None = None,
@@ -107,14 +107,20 @@ class PatchDataset(Dataset):
             self.store = CaseStore(mode, class_map)
         self._fg: dict[int, dict[int, np.ndarray]] = {}
         for i, src in enumerate(self.sources):
-            if isinstance(src, Case) and src not in self.store and self.store.nbytes >= self.store.budget:
+            if isinstance(src, Case) and src not in self._cases and self._cases.nbytes >= self._cases.budget:
                 continue  # beyond the budget: read per sample
             labels = self._read(i)[1]  # a case read here is kept while the budget allows
-            if not isinstance(src, Case) or src in self.store:
+            if not isinstance(src, Case) or src in self._cases:
                 self._foreground(i, labels)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
+
+    @property
+    def _cases(self) -> CaseStore:
+        """The store :class:`Case` sources are read through (made in ``__init__`` whenever there are any)."""
+        assert self.store is not None
+        return self.store
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose samples ``__getitem__`` draws."""
@@ -123,12 +129,12 @@ class PatchDataset(Dataset):
     @property
     def in_memory(self) -> int:
         """How many cases are held in memory (the others are read per sample)."""
-        return sum(not isinstance(s, Case) or s in self.store for s in self.sources)
+        return sum(not isinstance(s, Case) or s in self._cases for s in self.sources)
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         src = self.sources[i]
         if isinstance(src, Case):
-            image, labels, _ = self.store.get(src)
+            image, labels, _ = self._cases.get(src)
         else:
             image, labels = np.asarray(src[0], dtype=np.float32), np.asarray(src[1])
         if image.ndim != self.spatial_dims + 1 or labels.shape != image.shape[1:]:

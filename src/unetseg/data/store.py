@@ -8,14 +8,14 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 
 from unetseg.config import DataConfig
 from unetseg.data.cases import Case, read_pair
 from unetseg.data.instances import InstanceLabels
-from unetseg.data.labels import ClassMap
+from unetseg.data.labels import ClassMap, LabelMap
 from unetseg.data.normalize import Normalizer
 from unetseg.data.resample import model_grid, resample_image, resample_mask
 from unetseg.errors import DataError
@@ -33,7 +33,7 @@ class ExtraChannels(Protocol):
     def __call__(self, image: np.ndarray, meta: dict[str, Any]) -> np.ndarray: ...
 
 
-def label_map(data_cfg: DataConfig) -> ClassMap | InstanceLabels:
+def label_map(data_cfg: DataConfig) -> LabelMap:
     """How a trained model's masks are read: its class map, or object ids for an instance model."""
     if data_cfg.task == "instances":
         return InstanceLabels(data_cfg.instance_target)
@@ -46,8 +46,21 @@ def cache_budget(data_cfg: DataConfig) -> float:
     return {"lazy": 0.0, "memory": float("inf")}.get(data_cfg.cache, float(data_cfg.cache_gib) * GIB)
 
 
+@overload
 def to_training_space(
-    image: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any], data_cfg: DataConfig, num_classes: int
+    image: np.ndarray, labels: np.ndarray, meta: dict[str, Any], data_cfg: DataConfig, num_classes: int | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]: ...
+@overload
+def to_training_space(
+    image: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any], data_cfg: DataConfig,
+    num_classes: int | None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]: ...
+def to_training_space(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    meta: dict[str, Any],
+    data_cfg: DataConfig,
+    num_classes: int | None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Resample a normalised image (third-order spline) and its class indices to the model's grid
     (:func:`~unetseg.data.resample.model_grid`); ``meta`` then records the ``original_shape`` and
@@ -63,15 +76,10 @@ def to_training_space(
     return image, labels, {**meta, "spacing": target, "original_shape": shape, "original_spacing": own}
 
 
-def _resample_classes(class_map: Any) -> int | None:
-    """Classes for resampling masks through a one-hot map; None (nearest) for instance ids."""
-    return getattr(class_map, "resample_classes", class_map.num_classes)
-
-
 def load_case(
     case: Case,
     data_cfg: DataConfig,
-    class_map: ClassMap | None,
+    class_map: LabelMap | None,
     *,
     compact: bool = False,
     resample: bool = False,
@@ -92,7 +100,7 @@ def load_case(
         )
     image = Normalizer.from_config(data_cfg)(raw)
     if resample and class_map is not None:
-        return to_training_space(image, labels, meta, data_cfg, _resample_classes(class_map))
+        return to_training_space(image, labels, meta, data_cfg, class_map.resample_classes)
     return image, labels, meta
 
 
@@ -102,7 +110,7 @@ class DiskCache:
     shapes the arrays (normalisation, spacing, class map); a case's files also carry its files' sizes and
     times, so a changed image or plan is read afresh; older keys' folders are removed."""
 
-    def __init__(self, folder: str | Path, data_cfg: DataConfig, class_map: ClassMap) -> None:
+    def __init__(self, folder: str | Path, data_cfg: DataConfig, class_map: LabelMap) -> None:
         recipe = {
             "norm": [data_cfg.normalization, data_cfg.percentiles, data_cfg.window, data_cfg.intensity_stats],
             "spacing": data_cfg.spacing,
@@ -124,8 +132,7 @@ class DiskCache:
         return self.dir
 
     def _name(self, case: Case) -> str:
-        files = [*case.image_paths, *([case.mask_path] if case.mask_path else [])]
-        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in case.files]
         return hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:20]
 
     def get(self, case: Case) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
@@ -160,7 +167,7 @@ class CaseStore:
     def __init__(
         self,
         data_cfg: DataConfig,
-        class_map: ClassMap,
+        class_map: LabelMap,
         budget: float | None = None,
         disk: DiskCache | None = None,
     ) -> None:

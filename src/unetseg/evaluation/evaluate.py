@@ -50,8 +50,8 @@ def _plan(
     guard = OutputGuard()
     guard.read(data, "--data")
     for case in cases:
-        guard.read_all([*case.image_paths, case.mask_path], "--data")
-        guard.read_all({p.parent for p in [*case.image_paths, case.mask_path]}, "--data")
+        guard.read_all(case.files, "--data")
+        guard.read_all({p.parent for p in case.files}, "--data")
     guard.read(checkpoint, "--checkpoint")
     if checkpoint.is_dir():
         guard.read_all([p for p in checkpoint.rglob("*") if p.is_dir()], "--checkpoint")
@@ -107,7 +107,9 @@ def evaluate(
     predictor = predictor_for(
         engine, cfg, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, tta=True if tta else None
     )
-    result = EvaluationResult(str(checkpoint), str(data), cfg.data.class_values)
+    classes = cfg.data.class_values
+    assert classes is not None  # a trained model's config records them (check_config(trained=True))
+    result = EvaluationResult(str(checkpoint), str(data), classes)
     for case in cases:
         try:
             result.per_image.append(_evaluate_case(case, predictor, cfg, overlay_dir))
@@ -127,10 +129,12 @@ def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: P
     objects (DSB score, AP/F1 at 0.5, PQ, AJI) and on the foreground they cover (Dice etc., 2 classes)."""
     labels_of = label_map(cfg.data)
     image, labels, meta = load_case(case, cfg.data, labels_of)
+    assert labels is not None  # find_cases(require_masks=True): every case has a mask
     instances = cfg.data.task == "instances"
     pred, probs = predict_image(predictor, image, meta.get("spacing"), cfg, probabilities=instances)
     objects, shown = None, pred
     if instances:
+        assert probs is not None  # asked for (probabilities=instances)
         shown = instances_of(probs, cfg)
         objects = instance_metrics(shown, labels)
         pred, truth = (shown > 0).astype(np.int64), (np.asarray(labels) > 0).astype(np.int64)
@@ -140,7 +144,6 @@ def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: P
     row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()}, objects=objects)
     if overlay_dir:
         sd = cfg.model.spatial_dims
-        shown = instances_of(probs, cfg) if instances else pred
         png = save_overlay(
             overlay_dir / f"{case.name}.png",
             _middle_slice(image, sd),

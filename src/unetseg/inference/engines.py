@@ -19,9 +19,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -40,12 +41,54 @@ from unetseg.checkpoint import (
 from unetseg.config import Config
 from unetseg.errors import CheckpointError, ConfigError, UnetsegError, first_line
 from unetseg.inference.zoo_spec import TensorLayout
-from unetseg.runtime import autocast, autocast_dtype, memory_format, resolve_device, use_channels_last
+from unetseg.runtime import (
+    autocast,
+    autocast_dtype,
+    memory_format,
+    resolve_device,
+    to_channels_last,
+    use_channels_last,
+)
+
+if TYPE_CHECKING:
+    from unetseg.models.base import SegmentationModel
 
 TORCHSCRIPT_RISK = (
     "a TorchScript file is a program, not weights: loading it can run any code it holds "
     "(write files, start processes)"
 )
+
+
+@runtime_checkable
+class Geometry(Protocol):
+    """What a network says of itself: our models do (:class:`~unetseg.models.base.SegmentationModel`), and so
+    may a user's module, which then needs no config."""
+
+    spatial_dims: int
+    in_channels: int
+    num_classes: int
+
+
+@runtime_checkable
+class Divisible(Protocol):
+    """A network that pads each axis up to a multiple of its ``divisors`` inside (tiles of such sizes need
+    no padding)."""
+
+    divisors: Sequence[int]
+
+
+@runtime_checkable
+class OutputSize(Protocol):
+    """A network whose output is smaller than its input (unpadded convolutions)."""
+
+    def output_size(self, size: Sequence[int], /) -> Sequence[int]: ...
+
+
+@runtime_checkable
+class ValidInputSize(Protocol):
+    """A network that takes only some input sizes."""
+
+    def valid_input_size(self, size: Sequence[int], /) -> Sequence[int]: ...
 
 
 class Engine:
@@ -63,7 +106,7 @@ class Engine:
     prior_channels: int = 0
     previous: Stage | None = None
     label: str | None = None  # what runs, when not the config's architecture (an imported package's graph)
-    _sizes: Any = None  # an object with output_size/valid_input_size (the model, or a skeleton of it)
+    _sizes: OutputSize | ValidInputSize | None = None  # the model, or a weightless skeleton of it
 
     @property
     def image_channels(self) -> int:
@@ -75,29 +118,34 @@ class Engine:
 
     def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
         """Spatial size of the logits for an input tile of ``size`` (the identity for "same" padding)."""
-        fn = getattr(self._sizes, "output_size", None)
-        return tuple(int(s) for s in fn(tuple(size))) if fn else tuple(size)
+        if isinstance(self._sizes, OutputSize):
+            return tuple(int(s) for s in self._sizes.output_size(tuple(size)))
+        return tuple(size)
 
     def valid_input_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
         """The smallest input size >= ``size`` the network accepts (``size`` itself for "same" padding)."""
-        fn = getattr(self._sizes, "valid_input_size", None)
-        return tuple(int(s) for s in fn(tuple(size))) if fn else tuple(size)
+        if isinstance(self._sizes, ValidInputSize):
+            return tuple(int(s) for s in self._sizes.valid_input_size(tuple(size)))
+        return tuple(size)
 
-    def _set_geometry(self, source: Any, config: Config | None, **given: int | None) -> None:
-        """Geometry from explicit values, else the module's attributes, else the config."""
+    def _set_geometry(self, source: nn.Module | None, config: Config | None, **given: int | None) -> None:
+        """Geometry from explicit values, else what the module declares, else the config."""
         m = config.model if config is not None else None
-        fallbacks = {
-            "spatial_dims": m.spatial_dims if m else _conv_dims(source),
-            "in_channels": m.in_channels if m else getattr(source, "in_channels", None),
-            "num_classes": m.num_classes if m else getattr(source, "out_channels", None),
-        }
-        for name, fallback in fallbacks.items():
-            value = given.get(name) or getattr(source, name, None) or fallback
+        # A module that declares no Geometry (a bare convolution, a third-party network) may still name its
+        # channels as torch's layers do: read them where they are
+        channels = getattr(source, "in_channels", None), getattr(source, "out_channels", None)
+        declared: tuple[int | None, ...] = (None, channels[0], None)
+        if isinstance(source, Geometry):
+            declared = (source.spatial_dims, source.in_channels, source.num_classes)
+        fallbacks = (m.spatial_dims, m.in_channels, m.num_classes) if m else (_conv_dims(source), *channels)
+        names = ("spatial_dims", "in_channels", "num_classes")
+        for name, stated, fallback in zip(names, declared, fallbacks, strict=True):
+            value = given.get(name) or stated or fallback
             if value is None:
                 raise ConfigError(f"cannot tell the model's {name}; pass {name}= explicitly")
             setattr(self, name, int(value))
         self.prior_channels = config.data.prior_channels if config is not None else 0
-        own = getattr(source, "divisors", None)
+        own = source.divisors if isinstance(source, Divisible) else None
         if own is None and m is not None:
             strides = m.options.get("strides") or [[2] * self.spatial_dims] * m.depth
             own = tuple(math.prod(s[a] for s in strides) for a in range(self.spatial_dims))
@@ -117,7 +165,7 @@ class Stage:
     config: Config
 
 
-def _conv_dims(module: Any) -> int | None:
+def _conv_dims(module: nn.Module | None) -> int | None:
     """Spatial dims of a bare convolution (toy models in tests and user code)."""
     for cls, dims in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
         if isinstance(module, cls):
@@ -151,7 +199,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def model_skeleton(config: Config) -> nn.Module | None:
+def model_skeleton(config: Config) -> SegmentationModel | None:
     """A weightless instance of the configured model (on the meta device) for its size arithmetic;
     ``None`` for "same"-padding models, whose output size equals their input size."""
     if config.model.options.get("padding", "same") != "valid":
@@ -208,16 +256,19 @@ class TorchEngine(Engine):
         if fuse and not is_script:
             model = fuse_conv_bn(model)
         if self.channels_last:
-            model = model.to(memory_format=memory_format(self.spatial_dims))
+            to_channels_last(model, self.spatial_dims)
         self.model = model
-        self._sizes = model_skeleton(config) if (is_script and config is not None) else base
+        if is_script:  # a TorchScript module has no methods but forward: its config tells the sizes
+            self._sizes = model_skeleton(config) if config is not None else None
+        elif isinstance(base, (OutputSize, ValidInputSize)):
+            self._sizes = base
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(x).to(self.device, torch.float32, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=memory_format(self.spatial_dims))
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            out = self.model(x)
+            out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] = self.model(x)
         if isinstance(out, (list, tuple)):  # deep supervision: the last head is the full-resolution one
             out = out[-1]
         return out.float()
@@ -446,7 +497,10 @@ def as_engine(
     model_or_engine: nn.Module | Engine | str | Path,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    **geometry: int | None,
+    *,
+    spatial_dims: int | None = None,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
 ) -> Engine:
     """Wrap what a user passed (module, engine, or a path to a checkpoint/exported model) as an engine.
 
@@ -457,6 +511,7 @@ def as_engine(
     if isinstance(model_or_engine, (str, Path)):
         return load_engine(model_or_engine, device or "auto", precision)[0]
     if isinstance(model_or_engine, nn.Module):
-        return TorchEngine(model_or_engine, device, precision, own=False, fuse=True, **geometry)
+        return TorchEngine(model_or_engine, device, precision, own=False, fuse=True,
+                           spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes)
     kind = type(model_or_engine).__name__
     raise ConfigError(f"expected a torch.nn.Module, an Engine or a model path, got {kind}")

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
+from typing_extensions import Unpack
 
 from unetseg.config import Config
 from unetseg.fileio import write_text
 from unetseg.postprocess.instances import instances_from_distance_classes, instances_from_three_class
 from unetseg.postprocess.objects import object_table, table_to_csv_text
+
+
+class FloatOptions(TypedDict, total=False):
+    """The watershed's options that are numbers in (0, 1) (those validation calibrates)."""
+
+    foreground_threshold: float
+    interior_threshold: float
+    distance_h: float
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ class Watershed:
         return cls(config.data.instance_target, i.foreground_threshold, i.interior_threshold, i.distance_h,
                    i.min_object_size)
 
-    def but(self, **values: float) -> Watershed:
+    def but(self, **values: Unpack[FloatOptions]) -> Watershed:
         """The same watershed with some options changed."""
         return replace(self, **values)
 

@@ -278,7 +278,8 @@ class Predictor:
         return torch.empty(shape, dtype=torch.float32, pin_memory=pinned)
 
     @staticmethod
-    def _add(accs: list[torch.Tensor], plan: TilePlan, batch: list, probs: torch.Tensor, event) -> None:
+    def _add(accs: list[torch.Tensor], plan: TilePlan, batch: list, probs: torch.Tensor,
+             event: torch.cuda.Event | None) -> None:
         if event is not None:
             event.synchronize()
         probs = probs.to("cpu")

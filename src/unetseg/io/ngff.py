@@ -42,13 +42,16 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from unetseg.errors import DataError
 from unetseg.fileio import write_json
 from unetseg.io.pyramid import PyramidBuilder, downsample_mean, downsample_mode, pyramid_factors
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
 
 __all__ = ["MANIFEST", "LabelZarrWriter", "downsample_mean", "downsample_mode", "pyramid_factors"]
 
@@ -74,8 +77,12 @@ class ChunkWriter(Protocol):
 
     path: Any
     shape: tuple[int, ...]
-    chunks: tuple[int, ...] | None  # None: any block of rows
     probabilities: int  # probability channels written beside the labels (0: none)
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """The chunk shape rows are written in (None: any block of rows)."""
+        ...
 
     def write(self, start: Sequence[int], labels: np.ndarray,
               probabilities: np.ndarray | None = None, /) -> None: ...
@@ -163,15 +170,16 @@ class LabelZarrWriter:
         kw = self._array_kw()
         root = zarr.open_group(str(self.tmp), mode="w", zarr_format=2 if self.version == "0.4" else 3)
         # Level 0 stores all-background chunks too: a row is complete when all its chunk files exist.
-        cfg = {"write_empty_chunks": True}
+        cfg: ArrayConfigParams = {"write_empty_chunks": True}
         self._arrs = [(root.create_array("0", shape=self.shape, chunks=self.chunks, dtype=self.dtype,
                                          fill_value=0, config=cfg, **kw), 0)]
+        groups = [root]
         if self.probabilities:
             sub = root.create_group("probabilities")
             self._arrs.append((sub.create_array(
                 "0", shape=(self.probabilities, *self.shape), chunks=(self.probabilities, *self.chunks),
                 dtype=self.prob_dtype, fill_value=0, config=cfg, **kw), 1))
-        groups = [root] + ([root["probabilities"]] if self.probabilities else [])
+            groups.append(sub)
         for group, (level0, lead) in zip(groups, self._arrs, strict=True):
             shape = self.shape
             for level, f in enumerate(self._factors, start=1):
@@ -239,7 +247,7 @@ class LabelZarrWriter:
                 self._written[row] = True
         for flat in saved.get("chunks_done", []):  # chunks of rows a strip-wise run had not finished
             if 0 <= flat < self._written.size:
-                idx = np.unravel_index(int(flat), self._grid)
+                idx = tuple(int(i) for i in np.unravel_index(int(flat), self._grid))
                 if all(self._chunk_on_disk(a, idx, lead) for a, lead in self._arrs):
                     self._written[idx] = True
         self._pyramid = self._builder()

@@ -24,6 +24,12 @@ def um(value: Any, unit: Any) -> float | None:
     return v * factor if factor and v > 0 and math.isfinite(v) else None
 
 
+def _known(sizes: list[float | None]) -> tuple[float, ...] | None:
+    """``sizes`` when every one is known, else None."""
+    known = tuple(s for s in sizes if s)
+    return known if len(known) == len(sizes) else None
+
+
 def tiff_pixel_size(tif: Any, spatial_dims: int) -> tuple[float, ...] | None:
     """Pixel size in µm per spatial axis of an open ``tifffile.TiffFile``: OME ``PhysicalSize*``, ImageJ's
     unit and spacing, or the TIFF resolution tags with a physical unit; None when unknown."""
@@ -31,9 +37,9 @@ def tiff_pixel_size(tif: Any, spatial_dims: int) -> tuple[float, ...] | None:
         try:
             px = next(e for e in ET.fromstring(tif.ome_metadata).iter() if e.tag.endswith("Pixels"))
             sizes = [um(px.get(f"PhysicalSize{a}"), px.get(f"PhysicalSize{a}Unit", "µm")) for a in "ZYX"]
-            sizes = sizes[3 - spatial_dims:]
-            if all(sizes):
-                return tuple(sizes)
+            known = _known(sizes[3 - spatial_dims:])
+            if known is not None:
+                return known
         except (ET.ParseError, StopIteration):
             pass
     page = tif.pages.first
@@ -48,4 +54,4 @@ def tiff_pixel_size(tif: Any, spatial_dims: int) -> tuple[float, ...] | None:
         sizes = [f / yres, f / xres]
     else:
         return None
-    return tuple(sizes) if all(sizes) else None
+    return _known(sizes)

@@ -61,7 +61,7 @@ def downsample_mode(labels: np.ndarray, factor: Sequence[int]) -> np.ndarray:
         for i, other in enumerate(cols):
             if i != j:
                 n += other == cand
-        if best is None:
+        if best is None or best_n is None:  # the first candidate (both are set together)
             best, best_n = cand, n
             continue
         better = (n > best_n) | ((n == best_n) & (cand > best))
@@ -99,9 +99,10 @@ class PyramidBuilder:
         level-0 chunks): build every higher chunk whose source is now complete."""
         self.built[0] = level0
         for level in range(1, len(self.shapes)):
-            grid = self._grow(level, grid)
-            if grid is None:
+            grown = self._grow(level, grid)
+            if grown is None:
                 return
+            grid = grown
 
     def finish(self, level0: np.ndarray) -> None:
         """Build whatever is left (all chunks after a resume or a run in parts)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,18 @@ from unetseg.models.sizes import (
     valid_output_size,
 )
 
-PADDINGS = ("same", "valid")
+Padding = Literal["same", "valid"]
+PADDINGS: tuple[Padding, ...] = get_args(Padding)
 Logits = torch.Tensor | list[torch.Tensor]
 
 
 def _grid(
-    value: object, rows: int, dims: int, name: str, allowed: tuple[int, ...], default: int
+    value: Sequence[Sequence[int]] | None,
+    rows: int,
+    dims: int,
+    name: str,
+    allowed: tuple[int, ...],
+    default: int,
 ) -> list[tuple[int, ...]]:
     """Per-level, per-axis values: None -> ``default`` everywhere; else ``rows`` lists of ``dims`` ints."""
     if value is None:
@@ -104,14 +111,14 @@ class SegmentationModel(nn.Module):
         size = self._spatial(input_size)
         if self.padding == "same":
             return size
-        return tuple(valid_output_size(size, self.depth))  # type: ignore[arg-type]
+        return valid_output_size(size, self.depth)
 
     def valid_input_size(self, size: Sequence[int]) -> tuple[int, ...]:
         """The smallest size ``>= size`` the model takes without error (``size`` itself for "same")."""
         size = self._spatial(size)
         if self.padding == "same":
             return size
-        return tuple(nearest_valid_input_size(size, self.depth))  # type: ignore[arg-type]
+        return nearest_valid_input_size(size, self.depth)
 
     def _spatial(self, size: Sequence[int] | int) -> tuple[int, ...]:
         size = (size,) * self.spatial_dims if isinstance(size, int) else tuple(int(s) for s in size)

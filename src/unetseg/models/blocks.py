@@ -9,7 +9,9 @@ non-rectified input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,18 @@ from unetseg.errors import ConfigError
 from unetseg.models.init import InitSpec, init_children, init_module
 from unetseg.models.layers import LayerConfig, Steps, check_positive, interp_mode, upsample
 
-BlockFactory = Callable[..., nn.Module]
+
+class BlockFactory(Protocol):
+    """Builds a level's conv block: a block class, or :class:`Recurrent` (R2U-Net's, its steps fixed)."""
+
+    @property
+    def rectified_output(self) -> bool:
+        """The block ends in an activation (the next layer may then use ReLU's Kaiming gain)."""
+        ...
+
+    def __call__(
+        self, cfg: LayerConfig, in_ch: int, out_ch: int, *, first: bool = ..., kernel: Steps = ...
+    ) -> nn.Module: ...
 
 
 class ConvNormAct(nn.Sequential):
@@ -141,6 +154,19 @@ class RRCNNBlock(nn.Module):
         return self.drop(x + self.body(x))
 
 
+@dataclass(frozen=True)
+class Recurrent:
+    """The :class:`BlockFactory` of R2U-Net: :class:`RRCNNBlock` s of ``recurrence`` steps."""
+
+    recurrence: int
+    rectified_output = RRCNNBlock.rectified_output
+
+    def __call__(
+        self, cfg: LayerConfig, in_ch: int, out_ch: int, *, first: bool = False, kernel: Steps = 3
+    ) -> RRCNNBlock:
+        return RRCNNBlock(cfg, in_ch, out_ch, first=first, recurrence=self.recurrence, kernel=kernel)
+
+
 class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al., "Attention U-Net", MIDL 2018).
 
@@ -218,7 +244,7 @@ class UpBlock(nn.Module):
         self.block = block(cfg, skip_ch + out_ch, out_ch, kernel=kernel)
         self.crop = crop
         # the up-step sees the previous block's output: gain 1 unless that ends in a rectifier
-        self.linear_up = not getattr(getattr(block, "func", block), "rectified_output", True)
+        self.linear_up = not block.rectified_output
 
     def initialise(self, spec: InitSpec) -> None:
         init_children(self, spec, {"up"} if self.linear_up else set())

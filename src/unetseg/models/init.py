@@ -10,6 +10,7 @@ projection doubles the variance. Norm layers start as the identity and biases at
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
@@ -17,8 +18,16 @@ from torch.nn.modules.conv import _ConvNd
 
 from unetseg.models.layers import LEAKY_SLOPE, check_choice
 
-INITS = ("kaiming", "xavier", "normal", "orthogonal")
+Init = Literal["kaiming", "xavier", "normal", "orthogonal"]
+INITS: tuple[Init, ...] = get_args(Init)
 NORMAL_STD = 0.02
+
+
+@runtime_checkable
+class SelfInitialising(Protocol):
+    """A block that initialises itself: it knows which of its convolutions see non-rectified input."""
+
+    def initialise(self, spec: InitSpec) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,9 @@ def init_conv(m: _ConvNd, spec: InitSpec) -> None:
     """Initialise one (transposed) convolution."""
     if spec.scheme == "kaiming":
         leaky = spec.activation == "leaky_relu"
-        nonlinearity = "linear" if spec.linear else ("leaky_relu" if leaky else "relu")
+        nonlinearity: Literal["linear", "leaky_relu", "relu"] = (
+            "linear" if spec.linear else ("leaky_relu" if leaky else "relu")
+        )
         nn.init.kaiming_normal_(m.weight, a=LEAKY_SLOPE if leaky else 0, nonlinearity=nonlinearity)
     elif spec.scheme == "xavier":
         nn.init.xavier_uniform_(m.weight)
@@ -55,9 +66,8 @@ def init_module(module: nn.Module, spec: InitSpec) -> None:
     ``initialise(spec)`` does its part, plain convolutions and norms are set here."""
     if any(p.is_meta for p in module.parameters(recurse=False)):
         return  # shapes only (e.g. counting parameters): there is nothing to fill, and it is slow
-    own = getattr(module, "initialise", None)
-    if callable(own):
-        own(spec)
+    if isinstance(module, SelfInitialising):
+        module.initialise(spec)
         return
     if isinstance(module, _ConvNd):
         init_conv(module, spec)

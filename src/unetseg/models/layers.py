@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from torch import nn
 
 from unetseg.errors import ConfigError
 
-NORMS = ("batch", "instance", "group", "none")
-ACTIVATIONS = ("relu", "leaky_relu", "gelu")
-UPSAMPLES = ("transpose", "bilinear", "nearest")
+# Each option's values once, as a Literal (the registry lists them from the signatures) and as a tuple
+Norm = Literal["batch", "instance", "group", "none"]
+Activation = Literal["relu", "leaky_relu", "gelu"]
+Upsample = Literal["transpose", "bilinear", "nearest"]
+NORMS: tuple[Norm, ...] = get_args(Norm)
+ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
+UPSAMPLES: tuple[Upsample, ...] = get_args(Upsample)
 LEAKY_SLOPE = 0.01
 
 
@@ -37,7 +42,7 @@ def check_dims(spatial_dims: object) -> int:
     """Return ``spatial_dims`` when it is 2 or 3, else raise a :class:`ConfigError`."""
     if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
         raise ConfigError(f"spatial_dims={spatial_dims!r} is not allowed; choose 2 or 3")
-    return int(spatial_dims)  # type: ignore[call-overload]
+    return int(spatial_dims)
 
 
 def conv(dims: int) -> type[nn.Module]:

@@ -3,12 +3,11 @@ Medical Image Segmentation", arXiv:1802.06955, 2018), with and without attention
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
 from typing_extensions import Unpack
 
-from unetseg.models.blocks import RRCNNBlock
+from unetseg.models.blocks import Recurrent
 from unetseg.models.layers import check_positive
 from unetseg.models.unet import CommonOptions, EncoderDecoder
 
@@ -32,7 +31,7 @@ class R2UNet(EncoderDecoder):
         recurrence: Recurrence = 2,
         **options: Unpack[CommonOptions],
     ) -> None:
-        block = partial(RRCNNBlock, recurrence=check_positive("recurrence", recurrence))
+        block = Recurrent(check_positive("recurrence", recurrence))
         super().__init__(spatial_dims, in_channels, num_classes, base_channels, depth, block=block, **options)
         self.recurrence = recurrence
 
@@ -51,7 +50,7 @@ class R2AttentionUNet(EncoderDecoder):
         recurrence: Recurrence = 2,
         **options: Unpack[CommonOptions],
     ) -> None:
-        block = partial(RRCNNBlock, recurrence=check_positive("recurrence", recurrence))
+        block = Recurrent(check_positive("recurrence", recurrence))
         super().__init__(
             spatial_dims,
             in_channels,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from unetseg.errors import ConfigError
 from unetseg.models.attention_unet import AttentionUNet
+from unetseg.models.base import SegmentationModel
 from unetseg.models.r2unet import R2AttentionUNet, R2UNet
 from unetseg.models.res_unet import ResUNet
 from unetseg.models.unet import UNet
@@ -26,7 +28,7 @@ CORE = ("spatial_dims", "in_channels", "num_classes", "base_channels", "depth")
 class ModelSpec:
     """One registered architecture: its class and a one-line description with its paper."""
 
-    cls: type[nn.Module]
+    cls: type[SegmentationModel]
     description: str
 
 
@@ -72,8 +74,9 @@ def _allowed(annotation: Any) -> str:
     return "a value"
 
 
-@functools.cache
-def _options_of(cls: type[nn.Module]) -> tuple[tuple[str, str], ...]:
+@functools.cache  # keyed by name: mypy takes a type[...] value for unhashable (it checks the instance's)
+def _options_of(name: str) -> tuple[tuple[str, str], ...]:
+    cls = _spec(name).cls
     hints = typing.get_type_hints(cls.__init__, include_extras=True)
     out = []
     for param in inspect.signature(cls.__init__).parameters.values():
@@ -88,7 +91,7 @@ def _options_of(cls: type[nn.Module]) -> tuple[tuple[str, str], ...]:
 
 def model_options(name: str) -> dict[str, str]:
     """The options ``name`` takes besides the core arguments, with the values each accepts."""
-    return dict(_options_of(_spec(name).cls))
+    return dict(_options_of(name))
 
 
 def build_model(
@@ -100,7 +103,7 @@ def build_model(
     base_channels: int = 32,
     depth: int = 4,
     **options: Any,
-) -> nn.Module:
+) -> SegmentationModel:
     """Build an architecture by name.
 
     Args:
@@ -127,8 +130,9 @@ def build_model(
         ]
         listing = "; ".join(f"{k}: {v}" for k, v in allowed.items())
         raise ConfigError(f"{name}: {', '.join(problems)}; {name} takes {listing}")
+    make: Callable[..., SegmentationModel] = _spec(name).cls  # every family takes the core arguments
     try:
-        return _spec(name).cls(
+        return make(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
             num_classes=num_classes,

@@ -11,6 +11,7 @@ Overlap-tile inference (the paper's Fig. 2) feeds tiles of a valid size and keep
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 from unetseg.errors import ConfigError
 from unetseg.models.layers import check_positive
@@ -68,6 +69,10 @@ def valid_input_sizes(depth: int, max_size: int = 1024) -> list[int]:
     return list(range(start, max_size + 1, step))
 
 
+@overload
+def nearest_valid_input_size(size: int, depth: int) -> int: ...
+@overload
+def nearest_valid_input_size(size: Sequence[int], depth: int) -> tuple[int, ...]: ...
 def nearest_valid_input_size(size: Size, depth: int) -> int | tuple[int, ...]:
     """The smallest valid input size ``>= size`` (per dimension when ``size`` is a sequence)."""
     if not isinstance(size, int):
@@ -76,6 +81,10 @@ def nearest_valid_input_size(size: Size, depth: int) -> int | tuple[int, ...]:
     return start if size <= start else start + -(-(size - start) // step) * step
 
 
+@overload
+def valid_output_size(input_size: int, depth: int) -> int: ...
+@overload
+def valid_output_size(input_size: Sequence[int], depth: int) -> tuple[int, ...]: ...
 def valid_output_size(input_size: Size, depth: int) -> int | tuple[int, ...]:
     """The output size of the unpadded U-Net of ``depth`` for ``input_size`` (per dimension for a sequence).
 

@@ -9,23 +9,17 @@ every architecture takes are typed once, in :class:`CommonOptions`; the registry
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, TypedDict
 
 from torch import nn
 from typing_extensions import Unpack
 
 from unetseg.errors import ConfigError
-from unetseg.models.base import PADDINGS, SegmentationModel
+from unetseg.models.base import Padding, SegmentationModel
 from unetseg.models.blocks import BlockFactory, DoubleConv, UpBlock
 from unetseg.models.encoder import Encoder
-from unetseg.models.init import INITS, InitSpec, init_children, init_weights
-from unetseg.models.layers import ACTIVATIONS, NORMS, UPSAMPLES, LayerConfig, check_positive, conv
-
-Norm = Literal[NORMS]  # type: ignore[valid-type]
-Activation = Literal[ACTIVATIONS]  # type: ignore[valid-type]
-Upsample = Literal[UPSAMPLES]  # type: ignore[valid-type]
-Init = Literal[INITS]  # type: ignore[valid-type]
-Padding = Literal[PADDINGS]  # type: ignore[valid-type]
+from unetseg.models.init import Init, InitSpec, init_children, init_weights
+from unetseg.models.layers import Activation, LayerConfig, Norm, Upsample, check_positive, conv
 
 
 class CommonOptions(TypedDict, total=False):
@@ -112,7 +106,7 @@ class EncoderDecoder(SegmentationModel):
             for i in reversed(range(depth))
         )
         self.head = conv(spatial_dims)(w[0], num_classes, kernel_size=1)
-        self.linear_head = not getattr(getattr(block, "func", block), "rectified_output", True)
+        self.linear_head = not block.rectified_output
         init_weights(self, init, activation)
 
     def initialise(self, spec: InitSpec) -> None:

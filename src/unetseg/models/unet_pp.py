@@ -9,7 +9,7 @@ supervision is on.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -23,9 +23,9 @@ from unetseg.models.init import init_weights
 from unetseg.models.layers import LayerConfig, check_choice, conv
 from unetseg.models.unet import CommonOptions, widths
 
-DS_EVAL = ("mean", "last")
+DsEval = Literal["mean", "last"]
+DS_EVAL: tuple[DsEval, ...] = get_args(DsEval)
 DeepSupervision = Annotated[bool, "true | false"]
-DsEval = Literal[DS_EVAL]  # type: ignore[valid-type]
 
 
 class UNetPlusPlus(SegmentationModel):
@@ -93,7 +93,8 @@ class UNetPlusPlus(SegmentationModel):
         grid = [[feat] for feat in self.encoder(x)]
         for j in range(1, self.depth + 1):
             for i in range(self.depth - j + 1):
-                grid[i].append(self.nested[i][j - 1](grid[i + 1][j - 1], grid[i][:j]))
+                row = cast(nn.ModuleList, self.nested[i])  # a ModuleList's items are typed as plain Modules
+                grid[i].append(row[j - 1](grid[i + 1][j - 1], grid[i][:j]))
         if not self.deep_supervision or (not self.training and self.ds_eval == "last"):
             return self.heads[-1](grid[0][-1])
         logits = [head(feat) for head, feat in zip(self.heads, grid[0][1:], strict=True)]

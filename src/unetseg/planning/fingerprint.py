@@ -149,6 +149,7 @@ class _FingerprintScan:
         ranges = []
         for c in range(channels):
             sample = self.all[c].add(image[c].ravel(), rng)
+            assert sample is not None  # the readers refuse empty images
             self.fg[c].add(image[c][fg], rng)
             ranges.append(np.percentile(sample, [PERCENTILES[0], PERCENTILES[2]]).tolist())
         self.classes.add(labels, spacing, objects=mask if self.instances else None)
@@ -281,4 +282,4 @@ def range_outliers(fp: Fingerprint, factor: float = 10.0) -> list[str]:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(median > 0, span / median, 1.0)
     bad = (ratio > factor) | (ratio < 1.0 / factor)
-    return [name for name, b in zip(fp.names, bad.any(axis=1), strict=True) if b]
+    return [name for name, b in zip(fp.names, np.any(bad, axis=1), strict=True) if b]

@@ -15,7 +15,7 @@ from unetseg.config import Config, build_config, dump_yaml
 from unetseg.config.schema import instance_classes
 from unetseg.data.cases import find_cases
 from unetseg.data.prepare import check_geometry
-from unetseg.errors import ConfigError
+from unetseg.errors import ConfigError, DataError
 from unetseg.planning import rules
 from unetseg.planning.finetune import (
     Source,
@@ -129,6 +129,12 @@ class _Work:
             return obj.options.get(parts[2])
         return getattr(obj, parts[1])
 
+    def minutes(self) -> float:
+        """The time budget: given, or :func:`~unetseg.planning.rules.default_budget`'s."""
+        minutes = self.cfg.train.max_minutes
+        assert minutes is not None  # planned before the width and the schedule
+        return float(minutes)
+
     def take(self, decisions: list[Decision]) -> None:
         for d in decisions:
             if d.key in self.fixed:
@@ -159,21 +165,14 @@ def device_of(cfg: Config) -> tuple[torch.device, Device]:
     return dev, Device(dev.type, mem)
 
 
-def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = None) -> Plan:
-    """Plan every option of ``cfg`` that is not in ``given`` from ``cfg.data.data``'s fingerprint, the
-    device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or a default for the device).
-    When the rules cannot be sure of the resolution (:func:`unetseg.planning.rules.resolution`), the plan's
-    ``alternatives`` hold the other candidates, each planned whole, for a timed probe in ``train``."""
-    cases = find_cases(cfg.data.data, skip_bad=cfg.data.skip_bad)
-    instances = cfg.data.task == "instances"
-    fp = cached_fingerprint(
-        cfg.data.data,
-        cases,
-        cache_dir=cache_dir,
-        class_values=None if instances else cfg.data.class_values,
-        max_bytes=cfg.data.max_image_gib * 2**30,
-        instances=instances,
-    )
+def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = None,
+              fingerprint: Fingerprint | None = None) -> Plan:
+    """Plan every option of ``cfg`` that is not in ``given`` from ``cfg.data.data``'s fingerprint (or the
+    ``fingerprint`` given), the device (``cfg.train.device``) and the budget (``cfg.train.max_minutes`` or
+    a default for the device). When the rules cannot be sure of the resolution
+    (:func:`unetseg.planning.rules.resolution`), the plan's ``alternatives`` hold the other candidates, each
+    planned whole, for a timed probe in ``train``."""
+    fp = fingerprint if fingerprint is not None else _fingerprint(cfg, cache_dir)
     check_axes(cfg, fp.spatial_dims, what=f"the images in {cfg.data.data} are")  # before any rule uses them
     torch_dev, device = device_of(cfg)
     source = open_source(cfg.train.init_from) if cfg.train.init_from else None
@@ -203,6 +202,22 @@ def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = No
                 "full", None, rules.PATCH_VOXELS[(device.kind, fp.spatial_dims)],
                 "full resolution (a cascade's second stage)"))
     return plans[0]
+
+
+def _fingerprint(cfg: Config, cache_dir: str | Path | None) -> Fingerprint:
+    data = cfg.data.data
+    if data is None:
+        raise DataError("no dataset given (--data DIR)")
+    cases = find_cases(data, skip_bad=cfg.data.skip_bad)
+    instances = cfg.data.task == "instances"
+    return cached_fingerprint(
+        data,
+        cases,
+        cache_dir=cache_dir,
+        class_values=None if instances else cfg.data.class_values,
+        max_bytes=cfg.data.max_image_gib * 2**30,
+        instances=instances,
+    )
 
 
 def _may_cascade(cfg: Config, dims: int) -> bool:
@@ -294,7 +309,7 @@ def _width_and_schedule(work: _Work, plan: Plan, device: torch.device) -> None:
     """Time the candidate widths, choose the widest that still reaches MIN_STEPS in the budget, then the
     epoch length, the validation interval and TTA so validation stays within VAL_SHARE of the budget."""
     cfg, fp = work.cfg, plan.fingerprint
-    minutes = float(cfg.train.max_minutes)
+    minutes = work.minutes()
     given_width = work.kept("model.base_channels")
     widths = [cfg.model.base_channels] if given_width else WIDTHS[plan.device.kind]
     plan.timing = measure(cfg, widths, device)
@@ -331,7 +346,7 @@ def choose_width(step_s: dict[int, float], minutes: float, dims: int) -> tuple[i
 
 def _schedule(work: _Work, plan: Plan, steps: int) -> None:
     cfg, fp = work.cfg, plan.fingerprint
-    minutes = float(cfg.train.max_minutes)
+    minutes = work.minutes()
     iters = int(np.clip(round(steps / 12), 20, 250))
     epochs = max(1, math.ceil(steps / iters))
     tiles = _tiles_per_image(fp, cfg)
@@ -385,6 +400,7 @@ def new_layers(cfg: Config, source: Source) -> list[str]:
 
 def _tiles_per_image(fp: Fingerprint, cfg: Config) -> int:
     tile = cfg.infer.tile or cfg.data.patch_size
+    assert tile is not None  # rules.geometry planned the patch
     overlap = cfg.infer.overlap if cfg.infer.overlap is not None else (0.25 if fp.spatial_dims == 2 else 0.5)
     median = np.median(np.asarray(fp.shapes), axis=0) / np.asarray(cfg.data.downsample or [1.0] * len(tile))
     return int(

@@ -223,7 +223,7 @@ def _finest(fp: Fingerprint, unit: float, task: str) -> tuple[float, str]:
     """The largest downsampling that keeps every class's thin structures (``unit``: spacing units per
     training voxel): the smallest p10 thickness over :data:`DETAIL_PX` (instances: INSTANCE_DETAIL_PX)."""
     need = INSTANCE_DETAIL_PX if task == "instances" else DETAIL_PX
-    thin = [(t["p10"] / unit, name) for name, t in fp.thickness.items() if t.get("p10") is not None]
+    thin = [(p10 / unit, name) for name, t in fp.thickness.items() if (p10 := t.get("p10")) is not None]
     if not thin:
         return MAX_DOWNSAMPLE, "no classes measured"
     px, name = min(thin)
@@ -383,7 +383,7 @@ def loss(fp: Fingerprint, task: str = "semantic") -> list[Decision]:
             Decision("train.loss", "dice_ce", "; ".join(reasons)),
             Decision("train.loss_options", opts, "see train.loss"),
         ]
-    first = fp.class_fraction.get(str(fp.class_values[0]), fp.class_fraction.get(fp.class_values[0], 1.0))
+    first = fp.class_fraction.get(str(fp.class_values[0]), 1.0)  # keyed by class_label: "0", "255"
     if len(fp.class_values) == 2 and first < 0.5:
         opts["include_background"] = True
         reasons.append(f"class 0 is the minority ({100 * first:.0f}%): its Dice counts")

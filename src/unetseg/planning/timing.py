@@ -12,7 +12,7 @@ import torch
 from unetseg.config import Config
 from unetseg.losses import build_loss
 from unetseg.models import build_model
-from unetseg.runtime import autocast, autocast_dtype, memory_format, use_channels_last
+from unetseg.runtime import autocast, autocast_dtype, memory_format, to_channels_last, use_channels_last
 
 TIME_CAP_S = 20.0
 
@@ -37,16 +37,18 @@ def _model(cfg: Config, base: int, device: torch.device) -> torch.nn.Module:
 def _steps(cfg: Config, base: int, device: torch.device, n: int) -> float:
     """Median seconds of ``n`` training steps (after one warm-up) at ``base`` width."""
     model = _model(cfg, base, device)
+    patch = cfg.data.patch_size
+    assert patch is not None  # planned before the timing
     dims = cfg.model.spatial_dims
     dtype = autocast_dtype(cfg.train.precision, device)
     layout = use_channels_last(cfg.train.channels_last, device, dims)
     if layout:
-        model = model.to(memory_format=memory_format(dims))
-    x = torch.randn(cfg.train.batch_size, cfg.model.in_channels, *cfg.data.patch_size, device=device)
+        to_channels_last(model, dims)
+    x = torch.randn(cfg.train.batch_size, cfg.model.in_channels, *patch, device=device)
     if layout:
         x = x.contiguous(memory_format=memory_format(dims))
     y = torch.randint(
-        0, max(2, cfg.model.num_classes), (cfg.train.batch_size, *cfg.data.patch_size), device=device
+        0, max(2, cfg.model.num_classes), (cfg.train.batch_size, *patch), device=device
     )
     opts = {k: v for k, v in cfg.train.loss_options.items() if k != "weight_map"}
     loss_fn = build_loss(cfg.train.loss, cfg.model.num_classes, **opts)
@@ -73,6 +75,7 @@ def _tile(cfg: Config, base: int, device: torch.device) -> float:
     """Seconds of one inference tile (a batch of ``infer.batch_size``, divided) at ``base`` width."""
     model = _model(cfg, base, device).eval()
     tile = cfg.infer.tile or cfg.data.patch_size
+    assert tile is not None  # planned before the timing
     x = torch.randn(cfg.infer.batch_size, cfg.model.in_channels, *tile, device=device)
     dtype = autocast_dtype(cfg.train.precision, device)
     with torch.inference_mode(), autocast(device, dtype):

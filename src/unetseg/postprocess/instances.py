@@ -206,7 +206,7 @@ def stitch_bands(previous_overlap: np.ndarray | None, band: np.ndarray, next_id:
     o = 0 if previous_overlap is None else len(previous_overlap)
     if (previous_overlap is not None and np.shape(previous_overlap)[1:] != band.shape[1:]) or o >= len(band):
         raise DataError(f"band of shape {band.shape} does not extend an overlap of shape "
-                        f"{np.shape(previous_overlap)}")
+                        f"{() if previous_overlap is None else np.shape(previous_overlap)}")
     local = segmentation.relabel_sequential(band.astype(np.int64, copy=False))[0]
     n_local = int(local.max(initial=0))
     mapping = np.zeros(n_local + 1, np.int64)

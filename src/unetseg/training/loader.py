@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,11 +41,11 @@ class EpochSampler(Sampler[int]):
 class WithWeightMap(Dataset):
     """Adds the U-Net paper's pixel-wise weight map (computed on the augmented patch) to each sample."""
 
-    def __init__(self, base: Dataset, w0: float, sigma: float) -> None:
+    def __init__(self, base: PatchDataset, w0: float, sigma: float) -> None:
         self.base, self.w0, self.sigma = base, w0, sigma
 
     def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        return len(self.base)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from unetseg.data.instances import unet_weight_map
@@ -61,51 +60,60 @@ class InstanceTargets(Dataset):
     bins) and, with ``weight``, the U-Net paper's weight map over objects, both derived after augmentation
     (so a deformation moves ids and targets together)."""
 
-    def __init__(self, base: Dataset, weight: dict[str, float] | None, target: str = "three_class") -> None:
+    def __init__(self, base: PatchDataset, weight: dict[str, float] | None,
+                 target: str = "three_class") -> None:
         self.base, self.weight, self.target = base, weight, target
 
     def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        return len(self.base)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, ...]:
         from unetseg.data.instances import INTERIOR, instance_target, instance_weight_map, three_class_target
 
-        image, ids = self.base[idx]
-        ids = ids.numpy()
+        image, labels = self.base[idx]
+        ids = labels.numpy()
         target = instance_target(ids, self.target)
         out = (image, torch.from_numpy(target.astype(np.int64)))
         if self.weight is None:
             return out
         # the border term lies on the 3-class map's boundaries whatever the network learns
         interior = (target if self.target == "three_class" else three_class_target(ids)) == INTERIOR
-        w = instance_weight_map(ids, target=target, interior=interior, **self.weight)
+        w = instance_weight_map(ids, self.weight["w0"], self.weight["sigma"], target=target,
+                                interior=interior)
         return (*out, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
 
 
-def weight_map_options(cfg: Config) -> dict[str, Any] | None:
+def weight_map_options(cfg: Config) -> dict[str, float] | None:
     opt = cfg.train.loss_options.get("weight_map")
     if not opt:
         return None
     return {"w0": 10.0, "sigma": 5.0, **(opt if isinstance(opt, dict) else {})}
 
 
+def epoch_sampler(loader: DataLoader) -> EpochSampler:
+    """The sampler of a :func:`build_loader` loader (to start an epoch)."""
+    assert isinstance(loader.sampler, EpochSampler)
+    return loader.sampler
+
+
 def build_loader(data: PreparedData, cfg: Config, device: torch.device, info: DistInfo) -> DataLoader:
     """Patches for one epoch per pass (``iters_per_epoch * batch_size`` samples across all ranks)."""
     per_epoch = cfg.train.iters_per_epoch * cfg.train.batch_size * info.world_size
-    dataset: Dataset = PatchDataset(
+    patches = PatchDataset(
         data.train_cases,
-        cfg.data.patch_size,
+        data.patch_size,
         data_cfg=cfg.data,
         augment_cfg=cfg.augment,
         samples_per_epoch=per_epoch,
         seed=cfg.train.seed,
         store=data.store,
     )
+    dataset: Dataset = patches
     wm = weight_map_options(cfg)
     if cfg.data.task == "instances":
-        dataset = InstanceTargets(dataset, wm, cfg.data.instance_target)
+        dataset = InstanceTargets(patches, wm, cfg.data.instance_target)
     elif wm is not None:
-        dataset = WithWeightMap(dataset, **wm)
+        dataset = WithWeightMap(patches, **wm)
     workers = int(cfg.data.num_workers)
     return DataLoader(
         dataset,

@@ -65,12 +65,13 @@ def is_run(folder: Path) -> bool:
 
 
 def open_run(
-    out: str | Path, *, resume: bool, overwrite: bool, inputs: list[tuple[str | Path, str]], main: bool = True
+    out: str | Path, *, resume: bool, overwrite: bool, inputs: list[tuple[str | Path | None, str]],
+    main: bool = True,
 ) -> RunFolder:
     """Check and prepare ``out`` for a run, before any data is read (OutputError lines name the option).
 
-    ``inputs``: ``(path, option)`` pairs the command reads (data folders, the YAML recipe). ``main``: this
-    process writes files (rank 0 under torchrun); others only check.
+    ``inputs``: ``(path, option)`` pairs the command reads (data folders, the YAML recipe; None: not given).
+    ``main``: this process writes files (rank 0 under torchrun); others only check.
     """
     p = Path(out)
     if resume and overwrite:

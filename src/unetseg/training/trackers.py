@@ -15,6 +15,7 @@ Only rank 0 writes. A tracker that cannot start is one clear error before traini
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,7 +94,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def open_trackers(names: list[str], run: Path, cfg: Config) -> list[Tracker]:
+def open_trackers(names: Sequence[str], run: Path, cfg: Config) -> list[Tracker]:
     """The trackers ``train.log`` names (rank 0 only; the caller decides)."""
     trackers: list[Tracker] = []
     for name in names:

@@ -32,6 +32,7 @@ from unetseg.runtime import (
     autocast_dtype,
     memory_format,
     precision_name,
+    to_channels_last,
     use_channels_last,
 )
 from unetseg.training.distributed import (
@@ -41,7 +42,7 @@ from unetseg.training.distributed import (
 )
 from unetseg.training.finetune import FrozenEncoder, start_from
 from unetseg.training.interrupt import GRACE_S, Termination
-from unetseg.training.loader import build_loader
+from unetseg.training.loader import build_loader, epoch_sampler
 from unetseg.training.optim import build_optimizer, lr_factor
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message
 from unetseg.training.runlog import RunLogger
@@ -152,13 +153,15 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.channels_last = use_channels_last(cfg.train.channels_last, device, cfg.model.spatial_dims)
         if self.channels_last:
-            self.model.to(memory_format=memory_format(cfg.model.spatial_dims))
+            to_channels_last(self.model, cfg.model.spatial_dims)
         self.net: torch.nn.Module = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.train.compile:
-            self.net = torch.compile(self.net)
+            compiled = torch.compile(self.net)
+            assert isinstance(compiled, torch.nn.Module)  # a compiled Module is one (its stubs say Callable)
+            self.net = compiled
         loss_opts = {k: v for k, v in cfg.train.loss_options.items() if k != "weight_map"}
         self.loss = DeepSupervisionLoss(build_loss(cfg.train.loss, cfg.model.num_classes, **loss_opts))
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
@@ -310,7 +313,7 @@ class Trainer:
         """One epoch (or its remainder after a mid-epoch resume); returns True when the budget is spent."""
         cfg = self.cfg.train
         self.net.train()
-        self.loader.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        epoch_sampler(self.loader).set_epoch(self.epoch, self.batch_in_epoch)
         t0, losses, (now, _, _) = time.monotonic(), [], clock.read()
         out_of_time = speed = 0.0
         for batch in self.loader:
@@ -319,7 +322,7 @@ class Trainer:
             speed = cfg.batch_size * self.info.world_size * len(losses) / (time.monotonic() - t0)
             now, stop, reserve = clock.read(self.val_minutes)
             # stop early enough for the final validation (as long as the last one took) inside the budget
-            out_of_time = bool(self.deadline) and now + reserve >= self.deadline
+            out_of_time = bool(self.deadline and now + reserve >= self.deadline)
             bar.update(
                 task,
                 advance=1,

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def fine_tune_round(seg: Segmenter, corrections: Sequence[Correction], rounds: s
     write_corrections(data, corrections, seg)
     extra = add_training_folder(data, training) if training else 0
     n = len(corrections) + extra
-    options = {"task": seg.task, "val_fraction": 0.2 if n >= MIN_VALIDATION else 0.0}
+    options: dict[str, Any] = {"task": seg.task, "val_fraction": 0.2 if n >= MIN_VALIDATION else 0.0}
     if seg.task == "semantic":
         options["classes"] = list(seg.classes)
     else:

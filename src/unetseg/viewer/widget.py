@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -74,7 +75,7 @@ class SegmentWidget(QWidget):
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.model = LineEdit(label="model", tooltip="a run or checkpoint folder, or an .onnx file")
-        self.browse = FileEdit(label="or browse", mode="r")
+        self.browse = FileEdit(label="or browse", mode=FileDialogMode.EXISTING_FILE)
         self.browse.changed.connect(lambda v: setattr(self.model, "value", str(v)))
         self.image = ComboBox(label="image", choices=[])
         self.probabilities = CheckBox(text="also the probabilities (an image layer)")
@@ -83,7 +84,7 @@ class SegmentWidget(QWidget):
         self.progress = ProgressBar(min=0, max=100, value=0, label="progress")
         self.status = Label(value="")
         self.labels = ComboBox(label="corrected labels", choices=[])
-        self.rounds = FileEdit(label="rounds folder", mode="d")
+        self.rounds = FileEdit(label="rounds folder", mode=FileDialogMode.EXISTING_DIRECTORY)
         self.training = LineEdit(label="training folder", tooltip="optional: pairs to train on as well")
         self.minutes = FloatSpinBox(label="minutes", value=2.0, min=0.01, max=600.0, step=0.5)
         self.finetune_button = PushButton(text="Fine-tune on my corrections")

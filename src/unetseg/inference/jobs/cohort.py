@@ -144,7 +144,8 @@ def open_client(cluster: str, *, timeout: float = 30.0) -> Iterator[Any]:
         n = cluster[len("local:"):]
         if not n.isdigit() or int(n) < 1:
             raise ConfigError(f"cluster {cluster!r}: expected local:N with N >= 1 workers")
-        # each worker's torch gets its share of the cores (N processes x all cores would oversubscribe)
+        # each worker's torch gets its share of the cores (N processes x all cores would oversubscribe);
+        # the cores this process may use where the OS says (os.sched_getaffinity exists on Linux only)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = str(max(1, cores // int(n)))
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -182,10 +183,13 @@ def predict_cohort(checkpoint: str | Path, files: str | Path | Sequence[str | Pa
     """
     settings.setdefault("device", "cpu")
     probe = make_job(checkpoint, routing=routing, **{**settings, "device": "cpu"})  # options fail here
-    listed = isinstance(files, (str, Path))
-    paths = list_images(files) if listed else [Path(f) for f in files]
+    listed: str | Path | None = None  # a folder or one image, listed as predict lists it
+    if isinstance(files, (str, Path)):
+        listed, paths = files, list_images(files)
+    else:
+        paths = [Path(f) for f in files]
     out_dir = Path(outputs)
-    planned, guard = plan_outputs(paths, out_dir, probe, checkpoint, files if listed else None)
+    planned, guard = plan_outputs(paths, out_dir, probe, checkpoint, listed)
     guard.check(overwrite=overwrite)
     ensure_dir(out_dir, "--output")
     result = CohortResult(str(out_dir))

@@ -185,6 +185,7 @@ def predict_one(path: Path, outputs: list[Path], job: PredictJob) -> list[Path]:
     values = job.class_map.decode(labels) if job.class_map is not None else labels
     written = [write_mask(outputs[0], values, meta)]
     if job.probabilities:
+        assert probs is not None  # asked for (probabilities=job.probabilities)
         written.append(write_probabilities(outputs[1], probs, meta))
     if job.overlay:
         from unetseg.data.overlay import save_overlay

@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unetseg.errors import UnetsegError
 from unetseg.fileio import ensure_dir, is_ours, record_written
 from unetseg.inference.jobs.file import PredictJob, Routing, make_job, plan_outputs, predict_path
 from unetseg.io.images import SkipLog, list_images
+
+if TYPE_CHECKING:  # loaded only when a cluster is asked for (dask=)
+    from unetseg.inference.jobs.cohort import CohortResult
 
 
 @dataclass
@@ -45,7 +48,7 @@ def predict_files(
     routing: Routing = Routing(),
     dask: str | None = None,
     **settings: Any,
-) -> PredictResult:
+) -> PredictResult | CohortResult:
     """Segment an image or every image of a folder with a checkpoint / ``.onnx`` / TorchScript model.
 
     Args:
@@ -59,7 +62,8 @@ def predict_files(
         overwrite: replace existing output files that unetseg did not write (never an input).
         routing: streamed outputs, pyramid level, background skipping, resume (:class:`Routing`).
         dask: ``local:N`` or ``tcp://HOST:PORT``: run on a dask.distributed cluster
-            (:func:`unetseg.inference.jobs.cohort.predict_cohort`); bad inputs are then always skipped.
+            (:func:`unetseg.inference.jobs.cohort.predict_cohort`, which returns its ``CohortResult``); bad
+            inputs are then always skipped.
         **settings: :func:`make_job`'s: ``tile``, ``overlap``, ``blend``, ``tta``, ``batch_size``
             (``None``: the checkpoint's), ``probabilities``, ``overlay``, ``mask_values`` (``index`` |
             ``original``), ``device``, ``precision``, ``trust_torchscript``, ``max_image_gib``.

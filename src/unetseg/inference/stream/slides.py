@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from unetseg.errors import ConfigError, DataError
 from unetseg.inference.stream.predictor import StreamPredictor
 from unetseg.inference.stream.statistics import stream_normalizer, tissue_skip
 from unetseg.io.lazy import choose_level, header_nbytes, open_lazy
-from unetseg.io.ngff import LabelZarrWriter
+from unetseg.io.ngff import ChunkWriter, LabelZarrWriter
 from unetseg.io.ometiff import write_ome_tiff_from_zarr
+from unetseg.io.readers import LazyImage, RegionSource
 
 STREAM_BYTES = 512 * 2**20  # float32 bytes above which an image is streamed instead of held in memory
 OME_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr", ".zarr")
@@ -56,17 +57,22 @@ def slide_output(stem: str, out_dir: Path, output_format: str) -> Path:
 
 
 class _Decoded:
-    """A writer that stores the original mask values instead of class indices (``--mask-values
-    original``)."""
+    """A :class:`~unetseg.io.ngff.ChunkWriter` that stores the original mask values instead of class
+    indices (``--mask-values original``)."""
 
     def __init__(self, writer: LabelZarrWriter, class_map: ClassMap) -> None:
         self.inner, self.class_map = writer, class_map
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        self.path, self.shape, self.chunks = writer.path, writer.shape, writer.chunks
+        self.probabilities = writer.probabilities
 
     def write(self, start: Any, labels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
         self.inner.write(start, self.class_map.decode(labels), probabilities)
+
+    def done_rows(self, columns: Sequence[slice]) -> np.ndarray:
+        return self.inner.done_rows(columns)
+
+    def flush(self) -> None:
+        self.inner.flush()
 
 
 def _label_dtype(class_map: ClassMap | None, num_classes: int) -> str:
@@ -78,15 +84,19 @@ class _Channels:
     """A lazy image seen with the model's channels (grey -> RGB repeats, RGB -> grey averages, as the
     in-memory path's :func:`~unetseg.io.images.match_channels`)."""
 
-    def __init__(self, image: Any, channels: int) -> None:
+    def __init__(self, image: LazyImage, channels: int) -> None:
         if image.channels != channels and not (
             image.channels == 1 or (image.channels == 3 and channels == 1)
         ):
             raise DataError(f"{image.path}: {image.channels} channel(s), the model expects {channels}")
         self.image, self.channels = image, channels
+        self.path, self.spatial_dims = image.path, image.spatial_dims
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.image, name)
+    def shape(self, level: int = 0) -> tuple[int, ...]:
+        return self.image.shape(level)
+
+    def pixel_size(self, level: int = 0) -> tuple[float, ...] | None:
+        return self.image.pixel_size(level)
 
     def read(self, region: Any = None, level: int = 0) -> np.ndarray:
         x = self.image.read(region, level)
@@ -180,10 +190,10 @@ def predict_rows(setup: SlideSetup, job: Any, writer: LabelZarrWriter | None = N
                  progress: Callable[[int, int, int], Any] | None = None) -> LabelZarrWriter:
     """Predict the pending chunk rows of ``writer`` (or, on a worker, of ``part`` of the store)."""
     writer = writer if writer is not None else LabelZarrWriter(**setup.writer, part=part)
-    target: Any = writer if job.class_map is None or setup.grid else _Decoded(writer, job.class_map)
+    target: ChunkWriter = writer if job.class_map is None or setup.grid else _Decoded(writer, job.class_map)
     with open_lazy(setup.path) as lazy:
         skip = tissue_skip(lazy, setup.level) if setup.skip_background else None
-        image: Any = _Channels(lazy, job.engine.in_channels)
+        image: RegionSource = _Channels(lazy, job.engine.in_channels)
         normalize, level = setup.normalize, setup.level
         if setup.grid is not None:  # normalised with the source's statistics, then resampled
             image = ResampledImage(image, level, *setup.grid, normalize=normalize)
@@ -229,7 +239,7 @@ def _back_to_image_grid(writer: LabelZarrWriter | None, setup: SlideSetup,
     probs = RegriddedProbabilities(zarr.open_array(str(grid_store / "probabilities" / "0"), mode="r"),
                                    setup.final["shape"])
     final = LabelZarrWriter(**setup.final)
-    out: Any = final if class_map is None else _Decoded(final, class_map)
+    out: ChunkWriter = final if class_map is None else _Decoded(final, class_map)
     index = np.uint8 if probs.shape[0] <= 256 else np.uint16
     for box in itertools.product(*(range(0, n, c) for n, c in zip(final.shape, final.chunks, strict=True))):
         p = probs[(slice(None), *(slice(a, a + c) for a, c in zip(box, final.chunks, strict=True)))]

@@ -104,8 +104,8 @@ def make_strips(plan: TilePlan, shape: tuple[int, ...], chunks: Sequence[int] | 
         origin = tuple(plan.starts[a + 1][ix[0]] for a, ix in enumerate(idx))
         extent = tuple(plan.starts[a + 1][ix[-1]] + plan.tile_out[a + 1] - o
                        for a, (ix, o) in enumerate(zip(idx, origin, strict=True)))
-        own = tuple(ranges[a][i] for a, i in enumerate(pick))
-        out.append(Strip(own, origin, extent, tiles, per_band))
+        span = tuple(ranges[a][i] for a, i in enumerate(pick))
+        out.append(Strip(span, origin, extent, tiles, per_band))
     return out
 
 
@@ -162,6 +162,11 @@ class BandReader:
         return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def _predicted(rows: np.ndarray | None) -> np.ndarray:
+    assert rows is not None  # rows not done yet were wanted, so predicted
+    return rows
+
+
 class BlockSink:
     """Finished rows of one strip -> whole chunk rows of the writer -> the writer thread; blocks the writer
     holds complete already (resume) are dropped."""
@@ -200,8 +205,9 @@ class BlockSink:
                              None if pr is None else pr[:, cut:]))
         self.pieces = rest
         if not self.done[self.start]:
-            labels = np.concatenate([lab[:n] for lab, _, n in parts])
-            probs = np.concatenate([pr[:, :n] for _, pr, n in parts], axis=1) if self.probabilities else None
+            labels = np.concatenate([_predicted(lab)[:n] for lab, _, n in parts])
+            probs = (np.concatenate([_predicted(pr)[:, :n] for _, pr, n in parts], axis=1)
+                     if self.probabilities else None)
             self.out.put(((self.start, *self.origin), labels, probs))
             self.written += end - self.start
         self.start = end
