@@ -55,6 +55,9 @@ TRAIN_KEYS = {
     "probe": "train.probe",
     "cascade": "train.cascade",
     "init_from": "train.init_from",
+    "folds": "train.folds",
+    "groups": "data.groups",
+    "groups_pattern": "data.groups_pattern",
 }
 
 
