@@ -246,3 +246,39 @@ def test_torchrun_runs_the_same_folds_on_every_rank(cells_2d, tmp_path):
     assert (run / "log.txt").read_text().count("cross-validation over 2 folds") == 1
     for k in range(2):
         assert "world size 2" in (run / f"fold_{k}" / "log.txt").read_text()
+
+
+def test_the_benchmark_runs_end_to_end_in_its_smoke_mode(tmp_path, capsys):
+    """``benchmarks/cross_validation.py --smoke`` (benchmarks/ is scripts: imported by path)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cross_validation.py"
+    spec = importlib.util.spec_from_file_location("cross_validation_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--smoke", "--work", str(tmp_path)])
+    assert len(rows) == 1 and len(rows[0]["test_each_fold"]) == 2 and rows[0]["test"] >= 2
+    assert 0 <= rows[0]["test_ensemble"] <= 1 and rows[0]["cv_dice"]["sd"] is not None
+    assert json.loads((tmp_path / "cross_validation.json").read_text()) == rows
+    assert "| smoke | 0 |" in capsys.readouterr().out
+
+
+def test_a_fine_tune_is_cross_validated_from_the_same_model_in_every_fold(cv_run, cells_2d, tmp_path):
+    source, _ = cv_run
+    run = tmp_path / "FT"
+    unetseg.train(data=cells_2d, out=run, plan=False, quiet=True, folds=2, init_from=source / "fold_0",
+                  **{**TINY, "epochs": 1})
+    for k in range(2):
+        init = json.loads((run / f"fold_{k}" / "init.json").read_text())
+        assert init["source"] == str((source / "fold_0" / "best").resolve()) and init["copied"] > 0
+    assert json.loads((run / "cv.json").read_text())["folds"] == 2
+
+
+def test_plan_shows_what_each_fold_gets(cells_2d, tmp_path, capsys):
+    code, err = run_inprocess("plan", "--data", cells_2d, "--max-minutes", "6", "--folds", "3", "--out",
+                              tmp_path / "plan.yaml", capsys=capsys)
+    assert code == 0, err
+    assert "6 min given for the whole run, shared by 3 folds: 2 min each" in " ".join(err.split())
+    recipe = (tmp_path / "plan.yaml").read_text()
+    assert "max_minutes: 6.0" in recipe and "folds: 3" in recipe
