@@ -282,3 +282,16 @@ def test_plan_shows_what_each_fold_gets(cells_2d, tmp_path, capsys):
     assert "6 min given for the whole run, shared by 3 folds: 2 min each" in " ".join(err.split())
     recipe = (tmp_path / "plan.yaml").read_text()
     assert "max_minutes: 6.0" in recipe and "folds: 3" in recipe
+
+
+def test_a_fold_that_ran_over_shortens_the_later_ones_and_unused_minutes_are_not_handed_on():
+    from unetseg.training.crossval import Fold, FoldRun, _share
+
+    def record(spent: list[float]) -> FoldRun:
+        folds = [Fold([], [], 2.0, "done", m) for m in spent] + [Fold([], []) for _ in range(5 - len(spent))]
+        return FoldRun(folds, 0, "", "", 10.0, 2.0, "")
+
+    assert _share(record([]), 0) == 2.0
+    assert _share(record([3.0, 2.5]), 2) == pytest.approx(1.5)  # 4.5 minutes left for 3 folds
+    assert _share(record([1.0]), 1) == 2.0  # a fold that stopped early: the next gets its own share only
+    assert _share(record([6.0, 3.0]), 2) == 1.0  # at least half the planned share

@@ -26,6 +26,7 @@ cross-validated like any run: every fold starts from the same model.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -141,12 +142,12 @@ def requested(cfg: Config, run: Path, resume: bool) -> bool:
     return cfg.train.folds > 1
 
 
-Plan = Callable[..., tuple[list[Any], Any]]
+Planner = Callable[..., tuple[list[Any], Any]]  # session._plan
 
 
 def cross_validate(cfg: Config, run: RunFolder, device: torch.device, info: DistInfo, *, quiet: bool,
                    stop: Termination, hint: str | None, given: set[str] | None, resume: bool,
-                   plan: Plan) -> Path:
+                   plan: Planner) -> Path:
     """Train (or go on training) every fold, score it on its held-out cases, then write the report (see the
     module doc). ``plan``: the session's planner (``plan(cfg, given, run, info, quiet, budget)``)."""
     log = RunLogger(run.path, enabled=info.is_main, quiet=quiet)
@@ -159,7 +160,8 @@ def cross_validate(cfg: Config, run: RunFolder, device: torch.device, info: Dist
                 f"{k} {f.state}" for k, f in enumerate(record.folds)))
         else:
             record, cfg = _begin(cfg, given, run, info, quiet, plan, log)
-        cases = {c.name: c for c in find_cases(cfg.data.data, skip_bad=cfg.data.skip_bad, skip=SkipLog())}
+        quiet_skip = SkipLog(stream=io.StringIO())  # bad files were reported when the folds were made
+        cases = {c.name: c for c in find_cases(cfg.data.data, skip_bad=cfg.data.skip_bad, skip=quiet_skip)}
         for k, fold in enumerate(record.folds):
             if fold.state == "done":
                 continue
@@ -203,7 +205,7 @@ def _split(cfg: Config, given: set[str] | None) -> dict[str, Any]:
     }
 
 
-def _begin(cfg: Config, given: set[str] | None, run: RunFolder, info: DistInfo, quiet: bool, plan: Plan,
+def _begin(cfg: Config, given: set[str] | None, run: RunFolder, info: DistInfo, quiet: bool, plan: Planner,
            log: RunLogger) -> tuple[FoldRun, Config]:
     """A new K-fold run: split (rank 0), share the budget, plan once, write ``folds.json``."""
     split = on_main(lambda: _split(cfg, given), info)
