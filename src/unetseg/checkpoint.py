@@ -40,6 +40,7 @@ TORCHSCRIPT_CONFIG_FILE = "config.json"
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 STAGE1 = "stage1"  # a cascade's first stage: a sub-folder of the checkpoint, or an export's ".stage1" twin
 STATE_KEYS = ("optimizer", "scaler", "epoch", "step", "best", "stale", "minutes", "rng")
+FOLDS_FILE = "folds.json"  # a K-fold run's record (RUN/fold_<k>/ hold its folds' runs)
 
 
 def package_version() -> str:
@@ -156,7 +157,40 @@ def find_checkpoint(path: str | Path) -> Path:
         return old
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint not found")
+    if is_fold_run(p):
+        raise CheckpointError(f"{p}: a K-fold run holds one model per fold; predict, evaluate and export "
+                              f"take it whole (an ensemble), elsewhere name one fold ({p / 'fold_0'})")
     raise CheckpointError(f"{p}: not a checkpoint (expected a folder with {MODEL_FILE} and {CONFIG_FILE})")
+
+
+def is_fold_run(path: str | Path) -> bool:
+    """Whether ``path`` is the folder of a K-fold cross-validation run."""
+    return (Path(path) / FOLDS_FILE).is_file()
+
+
+def fold_checkpoints(run: str | Path,
+                     folds: list[int] | tuple[int, ...] | None = None) -> list[tuple[int, Path]]:
+    """``(fold, checkpoint folder)`` of the members of a K-fold run's ensemble: the folds picked (``folds``),
+    or all of them, each of which must have finished (an unfinished one is one error line saying how to
+    resume or what to pick)."""
+    run = Path(run)
+    try:
+        record = json.loads((run / FOLDS_FILE).read_text(encoding="utf-8"))
+        states = [str(f["state"]) for f in record["folds"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{run / FOLDS_FILE}: damaged or unreadable K-fold record") from None
+    picks = list(range(len(states))) if folds is None else list(dict.fromkeys(int(k) for k in folds))
+    wrong = [k for k in picks if not 0 <= k < len(states)]
+    if wrong or not picks:
+        given = ",".join(map(str, folds or []))
+        raise ConfigError(f"--folds {given}: {run} has folds 0 to {len(states) - 1}")
+    if folds is None and any(s != "done" for s in states):
+        done = [str(k) for k, s in enumerate(states) if s == "done"]
+        left = ", ".join(str(k) for k, s in enumerate(states) if s != "done")
+        pick = f", or pick finished folds with --folds {','.join(done)}" if done else ""
+        raise CheckpointError(f"{run}: fold(s) {left} have not finished; resume the run (train --resume)"
+                              + pick)
+    return [(k, find_checkpoint(run / f"fold_{k}")) for k in picks]
 
 
 def parse_config(text: str, source: str) -> Config:

@@ -7,6 +7,9 @@
   same tiling code, without the training stack.
 * A cascade's second stage is written with its first stage beside it (``model.stage1.onnx`` beside
   ``model.onnx``), where ``predict`` looks for it.
+* A K-fold run is exported as one model holding every fold (or those picked): :class:`EnsembleModule`, whose
+  output is the log of the folds' mean probabilities, so ``predict``'s softmax gives the ensemble's
+  probabilities from the ONNX or TorchScript file as from the run folder.
 * TorchScript: a trace of the model's padded core wrapped in a small scripted module that pads to a
   multiple of the model's divisor (``2**depth``) at run time; the config travels as the archive's extra
   file ``config.json``.
@@ -23,9 +26,9 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,21 +39,20 @@ from unetseg.checkpoint import (
     TORCHSCRIPT_CONFIG_FILE,
     TORCHSCRIPT_SUFFIXES,
     find_checkpoint,
+    fold_checkpoints,
+    is_fold_run,
     load_checkpoint,
     stage1_of,
 )
 from unetseg.config import Config, config_from_dict
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
-from unetseg.inference.engines import OnnxEngine, load_torchscript
+from unetseg.inference.engines import OnnxEngine, ensemble_config, load_torchscript, mean_log_probs
 from unetseg.models.sizes import same_padding
 
 if TYPE_CHECKING:
     from unetseg.models.base import SegmentationModel
     from unetseg.models.probabilities import ClassProbabilities
-
-    # what the exporters take: one of our networks, or one giving class probabilities (a zoo package's)
-    Exportable = SegmentationModel | ClassProbabilities
 
 FORMATS = ("onnx", "torchscript")
 ATOL = 1e-4
@@ -91,6 +93,60 @@ def parity(model: Exportable, run: Callable[[torch.Tensor], torch.Tensor], sizes
             return float("inf")
         worst = max(worst, float((got - want).abs().max()))
     return worst
+
+
+def _last(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return out[-1] if isinstance(out, (list, tuple)) else out
+
+
+class EnsembleModule(nn.Module):
+    """The folds of a K-fold run as one network: the log of the members' mean probabilities
+    (:func:`~unetseg.inference.engines.mean_log_probs`, as
+    :class:`~unetseg.inference.engines.EnsembleEngine` returns them), with the first member's geometry."""
+
+    def __init__(self, members: Sequence[SegmentationModel]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.spatial_dims, self.in_channels, self.num_classes = (first.spatial_dims, first.in_channels,
+                                                                 first.num_classes)
+        self.divisors, self.padding = first.divisors, first.padding
+
+    def _member(self, i: int) -> SegmentationModel:
+        return cast("SegmentationModel", self.members[i])  # ModuleList indexes as Module
+
+    def valid_input_size(self, size: Sequence[int]) -> Size:
+        return tuple(self._member(0).valid_input_size(tuple(size)))
+
+    def output_size(self, size: Sequence[int]) -> Size:
+        return tuple(self._member(0).output_size(tuple(size)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_log_probs([_last(m(x)) for m in self.members])
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_log_probs([_last(self._member(i).forward_padded(x)) for i in range(len(self.members))])
+
+
+if TYPE_CHECKING:
+    # what the exporters take: one of our networks, one giving class probabilities (a zoo package's), or
+    # the folds of a K-fold run as one
+    Exportable = SegmentationModel | ClassProbabilities | EnsembleModule
+
+
+def load_model(checkpoint: str | Path, folds: list[int] | tuple[int, ...] | None = None
+               ) -> tuple[Exportable, Config]:
+    """The network to export and its config: a checkpoint's, or a K-fold run's folds as one
+    :class:`EnsembleModule` (``folds``: some of them)."""
+    if not is_fold_run(checkpoint):
+        if folds is not None:
+            raise ConfigError(f"--folds: {checkpoint} is not a K-fold run (it has no folds.json)")
+        return load_checkpoint(checkpoint, "cpu")
+    members = fold_checkpoints(checkpoint, folds)
+    loaded = [load_checkpoint(path, "cpu") for _, path in members]
+    config = ensemble_config([c for _, c in loaded], [p for _, p in members])
+    models = [m for m, _ in loaded]
+    return (models[0] if len(models) == 1 else EnsembleModule(models)), config
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -270,7 +326,8 @@ def _check_request(checkpoint: str | Path, fmt: str, output: Path, opset: int, o
         raise ConfigError(f"--output {output}: a {fmt} file must end in {' or '.join(suffixes)}")
     guard = OutputGuard()
     guard.read(checkpoint, "--checkpoint")
-    guard.read(find_checkpoint(checkpoint), "--checkpoint")
+    if not is_fold_run(checkpoint):
+        guard.read(find_checkpoint(checkpoint), "--checkpoint")
     guard.write(output, "--output")
     guard.check(overwrite=overwrite)
 
@@ -284,11 +341,13 @@ def export_model(
     atol: float = ATOL,
     exporter: str = "auto",
     overwrite: bool = False,
+    folds: list[int] | tuple[int, ...] | None = None,
 ) -> float:
     """Export ``checkpoint`` as ``fmt`` (``onnx`` | ``torchscript``) to ``output`` and check it.
 
     Args:
-        checkpoint: checkpoint or run folder.
+        checkpoint: checkpoint or run folder; a K-fold run: the ensemble of its folds (``folds``: of these)
+            as one model (:class:`EnsembleModule`).
         fmt: ``onnx`` (opset >= 17, dynamic batch and spatial axes) or ``torchscript``.
         output: the file to write (parent folders are created).
         opset: ONNX opset version.
@@ -304,7 +363,7 @@ def export_model(
     """
     fmt, output = fmt.lower(), Path(output)
     _check_request(checkpoint, fmt, output, opset, overwrite)
-    model, config = load_checkpoint(checkpoint, "cpu")
+    model, config = load_model(checkpoint, folds)
     if config.data.prior_channels:  # a cascade: its first stage goes beside it, as predict looks for it
         export_model(stage1_of(checkpoint), fmt, stage1_of(output), opset, atol=atol, exporter=exporter,
                      overwrite=overwrite)

@@ -20,7 +20,14 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as usage  # type: ignore[no-redef]  # the same module, from click: mypy sees two
 
-from unetseg.cli.parsing import TRAIN_KEYS, expand_multi, resume_hint, size_option, train_sources
+from unetseg.cli.parsing import (
+    TRAIN_KEYS,
+    expand_multi,
+    fold_option,
+    resume_hint,
+    size_option,
+    train_sources,
+)
 from unetseg.config import build_config, given_keys
 from unetseg.config.schema import choices
 from unetseg.errors import UnetsegError
@@ -116,6 +123,14 @@ def train(
     log: Annotated[str | None, Opt(
         help="also log to tensorboard and/or mlflow (comma-separated; extras [tensorboard], [mlflow])"
     )] = None,
+    folds: Annotated[int | None, Opt(
+        help="K-fold cross-validation: K models sharing --max-minutes, out-of-fold predictions, RUN/cv.json; "
+             "the run predicts with their ensemble")] = None,
+    groups: Annotated[Path | None, Opt(
+        help="CSV of stem,group rows: images of one group (patient, slide, sequence) stay on one side of "
+             "every split")] = None,
+    groups_pattern: Annotated[str | None, Opt(
+        help="the group is the stem's first capture group, e.g. '^(P\\d+)_'")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     loss: Annotated[str | None, Opt(help="loss: dice_ce, dice, ce, focal, tversky, lovasz, ...")] = None,
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
@@ -171,6 +186,7 @@ def plan(
         str | None, Opt(help="mask values in class order, e.g. 0,128,255; 0,1+2+3 merges")
     ] = None,
     task: Annotated[str | None, Opt(help=_one_of("data", "task"))] = None,
+    folds: Annotated[int | None, Opt(help="plan a K-fold run: --max-minutes is shared by the folds")] = None,
     overwrite: Annotated[
         bool, Opt("--overwrite", help="replace an --out file unetseg did not write")
     ] = False,
@@ -180,21 +196,29 @@ def plan(
 
     from unetseg.fileio import OutputGuard, record_written, write_text
     from unetseg.planning import make_plan
+    from unetseg.planning.plan import fold_budget
     from unetseg.planning.report import probe_notes, show_plan
 
     opts: dict[str, Any] = {name: None for name in TRAIN_KEYS} | {"patch_size": None, "downsample": None,
                                                                   "option": None, "config": config}
-    opts.update(data=data, max_minutes=max_minutes, device=device, classes=classes, task=task)
+    opts.update(data=data, max_minutes=max_minutes, device=device, classes=classes, task=task, folds=folds)
     sources = train_sources(opts)
-    cfg = build_config(sources)
+    cfg, given = build_config(sources), given_keys(sources)
     if out is not None:
         guard = OutputGuard()
         guard.read(data, "--data")
         guard.read(config, "--config")
         guard.write(out, "--out")
         guard.check(overwrite=overwrite)
-    result = make_plan(cfg, given_keys(sources))
+    budget = fold_budget(cfg, given) if cfg.train.folds > 1 else None
+    if budget is not None:  # a K-fold run: each fold is planned for its share
+        cfg.train.max_minutes, given = budget.per_fold, given | {"train.max_minutes"}
+    result = make_plan(cfg, given)
+    if budget is not None:
+        result.explain("train.max_minutes", budget.reason)
     result.apply(cfg)
+    if budget is not None:
+        cfg.train.max_minutes = budget.whole  # the recipe of the whole run
     show_plan(result, Console(stderr=True, width=None if sys.stderr.isatty() else 140))
     if out is not None:
         record_written([write_text(out, result.recipe(cfg, probe_notes(result)))])
@@ -241,6 +265,8 @@ def evaluate(
             help="load a TorchScript file: it is a program and can run any code; only for files you made",
         ),
     ] = False,
+    folds: Annotated[str | None, Opt(
+        help="a K-fold run: predict with these folds only, e.g. 0,2 (default: the ensemble of all)")] = None,
 ) -> None:
     """Segment a labelled dataset and report per-image and mean metrics per class."""
     from unetseg.evaluation import evaluate as run_evaluate
@@ -257,6 +283,7 @@ def evaluate(
         skip_bad=skip_bad,
         overwrite=overwrite,
         trust_torchscript=trust_torchscript,
+        folds=fold_option(folds),
         **_infer_overrides(tile, overlap, batch_size, blend),
     )
 
@@ -302,6 +329,8 @@ def predict(
             help="load a TorchScript file: it is a program and can run any code; only for files you made",
         ),
     ] = False,
+    folds: Annotated[str | None, Opt(
+        help="a K-fold run: predict with these folds only, e.g. 0,2 (default: the ensemble of all)")] = None,
 ) -> None:
     """Segment an image or a folder of images of any size with sliding-window inference; whole slides and
     huge volumes are streamed in flat memory to OME-Zarr; `--dask` spreads a cohort over a cluster."""
@@ -317,7 +346,7 @@ def predict(
         checkpoint, input, output, skip_bad=skip_bad, overwrite=overwrite, routing=routing, dask=dask,
         tta=tta, probabilities=probabilities, overlay=overlay, mask_values=mask_values, device=device,
         precision=precision, trust_torchscript=trust_torchscript, max_image_gib=max_image_gib,
-        **_infer_overrides(tile, overlap, batch_size, blend),
+        folds=fold_option(folds), **_infer_overrides(tile, overlap, batch_size, blend),
     )
     extra = f"; {len(result.complete)} complete already" if result.complete else ""
     what = " with probabilities" if probabilities else ""
@@ -348,13 +377,17 @@ def export(
     overwrite: Annotated[
         bool, Opt("--overwrite", help="replace an existing file unetseg did not write")
     ] = False,
+    folds: Annotated[str | None, Opt(help="a K-fold run: export these folds only, e.g. 0,2")] = None,
 ) -> None:
-    """Export a checkpoint to ONNX or TorchScript (checked against PyTorch: max abs diff <= 1e-4), or as
-    a BioImage Model Zoo package for Fiji (deepImageJ), QuPath, ilastik and napari (tested by
-    bioimageio.core)."""
+    """Export a checkpoint to ONNX or TorchScript (checked against PyTorch: max abs diff <= 1e-4; a K-fold
+    run exports the ensemble of its folds as one model), or as a BioImage Model Zoo package for Fiji
+    (deepImageJ), QuPath, ilastik and napari (tested by bioimageio.core)."""
     bioimageio_only = {"--author": author, "--license": license, "--name": name, "--description": description,
                        "--sample": sample}
     if format.lower() == "bioimageio":
+        if folds:
+            raise UnetsegError("--folds: a BioImage Model Zoo package holds one network; export a fold's "
+                               "run folder (RUN/fold_k) instead")
         from unetseg.zoo import export_bioimageio
 
         export_bioimageio(checkpoint, output, authors=author, license=license, name=name,
@@ -365,7 +398,7 @@ def export(
         raise UnetsegError(f"{given[0]} is for --format bioimageio only")
     from unetseg.export import export_model
 
-    export_model(checkpoint, format, output, opset=opset, overwrite=overwrite)
+    export_model(checkpoint, format, output, opset=opset, overwrite=overwrite, folds=fold_option(folds))
 
 
 @app.command()

@@ -30,6 +30,19 @@ def train_sources(opts: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     return [*sources, (given, "command line"), ({"model.options": parse_options(opts["option"])}, "--option")]
 
 
+def fold_option(text: str | None) -> tuple[int, ...] | None:
+    """``--folds 0,2``: the members of a K-fold run's ensemble to predict with."""
+    if text is None:
+        return None
+    try:
+        folds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UnetsegError(f"--folds {text!r}: expected fold numbers separated by commas, e.g. 0,2") from None
+    if any(k < 0 for k in folds):
+        raise UnetsegError(f"--folds {text!r}: fold numbers start at 0")
+    return folds
+
+
 def parse_options(options: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in options or []:

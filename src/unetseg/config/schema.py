@@ -171,6 +171,11 @@ class DataConfig(Section):
     val_data: str | None = None
     val_fraction: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.2
     split_seed: Seed = 0
+    # what must stay on one side of every split (a patient, a slide, a video sequence): a CSV of stem,group
+    # rows, or a regular expression whose first capture group of the stem is the group; neither: every
+    # image is independent (unetseg.data.splits)
+    groups: str | None = None
+    groups_pattern: str | None = None
     task: Literal["semantic", "instances"] = "semantic"
     # what an instance model learns: the 3-class map, or the distance to the boundary in DISTANCE_BINS bins
     instance_target: InstanceTarget = "three_class"
@@ -300,6 +305,9 @@ class TrainConfig(Section):
     # experiment trackers to write to besides the run folder's own files (unetseg.training.trackers)
     log: Annotated[list[Literal["tensorboard", "mlflow"]], BeforeValidator(_names)] = Field(
         default_factory=list)
+    # K-fold cross-validation: K models, each validated on the fold it did not see, sharing the budget;
+    # 1 trains one model (unetseg.training.crossval)
+    folds: Annotated[PosInt, Field(le=100)] = 1
 
 
 class InferConfig(Section):

@@ -56,6 +56,9 @@ TRAIN_KEYS = {
     "cascade": "train.cascade",
     "init_from": "train.init_from",
     "log": "train.log",
+    "folds": "train.folds",
+    "groups": "data.groups",
+    "groups_pattern": "data.groups_pattern",
 }
 
 

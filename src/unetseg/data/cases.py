@@ -1,4 +1,5 @@
-"""The cases of a dataset folder (the contract layout or nnU-Net raw): finding, reading and splitting them.
+"""The cases of a dataset folder (the contract layout or nnU-Net raw): finding and reading them (splitting:
+:mod:`unetseg.data.splits`).
 
 ```
 DATA/images/<stem>.<ext>    png, tif, tiff, jpg, jpeg (2D); nii, nii.gz, tif (3D)
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from unetseg.data import nnunet
-from unetseg.errors import ConfigError, DataError
+from unetseg.errors import DataError
 from unetseg.io.images import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
@@ -150,15 +151,3 @@ def read_pair(
     meta["channels"] = int(image.shape[0])
     meta["mask_dtype"] = mask_meta.get("dtype")
     return image, mask, meta
-
-
-def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """Hold out ``round(n * val_fraction)`` cases (at least 1, leaving at least 1 for training) chosen with
-    ``seed``; both lists keep the input order. ``val_fraction=0`` or a single case gives no validation."""
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
-    n = len(cases)
-    n_val = int(round(n * val_fraction))
-    n_val = min(max(1, n_val), n - 1) if val_fraction > 0 and n >= 2 else 0
-    held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    return [c for i, c in enumerate(cases) if i not in held], [c for i, c in enumerate(cases) if i in held]

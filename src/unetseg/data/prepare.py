@@ -18,11 +18,12 @@ import numpy as np
 from unetseg.config import Config, DataConfig
 from unetseg.config.schema import as_spatial_dims
 from unetseg.data import nnunet
-from unetseg.data.cases import Case, find_cases, read_pair, split_cases
+from unetseg.data.cases import Case, find_cases, read_pair
 from unetseg.data.instances import InstanceLabels
 from unetseg.data.labels import ClassMap, LabelMap, fmt_values, infer_class_values, unique_values
 from unetseg.data.normalize import Normalizer
 from unetseg.data.resample import model_grid, shape_after
+from unetseg.data.splits import case_groups, grouping, split_cases
 from unetseg.data.store import GIB, CaseStore, DiskCache, cache_budget, to_training_space
 from unetseg.errors import ConfigError, DataError
 from unetseg.io.images import SkipLog, raise_or_skip
@@ -47,6 +48,7 @@ class PreparedData:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     skipped: int = 0
     pixel_size: tuple[float, ...] | None = None  # µm, when every 2D training image records one
+    split: str = ""  # how the validation cases were chosen (groups, a held-out fold), for the log
 
     def summary(self) -> str:
         """One line for the log."""
@@ -212,7 +214,10 @@ def _require(scans: list[_Scan], folder: str, skip: SkipLog | None) -> None:
         raise DataError(f"{folder}: no usable image/mask pairs")
 
 
-def _class_map(cfg: Config, scans: list[_Scan]) -> LabelMap:
+def class_map_of(cfg: Config, masks: list[tuple[Any, str, np.ndarray]]) -> LabelMap:
+    """The class map of a training set: ``data.class_values``, else an nnU-Net ``dataset.json``'s labels,
+    else the values found in ``masks`` (``(path, stored dtype, distinct values)`` per mask); object ids for
+    an instance model."""
     d = cfg.data
     if d.task == "instances":
         return InstanceLabels(d.instance_target)  # ids per object: no class values to infer
@@ -223,20 +228,33 @@ def _class_map(cfg: Config, scans: list[_Scan]) -> LabelMap:
             nnunet.read_dataset_json(d.data), Path(d.data) / "dataset.json"
         )
     if values is None:
-        values = infer_class_values([(s.mask_path, s.mask_dtype, s.values) for s in scans], d.data)
+        values = infer_class_values(masks, d.data)
     return ClassMap(values)
 
 
-def _split(cfg: Config, scans: list[_Scan], val_scans: list[_Scan]) -> tuple[list[_Scan], list[_Scan]]:
+def _split(cfg: Config, scans: list[_Scan], val_scans: list[_Scan], groups: dict[str, str] | None,
+           holdout: list[str] | None) -> tuple[list[_Scan], list[_Scan], str]:
+    """Training and validation scans, and how they were chosen: the held-out fold of a cross-validation
+    (``holdout``: its stems), ``--val-data``, or whole groups held out of ``--data``."""
     d = cfg.data
+    if holdout is not None:
+        names, found = set(holdout), {s.case.name for s in scans}
+        if names - found:
+            raise DataError(f"{d.data}: {sorted(names - found)[0]!r}, a held-out case of this fold, is not "
+                            "in the data any more (the folds were made from other data); start afresh with "
+                            "--overwrite")
+        return ([s for s in scans if s.case.name not in names], [s for s in scans if s.case.name in names],
+                "validation on the fold held out of training")
     if d.val_data:
-        return scans, val_scans
-    tr, va = split_cases([s.case for s in scans], d.val_fraction, d.split_seed)
+        return scans, val_scans, f"validation on --val-data {d.val_data}"
+    tr, va = split_cases([s.case for s in scans], d.val_fraction, d.split_seed, groups)
     by_name = {s.case.name: s for s in scans}
     train, val = [by_name[c.name] for c in tr], [by_name[c.name] for c in va]
+    note = grouping(d, groups) if d.val_fraction > 0 else "no validation (data.val_fraction is 0)"
     if not val and d.val_fraction > 0:
-        val = train  # a single case: validate on it rather than not at all
-    return train, val
+        val = train  # a single case (or group): validate on it rather than not at all
+        note = "one image or group only: the validation images are the training images"
+    return train, val, note
 
 
 def _training_shape(s: _Scan, d: DataConfig) -> tuple[int, ...]:
@@ -257,7 +275,8 @@ def _fill_store(store: CaseStore, scans: list[_Scan]) -> CaseStore:
     return store
 
 
-def prepare_data(cfg: Config, cache_dir: str | Path | None = None) -> PreparedData:
+def prepare_data(cfg: Config, cache_dir: str | Path | None = None,
+                 holdout: list[str] | None = None) -> PreparedData:
     """Find, read and check every pair of ``cfg.data.data`` (and ``cfg.data.val_data``); split; store.
 
     The class values are ``cfg.data.class_values``, else the labels of an nnU-Net ``dataset.json``, else
@@ -266,7 +285,8 @@ def prepare_data(cfg: Config, cache_dir: str | Path | None = None) -> PreparedDa
     bad pair is reported on stderr and left out, and the count is printed at the end; otherwise the first one
     raises :class:`DataError`. ``cfg`` is not changed (see :meth:`PreparedData.apply_to`). With
     ``cache_dir`` (the trainer passes ``RUN/cache``) cases the memory budget cannot hold are kept resampled
-    and normalised on disk, memory-mapped.
+    and normalised on disk, memory-mapped. Validation: the cases named in ``holdout`` (a cross-validation
+    fold), else ``--val-data``, else whole groups of ``--data`` (:func:`~unetseg.data.splits.split_cases`).
     """
     d = cfg.data
     if d.data is None:
@@ -274,9 +294,9 @@ def prepare_data(cfg: Config, cache_dir: str | Path | None = None) -> PreparedDa
     norm = Normalizer.from_config(d)
     max_bytes = d.max_image_gib * GIB
     skip = SkipLog() if d.skip_bad else None
-    scans, room = _scan(
-        find_cases(d.data, skip_bad=d.skip_bad, skip=skip), norm, skip, cache_budget(d), max_bytes
-    )
+    cases = find_cases(d.data, skip_bad=d.skip_bad, skip=skip)
+    groups = case_groups(cases, d) if holdout is None and not d.val_data else None  # before reading images
+    scans, room = _scan(cases, norm, skip, cache_budget(d), max_bytes)
     val_scans = (
         _scan(find_cases(d.val_data, skip_bad=d.skip_bad, skip=skip), norm, skip, room, max_bytes)[0]
         if d.val_data
@@ -285,10 +305,10 @@ def prepare_data(cfg: Config, cache_dir: str | Path | None = None) -> PreparedDa
     _require(scans, d.data, skip)
     ref = scans[0]
     scans, val_scans = _consistent(scans, ref, skip), _consistent(val_scans, ref, skip)
-    class_map = _class_map(cfg, scans)
+    class_map = class_map_of(cfg, [(s.case.mask_path, s.mask_dtype, s.values) for s in scans])
     scans, val_scans = _check_values(scans, class_map, skip), _check_values(val_scans, class_map, skip)
     _require(scans, d.data, skip)
-    train, val = _split(cfg, scans, val_scans)
+    train, val, split = _split(cfg, scans, val_scans, groups, holdout)
     store = _fill_store(
         CaseStore(d, class_map, disk=DiskCache(cache_dir, d, class_map) if cache_dir else None),
         [*train, *val],
@@ -316,4 +336,5 @@ def prepare_data(cfg: Config, cache_dir: str | Path | None = None) -> PreparedDa
         shapes={s.case.name: s.shape for s in [*scans, *val_scans]},
         skipped=skip.count if skip is not None else 0,
         pixel_size=common_pixel_size(train),
+        split=split,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +84,18 @@ def evaluate(
     quiet: bool = False,
     overwrite: bool = False,
     trust_torchscript: bool = False,
+    folds: Sequence[int] | None = None,
 ) -> EvaluationResult:
     """Predict every image of ``data`` with ``checkpoint`` and compare with its mask.
 
     Writes the result as strict JSON to ``out_json``, side-by-side PNGs to ``overlays`` and a
     self-contained HTML page to ``report``. Inference options apply as in ``predict`` (the checkpoint's
-    ``infer`` settings, each overridden when given).
+    ``infer`` settings, each overridden when given). A K-fold run is evaluated as the ensemble of its folds
+    (``folds``: of these); its report also shows the cross-validation.
     """
     console = Console(stderr=True, quiet=quiet)
-    engine, cfg = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
+    engine, cfg = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript,
+                              folds=tuple(folds) if folds is not None else None)
     skipped = SkipLog()
     cases = find_cases(data, require_masks=True, skip_bad=skip_bad, skip=skipped)
     overlay_dir = Path(overlays) if overlays else (Path(report).parent / "report_images" if report else None)
@@ -124,36 +128,56 @@ def evaluate(
     return result
 
 
-def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: Path | None) -> ImageResult:
-    """Predict one case and measure it (and draw its overlay). An instance model is measured on its
+@dataclass
+class ScoredCase:
+    """One case predicted and measured: its row of metrics, the normalised image, its true labels at the
+    image's grid (class indices, or object ids), what was predicted (classes, or object ids) and the
+    probabilities (when asked for, and always for an instance model)."""
+
+    row: ImageResult
+    image: np.ndarray
+    labels: np.ndarray
+    shown: np.ndarray
+    probs: np.ndarray | None
+    spacing: tuple[float, ...] | None
+
+
+def score_case(case: Case, predictor: Predictor, cfg: Config, *, probabilities: bool = False) -> ScoredCase:
+    """Predict one labelled case as ``predict`` does and measure it. An instance model is measured on its
     objects (DSB score, AP/F1 at 0.5, PQ, AJI) and on the foreground they cover (Dice etc., 2 classes)."""
     labels_of = label_map(cfg.data)
     image, labels, meta = load_case(case, cfg.data, labels_of)
     assert labels is not None  # find_cases(require_masks=True): every case has a mask
-    instances = cfg.data.task == "instances"
-    pred, probs = predict_image(predictor, image, meta.get("spacing"), cfg, probabilities=instances)
+    instances, spacing = cfg.data.task == "instances", meta.get("spacing")
+    pred, probs = predict_image(predictor, image, spacing, cfg, probabilities=instances or probabilities)
     objects, shown = None, pred
     if instances:
         assert probs is not None  # asked for (probabilities=instances)
         shown = instances_of(probs, cfg)
         objects = instance_metrics(shown, labels)
         pred, truth = (shown > 0).astype(np.int64), (np.asarray(labels) > 0).astype(np.int64)
-        m = compute_metrics(pred, truth, 2, spacing=meta.get("spacing"))
+        m = compute_metrics(pred, truth, 2, spacing=spacing)
     else:
-        m = compute_metrics(pred, labels, labels_of.num_classes, spacing=meta.get("spacing"))
+        m = compute_metrics(pred, labels, labels_of.num_classes, spacing=spacing)
     row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()}, objects=objects)
+    return ScoredCase(row, image, labels, shown, probs, tuple(spacing) if spacing is not None else None)
+
+
+def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: Path | None) -> ImageResult:
+    """Score one case and draw its overlay."""
+    scored = score_case(case, predictor, cfg)
     if overlay_dir:
         sd = cfg.model.spatial_dims
         png = save_overlay(
             overlay_dir / f"{case.name}.png",
-            _middle_slice(image, sd),
-            _middle_slice(shown, sd),
-            truth=_middle_slice(labels, sd),
-            objects=instances,
+            _middle_slice(scored.image, sd),
+            _middle_slice(scored.shown, sd),
+            truth=_middle_slice(scored.labels, sd),
+            objects=cfg.data.task == "instances",
         )
         record_written([png])
-        row.overlay = str(png)
-    return row
+        scored.row.overlay = str(png)
+    return scored.row
 
 
 def _write_outputs(

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from unetseg.checkpoint import CONFIG_FILE, find_checkpoint
+from unetseg.checkpoint import CONFIG_FILE, FOLDS_FILE, find_checkpoint, is_fold_run
 from unetseg.errors import CheckpointError
-from unetseg.evaluation.result import EvaluationResult, ImageResult
+from unetseg.evaluation.result import EvaluationResult, ImageResult, mean_sd
 from unetseg.fileio import printable, write_text
 
 _STYLE = """
@@ -94,10 +94,65 @@ def as_result(result: EvaluationResult | dict[str, Any]) -> EvaluationResult:
                             result.get("skipped", []))
 
 
+def _mean_sd(spread: dict[str, float | None]) -> str:
+    mean = spread.get("mean")
+    return f'<td data-v="{-1 if mean is None else mean}">{mean_sd(spread, "&plusmn;")}</td>'
+
+
+def _fold_cell(v: float | None) -> str:
+    return '<td data-v="-1">-</td>' if v is None else _cell(float(v))
+
+
+def cv_section(cv: dict[str, Any]) -> str:
+    """A K-fold run's cross-validation (``RUN/cv.json``): each fold's mean of every metric on the cases it
+    held out, and the mean and sd across folds."""
+    metrics = list(cv["across_folds"])
+    classes = list(range(1, len(cv["across_folds"][metrics[0]]))) or [0]  # instance models: 2 (objects)
+    objects = list(cv.get("objects", {}))
+    head = "".join(f"<th>{k} c{c}</th>" for c in classes for k in metrics) + "".join(
+        f"<th>{k}</th>" for k in objects)
+    rows = []
+    for f in cv["per_fold"]:
+        cells = "".join(_fold_cell(f["mean"][k][c]) for c in classes for k in metrics)
+        cells += "".join(_fold_cell(f.get("mean_objects", {}).get(k)) for k in objects)
+        minutes = f.get("minutes")
+        rows.append(f"<tr><td>fold {f['fold']}</td><td>{f['images']}</td>"
+                    f"<td>{'-' if minutes is None else f'{minutes:.1f}'}</td>{cells}</tr>")
+    cells = "".join(_mean_sd(cv["across_folds"][k][c]) for c in classes for k in metrics)
+    cells += "".join(_mean_sd(cv["objects"][k]) for k in objects)
+    rows.append(f'<tr class="mean"><td>mean &plusmn; sd</td><td></td><td></td>{cells}</tr>')
+    score = mean_sd(cv["mean_foreground_dice"], "&plusmn;")
+    return (
+        f'<h2>Cross-validation</h2><p>{cv["folds"]} folds; mean foreground Dice <b>{score}</b> (sd across '
+        f"folds); each fold scored on the cases it did not train on, with its best checkpoint. "
+        f"{_esc(cv.get('grouping', ''))}; folds balanced by {_esc(cv.get('stratified_by', '-'))}.</p>"
+        f'<table class="sortable" id="cv"><thead><tr><th>fold</th><th>images</th><th>minutes</th>{head}'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _fold_run_sections(run: Path) -> list[str]:
+    """A K-fold run's cross-validation and configuration."""
+    parts = []
+    try:
+        parts.append(cv_section(json.loads((run / "cv.json").read_bytes().decode("utf-8", "replace"))))
+    except (OSError, ValueError, KeyError, TypeError):
+        parts.append("<h2>Cross-validation</h2><p>not finished (no readable cv.json in the run)</p>")
+    try:
+        record = json.loads((run / FOLDS_FILE).read_bytes().decode("utf-8", "replace"))
+        parts.append(f"<h2>Run configuration</h2><pre>{_esc(json.dumps(record['config'], indent=2))}</pre>")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return parts
+
+
 def _run_sections(checkpoint: str | Path | None) -> list[str]:
-    """Training curves and the run configuration, when the checkpoint is a run's folder."""
+    """Training curves and the run configuration, when the checkpoint is a run's folder (a K-fold run:
+    its cross-validation)."""
     if checkpoint is None:
         return []
+    if is_fold_run(checkpoint):
+        return _fold_run_sections(Path(checkpoint))
     try:
         folder = find_checkpoint(checkpoint)
     except CheckpointError:  # an ONNX file or a moved checkpoint: no curves, still a report

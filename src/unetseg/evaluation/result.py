@@ -41,6 +41,14 @@ def finite_mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def mean_sd(spread: dict[str, float | None], pm: str = "+/-") -> str:
+    """``0.8123 +/- 0.0345`` (``-`` without a mean)."""
+    mean, sd = spread.get("mean"), spread.get("sd")
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" + (f" {pm} {sd:.4f}" if sd is not None else "")
+
+
 @dataclass
 class EvaluationResult:
     """What ``unetseg evaluate`` found: per image, the mean per class, and what was skipped."""

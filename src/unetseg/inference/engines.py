@@ -8,6 +8,8 @@ geometry: ``spatial_dims``, ``in_channels``, ``num_classes``, ``divisors`` (the 
 the identity only for the valid-padding U-Net). The sliding-window code is the same for all engines;
 :func:`load_engine` picks the engine by the file it is given.
 
+The folds of a K-fold run load as one :class:`EnsembleEngine` (the log of the members' mean probabilities).
+
 Which files are safe to accept from strangers: checkpoint folders (safetensors weights + JSON config: data
 only) and ONNX files (a graph of standard operators, run by ONNX Runtime; external data must lie inside the
 model's folder). A TorchScript file is a program: loading it can run any code, so it is refused unless the
@@ -33,6 +35,8 @@ from unetseg.checkpoint import (
     TORCHSCRIPT_CONFIG_FILE,
     TORCHSCRIPT_SUFFIXES,
     check_weights,
+    fold_checkpoints,
+    is_fold_run,
     load_checkpoint,
     parse_config,
     stage1_of,
@@ -274,6 +278,90 @@ class TorchEngine(Engine):
         return out.float()
 
 
+def mean_log_probs(logits: list[torch.Tensor]) -> torch.Tensor:
+    """An ensemble's output from its members' logits: the log of the mean of their probabilities (softmax;
+    one sigmoid channel: the logit of the mean probability), computed stably in float32. The tile runner's
+    softmax (:func:`~unetseg.inference.tta.logits_to_probs`) of it gives back the mean probabilities
+    exactly (log-probabilities that sum to one are their own log-softmax), so an ensemble runs wherever one
+    model's logits do. Probabilities are averaged, not logits, as nnU-Net does: a confident member is not
+    outvoted by the scale of another's logits."""
+    z = torch.stack([t.float() for t in logits])
+    if z.shape[2] == 1:
+        f = nn.functional.logsigmoid
+        return torch.logsumexp(f(z), dim=0) - torch.logsumexp(f(-z), dim=0)
+    return torch.logsumexp(torch.log_softmax(z, dim=2), dim=0) - math.log(len(logits))
+
+
+class EnsembleEngine(Engine):
+    """Several engines of one geometry as one: each runs on the batch and the output is
+    :func:`mean_log_probs` of theirs, so tiling, TTA, streaming and Dask workers need nothing of their own
+    (a worker that loads a K-fold run holds the whole ensemble). ``folds``: which folds the members are."""
+
+    def __init__(self, members: list[Engine], folds: list[int] | None = None) -> None:
+        first = members[0]
+        for m in members[1:]:
+            if (m.spatial_dims, m.in_channels, m.num_classes, m.divisors) != (
+                    first.spatial_dims, first.in_channels, first.num_classes, first.divisors):
+                raise CheckpointError("the members of an ensemble must take the same images and give the "
+                                      "same classes at the same grid")
+        if any(m.previous is not None or m.prior_channels for m in members):
+            raise CheckpointError("an ensemble of cascades is not supported")
+        self.members, self.folds = list(members), list(folds or range(len(members)))
+        self.device, self.divisors = first.device, first.divisors
+        self.spatial_dims, self.in_channels = first.spatial_dims, first.in_channels
+        self.num_classes = first.num_classes
+
+    def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        return self.members[0].output_size(size)
+
+    def valid_input_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        return self.members[0].valid_input_size(size)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_log_probs([m(x) for m in self.members])
+
+
+# what the members of an ensemble must share: their inputs, classes and grid
+ENSEMBLE_KEYS = ("model.spatial_dims", "model.in_channels", "model.num_classes", "data.task",
+                 "data.instance_target", "data.class_values", "data.normalization", "data.percentiles",
+                 "data.window", "data.intensity_stats", "data.spacing", "data.downsample",
+                 "data.prior_channels")
+WATERSHED_KEYS = ("foreground_threshold", "interior_threshold", "distance_h")
+
+
+def ensemble_config(configs: list[Config], paths: list[Path]) -> Config:
+    """The config an ensemble predicts with: its first member's, after checking that every member reads
+    images and gives classes alike; an instance model's watershed options (each calibrated on its fold's
+    validation images) are the members' medians."""
+    def get(c: Config, key: str) -> Any:
+        section, name = key.split(".")
+        return getattr(getattr(c, section), name)
+
+    for c, path in zip(configs[1:], paths[1:], strict=True):
+        for key in ENSEMBLE_KEYS:
+            if get(c, key) != get(configs[0], key):
+                raise CheckpointError(f"{path}: {key} {get(c, key)!r} differs from {get(configs[0], key)!r} "
+                                      f"in {paths[0]}; the members of an ensemble must read images and give "
+                                      "classes alike")
+    config = configs[0].copy_deep()
+    if config.data.task == "instances":
+        for key in WATERSHED_KEYS:
+            setattr(config.infer, key, float(np.median([getattr(c.infer, key) for c in configs])))
+    return config
+
+
+def load_ensemble(run: str | Path, folds: list[int] | tuple[int, ...] | None, device: str | torch.device,
+                  precision: str) -> tuple[Engine, Config]:
+    """The folds of a K-fold run (all, or those in ``folds``) as one engine and its config (one fold: its
+    own engine)."""
+    members = fold_checkpoints(run, folds)
+    loaded = [_load_one(path, device, precision, False) for _, path in members]
+    config = ensemble_config([c for _, c in loaded], [p for _, p in members])
+    if len(loaded) == 1:
+        return loaded[0][0], config
+    return EnsembleEngine([e for e, _ in loaded], [k for k, _ in members]), config
+
+
 def _import_ort() -> Any:
     try:
         import onnxruntime
@@ -419,16 +507,22 @@ def load_engine(
     precision: str = "auto",
     *,
     trust_torchscript: bool = False,
+    folds: list[int] | tuple[int, ...] | None = None,
 ) -> tuple[Engine, Config]:
     """Open a model for inference, choosing the engine by the file: ``.onnx`` -> ONNX Runtime,
     ``.pt``/``.ts``/``.torchscript`` -> TorchScript (only with ``trust_torchscript``), a ``.zip``
     bioimage.io package -> unetseg's network or ONNX Runtime (:mod:`unetseg.inference.zoo`), a folder
-    (checkpoint or run) -> PyTorch + safetensors.
+    (checkpoint or run) -> PyTorch + safetensors, a K-fold run -> the ensemble of its folds (``folds``: some
+    of them).
 
     Returns the engine and the config that travels with the model (normalisation, class map, tile size).
     A cascade's second stage comes with its first (:attr:`Engine.previous`), found beside it
     (:func:`~unetseg.checkpoint.stage1_of`).
     """
+    if is_fold_run(path):
+        return load_ensemble(path, folds, device, precision)
+    if folds is not None:
+        raise ConfigError(f"--folds: {path} is not a K-fold run (it has no folds.json)")
     engine, config = _load_one(path, device, precision, trust_torchscript)
     if config.data.prior_channels:
         first = stage1_of(path)

@@ -9,7 +9,8 @@ to its trained folder and Cellpose's and StarDist's models are to theirs::
     seg.predict_file("slide.ome.tif", "out/")   # the command line's path: files, streamed slides, OME-Zarr
 
 Normalisation, tile, overlap, TTA and resolution come from the model's config (each may be overridden
-at load time); a cascade runs both its stages. The model is loaded once and kept warm.
+at load time); a cascade runs both its stages, a K-fold run the ensemble of its folds. The model is loaded
+once and kept warm.
 """
 
 from __future__ import annotations
@@ -138,11 +139,14 @@ class Segmenter:
 
 def load(path: str | Path, *, device: str | torch.device = "auto", precision: str = "auto",
          trust_torchscript: bool = False, tile: Sequence[int] | None = None, overlap: float | None = None,
-         tta: bool | None = None, batch_size: int | None = None, blend: str | None = None) -> Segmenter:
+         tta: bool | None = None, batch_size: int | None = None, blend: str | None = None,
+         folds: Sequence[int] | None = None) -> Segmenter:
     """Load a trained model for prediction: a run folder (its ``best``), a checkpoint folder, an ``.onnx``
     file, a BioImage Model Zoo ``.zip`` (unetseg's own, a unetseg architecture's, or one with ONNX weights)
-    or a TorchScript file (``trust_torchscript``: it is a program). ``tile``, ``overlap``, ``tta``,
-    ``batch_size``, ``blend``: override the model's inference settings (None: its own)."""
-    engine, config = load_engine(path, device, precision, trust_torchscript=trust_torchscript)
+    or a TorchScript file (``trust_torchscript``: it is a program); a K-fold run predicts with the mean
+    probabilities of its folds (``folds``: only these). ``tile``, ``overlap``, ``tta``, ``batch_size``,
+    ``blend``: override the model's inference settings (None: its own)."""
+    engine, config = load_engine(path, device, precision, trust_torchscript=trust_torchscript,
+                                 folds=tuple(folds) if folds is not None else None)
     return Segmenter(path, engine, config, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
                      blend=blend)

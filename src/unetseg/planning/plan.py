@@ -71,6 +71,12 @@ class Plan:
         lines = [f"{d.key}: {d.reason}" + (" (given)" if d.key in self.given else "") for d in self.decisions]
         return "\n".join([*(notes or []), "unetseg plan: " + self.estimate, *lines])
 
+    def explain(self, key: str, reason: str) -> None:
+        """Give the decision on ``key`` another reason (the caller decided it: a K-fold run's share of the
+        budget), shown as planned."""
+        self.decisions = [Decision(d.key, d.value, reason) if d.key == key else d for d in self.decisions]
+        self.given = self.given - {key}
+
     def rows(self) -> list[tuple[str, str, str]]:
         return [
             (d.key, _show(d.value), d.reason + (" [given]" if d.key in self.given else ""))
@@ -163,6 +169,34 @@ def device_of(cfg: Config) -> tuple[torch.device, Device]:
     dev = resolve_device(cfg.train.device)
     mem = torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else 0.0
     return dev, Device(dev.type, mem)
+
+
+@dataclass(frozen=True)
+class FoldBudget:
+    """A K-fold run's minutes: the whole run's, each fold's (None: the folds train their epochs), why."""
+
+    whole: float | None
+    per_fold: float | None
+    reason: str
+
+
+def fold_budget(cfg: Config, given: set[str] | None) -> FoldBudget:
+    """The budget of a ``train.folds``-fold run: ``train.max_minutes`` (given, or the planner's default for
+    the data and device) is for the whole run, shared by the folds
+    (:func:`unetseg.planning.rules.fold_budget`: a given budget too small for the folds is refused).
+    ``given``: the keys the user set (None: unplanned, where only a given budget is shared)."""
+    k = cfg.train.folds
+    given_minutes = cfg.train.max_minutes if given is None or "train.max_minutes" in given else None
+    _, device = device_of(cfg)
+    if given is None:
+        if given_minutes is None:
+            return FoldBudget(None, None, f"no --max-minutes: each of {k} folds trains its epochs")
+        whole, d = rules.fold_budget(k, device, cfg.model.spatial_dims, given_minutes, None)
+    else:
+        fp = _fingerprint(cfg, None)
+        default = rules.default_budget(fp, device, fine_tune=bool(cfg.train.init_from))
+        whole, d = rules.fold_budget(k, device, fp.spatial_dims, given_minutes, default)
+    return FoldBudget(whole, float(d.value), d.reason)
 
 
 def make_plan(cfg: Config, given: set[str], *, cache_dir: str | Path | None = None,
@@ -350,7 +384,9 @@ def _schedule(work: _Work, plan: Plan, steps: int) -> None:
     iters = int(np.clip(round(steps / 12), 20, 250))
     epochs = max(1, math.ceil(steps / iters))
     tiles = _tiles_per_image(fp, cfg)
-    n_val = max(1, round(fp.n_cases * cfg.data.val_fraction)) if cfg.data.val_fraction > 0 else 0
+    # a K-fold run validates each fold on its held-out share
+    share = 1 / cfg.train.folds if cfg.train.folds > 1 else cfg.data.val_fraction
+    n_val = max(1, round(fp.n_cases * share)) if share > 0 else 0
     val_s = n_val * tiles * plan.timing.tile_s * 1.3
     flips = 2**fp.spatial_dims
     tta = val_s * flips <= 0.01 * minutes * 60

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from unetseg.data.resample import shape_after, target_spacing
+from unetseg.errors import ConfigError
 from unetseg.planning.fingerprint import Fingerprint, is_ct_like
 
 
@@ -44,6 +45,10 @@ MAX_WIDTH = {2: 512, 3: 320}  # nnU-Net caps the widest level
 MIN_BOTTLENECK, MAX_BOTTLENECK = 4, 8  # voxels per axis of the coarsest feature map
 MAX_DEPTH = {2: 6, 3: 5}
 DEFAULT_BUDGET = {("cpu", 2): 10.0, ("cpu", 3): 20.0, ("cuda", 2): 15.0, ("cuda", 3): 45.0}
+# Cross-validation: the least a fold may train and still make a model worth scoring. 2D on a CPU: the demo's
+# two minutes train a useful U-Net on two cores (README), the narrowest width's few hundred steps; a 3D step
+# costs several times a 2D one; a GPU makes those steps in well under half the time.
+MIN_FOLD_MINUTES = {("cpu", 2): 2.0, ("cpu", 3): 5.0, ("cuda", 2): 1.0, ("cuda", 3): 2.0}
 
 
 # What an instance model learns (data.instance_target), by measurement: on DSB2018 (10 CPU minutes, both
@@ -463,6 +468,30 @@ def default_budget(fp: Fingerprint, device: Device, fine_tune: bool = False) -> 
     return Decision(
         "train.max_minutes", minutes, f"no --max-minutes: {minutes:g} minutes on this {device.kind}"
     )
+
+
+def fold_budget(folds: int, device: Device, dims: int, given: float | None,
+                default: Decision | None) -> tuple[float, Decision]:
+    """A K-fold run's budget is the whole run's: ``(whole minutes, each fold's share)``. A given budget too
+    small for ``folds`` folds of :data:`MIN_FOLD_MINUTES` is refused in one line that names both ways out
+    (more minutes, fewer folds); a planned one (``default``) grows to what the folds need."""
+    floor = MIN_FOLD_MINUTES[(device.kind, dims)]
+    if given is not None:
+        per = given / folds
+        if per < floor:
+            most = int(given // floor)
+            fewer = f", or --folds {most}" if most >= 2 else ", or train one model (no --folds)"
+            raise ConfigError(f"--folds {folds} with --max-minutes {given:g}: {per:.2g} min per fold, under "
+                              f"the {floor:g} min a fold needs on this {device.kind} ({dims}D) to train a "
+                              f"model worth scoring; give --max-minutes {folds * floor:g} or more{fewer}")
+        return given, Decision("train.max_minutes", per, f"{given:g} min given for the whole run, shared by "
+                               f"{folds} folds: {per:.3g} min each")
+    assert default is not None
+    whole = max(float(default.value), folds * floor)
+    raised = (f"; raised to {whole:g} so that each of {folds} folds gets the {floor:g} min a fold needs"
+              if whole > default.value else "")
+    return whole, Decision("train.max_minutes", whole / folds,
+                           f"{default.reason}{raised}, for the whole run: {whole / folds:.3g} min per fold")
 
 
 # Fine-tuning (train.init_from): the copied filters are trained already, so the peak learning rate is a

@@ -4,6 +4,8 @@ trains, planned from the data, returning the run::
     run = unetseg.train(data="DATA", out="RUN", max_minutes=10)
     run.best, run.metrics[-1]          # the best validation score, the last epoch's row of metrics.csv
     seg = run.load()                   # a Segmenter (unetseg.load(run.path))
+    cv = unetseg.train(data="DATA", out="CV", max_minutes=20, folds=5)   # 5 folds sharing 20 minutes
+    cv.cv["mean_foreground_dice"]      # {"mean": ..., "sd": ...} across folds (RUN/cv.json)
 
 Keywords are ``unetseg train``'s options (``model``, ``epochs``, ``patch_size``, ``classes``, ...) or any
 config key, flat (``lr``) or dotted (``augment.flip_prob``); ``config``: a YAML recipe or a
@@ -14,6 +16,7 @@ built-in defaults), as ``unetseg train`` does.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +31,13 @@ from unetseg.training.session import train as train_config
 
 @dataclass
 class TrainedRun:
-    """A finished (or stopped) run: its folder, best validation score and the rows of ``metrics.csv``."""
+    """A finished (or stopped) run: its folder, best validation score and the rows of ``metrics.csv``; a
+    K-fold run: the cross-validated mean score (``best``), one row per fold and ``cv`` (``RUN/cv.json``)."""
 
     path: Path
     best: float | None = None
     metrics: list[dict[str, str]] = field(default_factory=list)
+    cv: dict[str, Any] | None = None
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -45,6 +50,8 @@ class TrainedRun:
     def read(cls, path: str | Path) -> TrainedRun:
         """What a run folder says about itself."""
         path = Path(path)
+        if (path / "cv.json").is_file():
+            return cls._read_cv(path)
         try:
             with open(path / "metrics.csv", newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
@@ -53,6 +60,19 @@ class TrainedRun:
         key = "val_dsb" if rows and "val_dsb" in rows[0] else "val_dice"  # an instance model: the DSB score
         scores = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
         return cls(path, max(scores) if scores else None, rows)
+
+
+    @classmethod
+    def _read_cv(cls, path: Path) -> TrainedRun:
+        try:
+            cv = json.loads((path / "cv.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls(path)
+        dsb = cv.get("objects", {}).get("dsb")
+        score = (dsb or cv["mean_foreground_dice"])["mean"]
+        rows = [{"fold": str(f["fold"]), "val_dice": "" if f["mean_foreground_dice"] is None
+                 else str(f["mean_foreground_dice"])} for f in cv["per_fold"]]
+        return cls(path, score, rows, cv)
 
 
 def option_values(options: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,14 @@ way through its rendezvous. NCCL is used on CUDA, gloo on the CPU. Only rank 0 w
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -82,6 +86,37 @@ def broadcast_object(value: object, info: DistInfo) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(value: object, info: DistInfo) -> list[object]:
+    """Every rank's ``value`` (plain data), in rank order, on every rank (``[value]`` alone when not
+    distributed)."""
+    if not info.enabled:
+        return [value]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def on_main(fn: Callable[[], T], info: DistInfo) -> T:
+    """``fn()`` run by rank 0 alone, its result (plain data) on every rank; a user error it raises is
+    raised on every rank (so no rank waits for a result that never comes)."""
+    from unetseg.errors import UnetsegError
+
+    outcome: object = None
+    if info.is_main:
+        try:
+            outcome = ("ok", fn())
+        except UnetsegError as e:
+            if not info.enabled:
+                raise
+            outcome = ("error", e)
+    shared = broadcast_object(outcome, info)
+    assert isinstance(shared, tuple)  # rank 0's ("ok" | "error", value)
+    kind, value = shared
+    if kind == "error":
+        raise value
+    return value
 
 
 def broadcast_value(value: float, info: DistInfo) -> float:

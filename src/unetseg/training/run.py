@@ -17,7 +17,8 @@ from pathlib import Path
 from unetseg.errors import ConfigError, OutputError, UnetsegError
 from unetseg.fileio import ensure_dir, printable, write_text
 
-RUN_MARKERS = ("log.txt", "last", "best", "metrics.csv", "config.yaml", "last.old", "best.old", "last.tmp")
+RUN_MARKERS = ("log.txt", "last", "best", "metrics.csv", "config.yaml", "last.old", "best.old", "last.tmp",
+               "folds.json")
 
 
 class TrainingInterrupted(UnetsegError):

@@ -10,9 +10,12 @@ from typing import Any
 
 from unetseg import checkpoint as ckpt
 from unetseg.config import Config
+from unetseg.data.splits import check_groups
 from unetseg.errors import CheckpointError, TrainingError
 from unetseg.planning.finetune import adopt, check_conflicts, open_source
+from unetseg.planning.plan import FoldBudget
 from unetseg.runtime import configure_process, resolve_device
+from unetseg.training import crossval
 from unetseg.training.cascade import plan_cascade, second_stage
 from unetseg.training.distributed import DistInfo, broadcast_object, cleanup, init_distributed, synchronize
 from unetseg.training.interrupt import Termination, caused_by_ctrl_c, termination
@@ -46,7 +49,8 @@ def train(
     random) are seeded with ``train.seed`` and SIGTERM is handled; both are given back when it returns.
     ``cfg`` itself is never changed (the plan and the probe fill in a copy). Ctrl-C or SIGTERM raise
     :class:`~unetseg.training.run.TrainingInterrupted` with the resume command (``resume_hint``), and so does
-    ``cancel.request(...)`` from another thread (the last step is saved as on SIGTERM).
+    ``cancel.request(...)`` from another thread (the last step is saved as on SIGTERM). ``train.folds`` K > 1
+    trains a K-fold cross-validation in the run folder (:mod:`unetseg.training.crossval`).
     """
     # every option, before any data is read; the per-axis sizes once the data's dimensions are known (the
     # plan, or the trainer's data), unless the dimensionality was given
@@ -54,6 +58,8 @@ def train(
     cfg = cfg.copy_deep()  # the plan and the probe fill in values: never in the caller's Config
     if cfg.train.out is None:
         raise TrainingError("train needs an output folder (--out RUN / train.out)")
+    check_groups(cfg.data)  # every image has a group, before any image is read
+    crossval.check_request(cfg)
     if cfg.train.init_from and not resume:  # a fine-tune's source is checked before any data is read
         source = open_source(cfg.train.init_from)
         check_conflicts(cfg, given or set(), source)
@@ -66,6 +72,10 @@ def train(
         run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
         synchronize(info)  # every rank has checked --out before rank 0 writes into it
         configure_process(device)
+        if crossval.requested(cfg, run.path, resume):
+            with termination(cancel) as stop:
+                return crossval.cross_validate(cfg, run, device, info, quiet=quiet, stop=stop,
+                                               hint=resume_hint, given=given, resume=resume, plan=_plan)
         # a resumed run without a checkpoint (stopped while planning or probing) plans again
         fresh = not (resume and _has_checkpoint(run.path))
         candidates, fine = _plan(cfg, given, run, info, quiet) if given is not None and fresh else ([], None)
@@ -109,12 +119,13 @@ def _has_checkpoint(run: Path) -> bool:
         return False
 
 
-def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo,
-          quiet: bool) -> tuple[list[Trial], dict[str, Any] | None]:
+def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo, quiet: bool,
+          budget: FoldBudget | None = None) -> tuple[list[Trial], dict[str, Any] | None]:
     """Plan what the user did not give (rank 0 plans; under torchrun every rank applies rank 0's values,
     so the replicas are the same network); print the table; keep the recipe in RUN/plan.yaml. Returns the
     candidates a probe should compare (the plan's choice first; none when the rules are sure) and a coarse
-    plan's full-resolution values for a cascade's second stage (or None)."""
+    plan's full-resolution values for a cascade's second stage (or None). ``budget``: a K-fold run's, whose
+    per-fold share ``cfg.train.max_minutes`` is: the table says why, the recipe keeps the whole budget."""
     from rich.console import Console
 
     from unetseg.planning import make_plan
@@ -122,6 +133,9 @@ def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo,
     from unetseg.planning.report import describe, show_plan
 
     plan = make_plan(cfg, given) if info.is_main else None
+    if plan is not None and budget is not None:
+        plan.explain("train.max_minutes", budget.reason)
+        plan.estimate = f"each of {cfg.train.folds} folds {plan.estimate}"
     shared = broadcast_object(
         ([(p.name, p.planned(), describe(p), p.header()) for p in [plan, *plan.alternatives]],
          plan.fine.planned() if plan.fine is not None else None)
@@ -134,5 +148,8 @@ def _plan(cfg: Config, given: set[str], run: RunFolder, info: DistInfo,
     check_config(cfg, "the plan")
     if plan is not None:
         show_plan(plan, Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140))
-        write_plan(run, plan.recipe(cfg))
+        recipe = cfg.copy_deep()
+        if budget is not None:  # the recipe of the whole K-fold run
+            recipe.train.max_minutes = budget.whole
+        write_plan(run, plan.recipe(recipe))
     return ([Trial(*row) for row in rows] if len(rows) > 1 else []), fine

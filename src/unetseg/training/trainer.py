@@ -61,7 +61,7 @@ class Start:
     name: str
 
 
-def _keep_saved(cfg: Config, saved: Config, *, planned: bool, given: set[str]) -> None:
+def keep_saved(cfg: Config, saved: Config, *, planned: bool, given: set[str]) -> None:
     """A resumed run goes on as it was: the class map, the grid (patch, spacing, resolution) and the
     architecture are facts of the run; a planned run also keeps every planned value (what the user gives
     on the resume command, e.g. a longer budget, still applies)."""
@@ -99,6 +99,8 @@ class Trainer:
         extra: ExtraChannels | None = None,
         previous: Path | None = None,
         init: Path | None = None,
+        holdout: list[str] | None = None,
+        cache: Path | None = None,
     ) -> None:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
         self.fixed = fixed or set()  # options the user set: never calibrated
@@ -117,18 +119,20 @@ class Trainer:
         if found is None and start is not None:  # the probe's winner goes on where its trial stopped
             found = resumable(start.checkpoint.parent, self.log)
         if found is not None:
-            _keep_saved(cfg, found[1], planned=resume and fixed is not None and start is None,
+            keep_saved(cfg, found[1], planned=resume and fixed is not None and start is None,
                         given=self.fixed)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         random.seed(cfg.train.seed)
-        self.data = prepare_data(cfg, cache_dir=self.run / "cache")
+        # a cross-validation fold validates on the cases it holds out; its folds share one cache
+        self.data = prepare_data(cfg, cache_dir=cache or self.run / "cache", holdout=holdout)
         if extra is not None:  # a cascade's second stage: the first stage's prediction after the image
             self.data.store.add_channels(extra)
         self.data.apply_to(cfg)
         check_axes(cfg, self.data.spatial_dims, what=f"the images in {cfg.data.data} are")
         self.log.log(
             f"data: {len(self.data.train_cases)} training and {len(self.data.val_cases)} validation cases"
+            + (f" ({self.data.split})" if self.data.split else "")
         )
         self._build(cfg, device, info)
         self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0

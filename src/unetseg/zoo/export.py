@@ -262,7 +262,8 @@ def _facts(folder: Path, config: Config, sample: Sample, model: ClassProbabiliti
 
 
 def _case_counts(config: Config) -> tuple[int, int] | None:
-    from unetseg.data.cases import find_cases, split_cases
+    from unetseg.data.cases import find_cases
+    from unetseg.data.splits import split_cases
 
     d = config.data
     try:

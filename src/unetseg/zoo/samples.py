@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from unetseg.config import Config
-from unetseg.data.cases import find_cases, read_pair, split_cases
+from unetseg.data.cases import find_cases, read_pair
 from unetseg.data.normalize import normalize
 from unetseg.data.overlay import save_overlay
+from unetseg.data.splits import split_cases
 from unetseg.errors import DataError
 from unetseg.fileio import atomic_write
 from unetseg.io.images import read_image

@@ -116,12 +116,14 @@ def make_job(
     device: str = "auto",
     precision: str = "auto",
     trust_torchscript: bool = False,
+    folds: Sequence[int] | None = None,
     **settings: Any,
 ) -> PredictJob:
-    """Load the model and fix every setting of a prediction run (the CLI, the cohort workers); ``settings``:
-    :func:`job_for`'s."""
+    """Load the model and fix every setting of a prediction run (the CLI, the cohort workers); ``folds``:
+    the members of a K-fold run's ensemble (None: all); ``settings``: :func:`job_for`'s."""
     device = rank_device(device)  # torchrun: one GPU per process
-    engine, config = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript)
+    engine, config = load_engine(checkpoint, device, precision, trust_torchscript=trust_torchscript,
+                                 folds=tuple(folds) if folds is not None else None)
     return job_for(engine, config, **settings)
 
 
