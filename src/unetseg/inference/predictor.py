@@ -188,10 +188,11 @@ class Predictor:
         ``(2, *spatial)`` float32: the entropy of the mean probability over the flips (TTA) and the mutual
         information (their disagreement; 0 without TTA), each divided by ``log C``."""
         acc, plan = self._accumulate(image, progress, entropy=True)
-        both = self._normalise(acc, plan, image_shape=tuple(image.shape[1:]))
+        shape = tuple(image.shape[1:])
+        labels = self.argmax(acc[: self.out_channels], shape)  # of the undivided sums, as predict()
+        both = self._normalise(acc, plan, image_shape=shape)
         probs = both[: self.out_channels]
-        return (self.argmax(torch.from_numpy(probs), probs.shape[1:]), probs,
-                uncertainty_map(probs, both[self.out_channels]))
+        return labels, probs, uncertainty_map(probs, both[self.out_channels])
 
     # ------------------------------------------------------------------ internals
     def _check(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:

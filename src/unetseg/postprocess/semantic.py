@@ -19,9 +19,14 @@ from scipy import ndimage
 class Step(Protocol):
     """A post-processing step (:class:`unetseg.config.schema.PostprocessStep` is one)."""
 
-    classes: list[int]
-    op: str
-    size: int | None
+    @property
+    def classes(self) -> Sequence[int]: ...
+
+    @property
+    def op(self) -> str: ...
+
+    @property
+    def size(self) -> int | None: ...
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

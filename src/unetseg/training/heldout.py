@@ -6,8 +6,9 @@ The best checkpoint predicts every validation image once, with its own inference
 float16 as a cross-validation's out-of-fold store keeps them. From those: the temperature (NLL on a pixel
 sample) and nnU-Net's post-processing rule. ``RUN/best/config.json`` gets ``infer.temperature``,
 ``infer.postprocess`` and, in its metrics, ``heldout`` (the ECE and NLL before and after, the Dice before
-and after, every candidate tried). A value the recipe gave itself (a temperature other than 1, a
-non-empty ``infer.postprocess``) is kept; ``train.calibrate: false`` skips the whole step. ``RUN/last`` is
+and after, every candidate tried). A value the run was trained with (a temperature other than 1, a
+non-empty ``infer.postprocess``: the user's, since nothing else sets them before this step) is kept;
+``train.calibrate: false`` skips the whole step. ``RUN/last`` is
 left as it was trained, so ``--resume`` goes on from an uncalibrated config and calibrates again at its end.
 """
 
@@ -33,13 +34,11 @@ from unetseg.training.runlog import RunLogger
 from unetseg.training.validation import Validator
 
 
-def what_to_fit(cfg: Config, fixed: set[str]) -> tuple[bool, bool]:
-    """``(temperature, post-processing)``: which of the two the end of this run chooses."""
+def what_to_fit(cfg: Config) -> tuple[bool, bool]:
+    """``(temperature, post-processing)``: which of the two the end of a run trained with ``cfg`` chooses."""
     if not cfg.train.calibrate or cfg.data.task != "semantic":
         return False, False
-    own_t = "infer.temperature" in fixed and cfg.infer.temperature != 1.0
-    own_pp = "infer.postprocess" in fixed and bool(cfg.infer.postprocess)
-    return not own_t, not own_pp
+    return cfg.infer.temperature == 1.0, not cfg.infer.postprocess
 
 
 def heldout_pairs(validator: Validator, predictor: Any, cases: list[Any]) -> Iterator[tuple[np.ndarray,
@@ -49,17 +48,16 @@ def heldout_pairs(validator: Validator, predictor: Any, cases: list[Any]) -> Ite
         yield validator.probabilities(predictor, case)
 
 
-def calibrate_best(run: Path, data: PreparedData, device: torch.device, precision: str,
-                   channels_last: bool, fixed: set[str], log: RunLogger) -> HeldOutFit | None:
-    """Fit and write the held-out choices into ``run/best`` (rank 0 only; see the module doc). None when
-    there is nothing to fit (no validation images, an instance model, ``train.calibrate: false``)."""
+def calibrate_best(run: Path, trained: Config, data: PreparedData, device: torch.device, precision: str,
+                   channels_last: bool, log: RunLogger) -> HeldOutFit | None:
+    """Fit and write the held-out choices into ``run/best`` (rank 0 only; see the module doc; ``trained``:
+    the run's config). None when there is nothing to fit (no validation images, an instance model,
+    ``train.calibrate: false``, both given)."""
     folder = run / "best"
-    if not data.val_cases or not (folder / ckpt.CONFIG_FILE).is_file():
+    temperature, postprocess = what_to_fit(trained)
+    if not data.val_cases or not (folder / ckpt.CONFIG_FILE).is_file() or not (temperature or postprocess):
         return None
     model, cfg = ckpt.load_checkpoint(folder, device)
-    temperature, postprocess = what_to_fit(cfg, fixed)
-    if not (temperature or postprocess):
-        return None
     t0 = time.monotonic()
     raw = cfg.copy_deep()
     raw.infer.postprocess = []

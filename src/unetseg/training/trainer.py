@@ -335,8 +335,8 @@ class Trainer:
         if self.calibrate and self.info.is_main:
             from unetseg.training.heldout import calibrate_best
 
-            calibrate_best(self.run, self.data, self.device, precision_name(self.amp_dtype),
-                           self.channels_last, self.fixed, log)
+            calibrate_best(self.run, self.cfg, self.data, self.device, precision_name(self.amp_dtype),
+                           self.channels_last, log)
         self.minutes_done = clock.read()[0]
         synchronize(self.info)  # every rank leaves together, after rank 0's last writes
         return self.run
