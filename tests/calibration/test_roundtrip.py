@@ -67,3 +67,16 @@ def test_bad_postprocessing_entries_are_one_line(ckpt) -> None:
         build_config([({"infer.postprocess": [{"classes": [1], "op": "min_size"}]}, "recipe.yaml")])
     with pytest.raises(ConfigError, match="temperature"):
         build_config([({"infer.temperature": 0}, "recipe.yaml")])
+
+
+def test_a_checkpoint_whose_postprocessing_names_a_missing_class_is_refused(ckpt, tmp_path) -> None:
+    from unetseg.checkpoint import copy_checkpoint
+    from unetseg.errors import CheckpointError
+
+    bad = copy_checkpoint(ckpt, tmp_path / "bad")
+    text = (bad / "config.json").read_text().replace('"classes": [\n          2\n        ]',
+                                                     '"classes": [\n          7\n        ]')
+    assert '"classes": [\n          7' in text
+    (bad / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match="infer.postprocess.1: class 7 is not a foreground class"):
+        load_checkpoint(bad)

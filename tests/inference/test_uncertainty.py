@@ -105,6 +105,13 @@ def test_predict_writes_the_uncertainty_map_in_memory_and_streamed(ckpt: Path, c
     np.testing.assert_allclose(streamed.astype(np.float32), maps.astype(np.float32), atol=1e-3)
     assert zarr.open_group(str(store / "uncertainty"), mode="r").attrs["multiscales"][0]["name"] == \
         "uncertainty"
+    # the napari readers show the maps as hidden image layers beside the labels
+    from unetseg.viewer import readers
+
+    kinds = {meta["name"]: kind for _, meta, kind in readers.read_predictions(tmp_path / "mem")}
+    assert kinds == {stem: "labels", f"{stem}_uncertainty": "image"}
+    kinds = {meta["name"]: kind for _, meta, kind in readers.read_ngff(store)}
+    assert kinds[f"{stem} uncertainty"] == "image"
     # --output-format ome-tiff holds labels only: refused in one line before any work
     proc = _cli("--checkpoint", str(ckpt), "--input", str(image), "--output", str(tmp_path / "tif"),
                 "--uncertainty", "--output-format", "ome-tiff")

@@ -96,15 +96,16 @@ def as_result(result: EvaluationResult | dict[str, Any]) -> EvaluationResult:
             for r in result["per_image"]]
     return EvaluationResult(result["checkpoint"], result["data"], result["class_values"], rows,
                             result.get("skipped", []), result.get("calibration"),
-                            _numbers(result.get("uncertainty")), result.get("heldout"),
+                            _numbers(result.get("uncertainty") or None), result.get("heldout"),
                             result.get("postprocess", []))
 
 
-def _numbers(value: Any) -> Any:
+def _numbers(measures: dict[str, Any] | None) -> dict[str, Any] | None:
     """Strict JSON's nulls back to NaN in a measures dict (their absence of a value)."""
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    return math.nan if value is None else value
+    if measures is None:
+        return None
+    return {k: _numbers(v) if isinstance(v, dict) else (math.nan if v is None else v)
+            for k, v in measures.items()}
 
 
 def _run_sections(checkpoint: str | Path | None) -> list[str]:
