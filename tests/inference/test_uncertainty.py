@@ -140,3 +140,24 @@ def test_postprocessing_applies_in_memory_and_is_skipped_with_a_warning_when_str
     np.testing.assert_array_equal(mem, apply_postprocessing(raw, cfg.infer.postprocess))
     sizes = label_components(mem == 1)[1]
     assert (sizes == sizes.max()).all()
+
+
+def test_a_model_on_a_coarser_grid_brings_the_map_back_to_the_images_grid(ckpt: Path, cells_2d: Path,
+                                                                          tmp_path: Path) -> None:
+    """Predicted at half resolution (``data.downsample``), the map is resampled linearly to the image's
+    grid, in memory and streamed alike (not renormalised as probabilities are)."""
+    coarse = copy_checkpoint(ckpt, tmp_path / "coarse")
+    cfg = read_config(ckpt)
+    cfg.data.downsample = [2.0, 2.0]
+    rewrite_config(coarse, cfg, {})
+    image = sorted((cells_2d / "images").iterdir())[0]
+    stem = image.name.split(".")[0]
+    for fmt, out in (("auto", tmp_path / "mem"), ("ome-zarr", tmp_path / "zarr")):
+        proc = _cli("--checkpoint", str(coarse), "--input", str(image), "--output", str(out), "--tta",
+                    "--uncertainty", "--output-format", fmt)
+        assert proc.returncode == 0, proc.stderr
+    maps = tifffile.imread(tmp_path / "mem" / f"{stem}_uncertainty.tif").astype(np.float32)
+    streamed = zarr.open_array(str(tmp_path / "zarr" / f"{stem}.ome.zarr" / "uncertainty" / "0"), mode="r")
+    assert maps.shape == streamed.shape == (2, 64, 64)
+    np.testing.assert_allclose(streamed[...].astype(np.float32), maps, atol=2e-3)
+    assert maps[1].max() > 0 and np.ptp(maps.sum(axis=0)) > 0.01  # the two channels are not renormalised

@@ -41,8 +41,10 @@ def what_to_fit(cfg: Config) -> tuple[bool, bool]:
     return cfg.infer.temperature == 1.0, not cfg.infer.postprocess
 
 
-def heldout_pairs(validator: Validator, predictor: Any, cases: list[Any]) -> Iterator[tuple[np.ndarray,
-                                                                                            np.ndarray]]:
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def heldout_pairs(validator: Validator, predictor: Any, cases: list[Any]) -> Iterator[Pair]:
     """``(float16 probabilities, labels)`` of every case, on its own grid, one at a time."""
     for case in cases:
         yield validator.probabilities(predictor, case)
