@@ -83,3 +83,14 @@ def test_torchrun_on_one_gpu_uses_nccl(cells_2d: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "nccl" in log.lower() and (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_uncertainty_and_temperature_on_cuda_match_the_cpu(tmp_path: Path) -> None:
+    """The extra accumulator channel goes through the pinned, asynchronous copy-back as the probabilities."""
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    x = np.random.default_rng(1).normal(size=(1, 150, 170)).astype(np.float32)
+    out = [Predictor(load_engine(ckpt, dev, "fp32")[0], tile=(64, 64), tta=True, temperature=1.7,
+                     batch_size=3).predict_uncertain(x) for dev in ("cpu", "cuda")]
+    np.testing.assert_allclose(out[1][1], out[0][1], atol=1e-3)
+    np.testing.assert_allclose(out[1][2], out[0][2], atol=2e-3)
+    assert out[0][2][1].max() > 0

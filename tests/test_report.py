@@ -106,3 +106,55 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     )
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (900, 1200) and pixels.std() > 5  # a rendered page, not a blank one
+
+
+TRUST_PROBE = """<script>window.addEventListener('load', () => {
+  const box = s => { const r = s.getBoundingClientRect(); return [r.width, r.height]; };
+  document.body.setAttribute('data-probe', JSON.stringify({
+    plots: [...document.querySelectorAll('svg.plot')].map(box),
+    least: [...document.querySelectorAll('#least-sure tbody tr td:first-child')].map(t => t.textContent),
+    ece: document.querySelector('#ece').textContent,
+    steps: document.querySelectorAll('#postprocess li').length}));
+});</script>"""
+
+
+def _trusted(tmp: Path, n: int) -> dict:
+    """An evaluation result with the calibration and uncertainty measures (as ``evaluate --out`` writes)."""
+    result = _result(tmp, n)
+    for i, row in enumerate(result["per_image"]):
+        row["uncertainty"] = {"entropy": 0.1 * (i + 1), "mutual_information": 0.01 * i}
+    grid = [i / 50 for i in range(51)]
+    result["calibration"] = {"temperature": 1.8, "pixels": 3000, "ece": 0.031,
+                             "ece_without_temperature": 0.09,
+                             "reliability": {"count": [0] * 10 + [5, 10, 20, 40, 100],
+                                             "accuracy": [0] * 10 + [0.6, 0.7, 0.8, 0.85, 0.97],
+                                             "confidence": [0] * 10 + [0.7, 0.75, 0.85, 0.9, 0.98]}}
+    result["uncertainty"] = {"pixels": 3000, "error_rate": 0.1, "auc": 0.8, "auc_random": 0.5,
+                             "auc_best": 0.95,
+                             "found_at": {"0.05": 0.3, "0.1": 0.5, "0.2": 0.7}, "pixel_correlation": 0.4,
+                             "curve": {"checked": grid, "found": [min(1.0, 3 * x) for x in grid]},
+                             "image_correlation": 0.8, "least_sure": [f"case{i}" for i in reversed(range(n))]}
+    result["heldout"] = {"source": "validation", "images": 3, "pixels": 9000, "temperature": 1.8,
+                         "ece_before": 0.08, "ece_after": 0.02, "nll_before": 0.3, "nll_after": 0.25,
+                         "dice_before": [0.7], "dice_after": [0.72]}
+    result["postprocess"] = [{"classes": [1], "op": "largest", "gain": 0.02}]
+    return result
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_calibration_and_uncertainty_sections_render(tmp_path: Path) -> None:
+    n = 3
+    page = write_report(tmp_path / "report.html", _trusted(tmp_path, n))
+    text = page.read_text()
+    assert "keep the largest component of class 1: +0.0200 held-out Dice" in text
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", TRUST_PROBE + "</body>"))
+    common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, "the page did not finish loading"
+    seen = json.loads(html.unescape(found.group(1)))
+    assert len(seen["plots"]) == 2 and all(w > 100 and h > 100 for w, h in seen["plots"])  # drawn, not empty
+    assert seen["least"] == ["case2", "case1", "case0"]  # the least sure first
+    assert seen["ece"] == "0.0310" and seen["steps"] == 1

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -134,6 +135,42 @@ def copy_checkpoint(source: str | Path, folder: str | Path, *, state: bool = Fal
             atomic_write(tmp / sub / name, functools.partial(shutil.copyfile, source / sub / name))
         fsync_dir(tmp / sub)
     return _swap_in(tmp, folder)
+
+
+def read_metrics(folder: str | Path) -> dict[str, Any]:
+    """The metrics a checkpoint was saved with (``config.json``'s ``metrics``; empty when unreadable)."""
+    try:
+        raw = json.loads((find_checkpoint(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, CheckpointError):
+        return {}
+    metrics = raw.get("metrics") if isinstance(raw, dict) else None
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _copier(source: Path) -> Callable[[Path], object]:
+    """Writes ``source``'s bytes to the path it is given (for :func:`atomic_write`)."""
+    return lambda path: shutil.copyfile(source, path)
+
+
+def rewrite_config(folder: str | Path, config: Config, metrics: dict[str, Any]) -> Path:
+    """Replace a checkpoint's config and metrics (weights, training state and ``stage1/`` kept) with the same
+    atomic swap as :func:`save_checkpoint`: a kill leaves the old checkpoint or the new one."""
+    source = find_checkpoint(folder)
+    tmp = _fresh_tmp(Path(folder))
+    cfg = config.to_dict()
+    cfg["versions"] = versions()
+    cfg["metrics"] = metrics
+    write_text(tmp / CONFIG_FILE, json.dumps(cfg, indent=2, default=float))
+    names = [n for n in (MODEL_FILE, STATE_FILE) if (source / n).is_file()]
+    for name in names:
+        atomic_write(tmp / name, _copier(source / name))
+    if (source / STAGE1).is_dir():
+        (tmp / STAGE1).mkdir()
+        for name in (MODEL_FILE, CONFIG_FILE):
+            atomic_write(tmp / STAGE1 / name, _copier(source / STAGE1 / name))
+        fsync_dir(tmp / STAGE1)
+    fsync_dir(tmp)
+    return _swap_in(tmp, Path(folder))
 
 
 def _complete(folder: Path) -> bool:

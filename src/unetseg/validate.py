@@ -70,6 +70,10 @@ def _check_trained(cfg: Config, source: str) -> None:
         )
     if cfg.data.patch_size is None and cfg.infer.tile is None:
         raise ConfigError(f"{source}: neither data.patch_size nor infer.tile is set")
+    for i, step in enumerate(cfg.infer.postprocess):
+        if max(step.classes) >= max(k, 2):
+            raise ConfigError(f"{source}: infer.postprocess.{i}: class {max(step.classes)} is not a "
+                              f"foreground class of this {max(k, 2)}-class model")
     prior = cfg.data.prior_channels
     if prior and (cfg.data.task != "semantic" or prior != k - 1 or cfg.model.in_channels <= prior):
         raise ConfigError(

@@ -66,6 +66,9 @@ def _config(data: Path, out: Path):
     cfg.train.precision = "fp32"
     cfg.train.channels_last = "off"
     cfg.train.seed = 5
+    # the goldens lock the pipeline as recorded; the held-out temperature and post-processing chosen at the
+    # end of training (issue 24) change the predictions on purpose and have their own tests
+    cfg.train.calibrate = False
     return cfg
 
 

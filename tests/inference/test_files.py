@@ -46,9 +46,10 @@ def test_predict_folder_writes_masks_probabilities_and_overlays(ckpt, images, tm
         mask, _ = read_mask(out / f"{f.stem}.png")
         assert mask.shape == (64, 64) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
         probs = tifffile.imread(out / f"{f.stem}_probs.tif")
-        assert probs.shape == (2, 64, 64) and probs.dtype == np.float32
-        np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-        np.testing.assert_array_equal(probs.argmax(0), mask)
+        assert probs.shape == (2, 64, 64) and probs.dtype == np.float16  # calibrated, float16 (issue 24)
+        np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=2e-3)  # float16 rounding
+        clear = np.abs(probs[1].astype(np.float32) - probs[0]) > 4e-3  # not a tie after rounding
+        np.testing.assert_array_equal(probs.argmax(0)[clear], mask[clear])
         assert (out / f"{f.stem}_overlay.png").stat().st_size > 0
         # the same as the Python API with the checkpoint's config
         image, _ = read_image(f)

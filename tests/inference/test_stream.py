@@ -53,7 +53,7 @@ class ArraySource:
 class MemoryWriter:
     """Collects written blocks; checks they are whole chunk rows."""
 
-    path, probabilities = "memory", 0
+    path, probabilities, uncertainty = "memory", 0, 0
 
     def __init__(self, shape: tuple[int, ...], rows: int) -> None:
         self.shape, self.chunks = shape, (rows, *shape[1:])

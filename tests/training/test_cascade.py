@@ -22,6 +22,7 @@ from unetseg.export import export_model
 from unetseg.inference.predictor import Predictor
 from unetseg.io.images import read_image, read_mask, write_image, write_mask
 from unetseg.metrics import dice
+from unetseg.postprocess.semantic import apply_postprocessing
 from unetseg.training import train
 from unetseg.training.cascade import CASCADE_MINUTES, CascadeState, keep, second_stage, skip_reason
 from unetseg.training.distributed import DistInfo
@@ -94,7 +95,10 @@ def test_predict_runs_both_stages_as_composed_by_hand_and_onnx_carries_both(casc
     model, cfg = unetseg.load_checkpoint(cascade_run)
     prior = (unetseg.predict(first, image, config=cfg1) == 1).astype(np.float32)
     x = np.concatenate([normalize(image.astype(np.float32), cfg.data), prior[None]])
-    by_hand = unetseg.predict(model, x, tile=cfg.data.patch_size)
+    # the second stage's own temperature and post-processing, chosen on the validation images (issue 24)
+    second = Predictor(model, tile=cfg.data.patch_size, overlap=0.25, temperature=cfg.infer.temperature)
+    raw = second.predict(x)
+    by_hand = apply_postprocessing(raw, cfg.infer.postprocess)
     assert labels.shape == image.shape[-2:] and (labels == by_hand).mean() > 0.999
     assert (labels != prior).any()  # the second stage changed the first stage's answer somewhere
     out = tmp_path / "m.onnx"

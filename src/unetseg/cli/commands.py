@@ -298,7 +298,14 @@ def predict(
     overlap: Annotated[float | None, Opt(help="tile overlap in [0, 1); default 0.25 (2D), 0.5 (3D)")] = None,
     blend: Annotated[str | None, Opt(help=_one_of("infer", "blend"))] = None,
     tta: Annotated[bool, Opt("--tta", help="average over flips")] = False,
-    probabilities: Annotated[bool, Opt("--probabilities", help="also write per-class probabilities")] = False,
+    probabilities: Annotated[
+        bool, Opt("--probabilities", help="also write per-class probabilities (float16, calibrated)")
+    ] = False,
+    uncertainty: Annotated[
+        bool,
+        Opt("--uncertainty", help="also write a float16 uncertainty map: entropy, mutual information over "
+            "the TTA flips (0 without --tta)"),
+    ] = False,
     overlay: Annotated[bool, Opt("--overlay", help="also write a coloured overlay PNG")] = False,
     mask_values: Annotated[str, Opt(help="index (0..C-1) | original (the training mask values)")] = "index",
     batch_size: Annotated[int | None, Opt(help="tiles per forward pass")] = None,
@@ -344,12 +351,14 @@ def predict(
     routing = Routing(output_format, level, skip_background, resume)
     result = predict_files(
         checkpoint, input, output, skip_bad=skip_bad, overwrite=overwrite, routing=routing, dask=dask,
-        tta=tta, probabilities=probabilities, overlay=overlay, mask_values=mask_values, device=device,
+        tta=tta, probabilities=probabilities, uncertainty=uncertainty, overlay=overlay,
+        mask_values=mask_values, device=device,
         precision=precision, trust_torchscript=trust_torchscript, max_image_gib=max_image_gib,
         folds=fold_option(folds), **_infer_overrides(tile, overlap, batch_size, blend),
     )
     extra = f"; {len(result.complete)} complete already" if result.complete else ""
-    what = " with probabilities" if probabilities else ""
+    what = " and ".join(w for w, on in (("probabilities", probabilities), ("uncertainty", uncertainty)) if on)
+    what = f" with {what}" if what else ""
     typer.echo(f"wrote {len(result.done)} output(s){what} to {result.output}{extra}")
 
 

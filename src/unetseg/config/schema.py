@@ -35,6 +35,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SWITCHES = ("auto", "on", "off")
 BLENDS = ("gaussian", "constant")
 TASKS = ("semantic", "instances")
+POSTPROCESS_OPS = ("largest", "min_size")
 InstanceTarget = Literal["three_class", "distance"]
 INSTANCE_TARGETS: tuple[str, ...] = get_args(InstanceTarget)
 # Bins of the distance target: class k (1..K) holds normalised distances in ((k-1)/K, k/K]. An object fills
@@ -308,6 +309,28 @@ class TrainConfig(Section):
     # K-fold cross-validation: K models, each validated on the fold it did not see, sharing the budget;
     # 1 trains one model (unetseg.training.crossval)
     folds: Annotated[PosInt, Field(le=100)] = 1
+    # at the end of a semantic run: fit infer.temperature and choose infer.postprocess on the validation
+    # images of the best checkpoint (an option given in the recipe is kept as given)
+    calibrate: bool = True
+
+
+class PostprocessStep(Section):
+    """One post-processing step of a semantic model, chosen on held-out predictions (nnU-Net's rule: kept
+    only when it raised the held-out mean Dice of its classes): ``largest`` keeps only the largest connected
+    component of the pixels of ``classes`` (several classes: their union, as nnU-Net's whole-foreground
+    step), ``min_size`` removes components smaller than ``size`` pixels (voxels). Removed pixels become
+    class 0. ``gain``: the held-out mean Dice it added when it was chosen (a record, not a setting)."""
+
+    classes: Annotated[list[Annotated[Int, Field(ge=1, le=65535)]], Field(min_length=1)]
+    op: Literal["largest", "min_size"]
+    size: Annotated[Int, Field(ge=2)] | None = None
+    gain: Float | None = None
+
+    @model_validator(mode="after")
+    def _size_given(self) -> PostprocessStep:
+        if (self.op == "min_size") != (self.size is not None):
+            raise ValueError("min_size needs size: N (pixels); largest takes no size")
+        return self
 
 
 class InferConfig(Section):
@@ -326,6 +349,12 @@ class InferConfig(Section):
     foreground_threshold: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.5
     distance_h: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.2
     min_object_size: Annotated[Int, Field(ge=0)] = 10  # pixels (voxels in 3D); smaller objects are dropped
+    # semantic models: logits are divided by this before the softmax (temperature scaling, fitted on the
+    # validation images at the end of training; 1: as trained)
+    temperature: Annotated[Float, Field(gt=0.0, le=1000.0)] = 1.0
+    # semantic models: steps applied to the labels in order (chosen on the validation images at the end of
+    # training; streamed slides skip them: a connected component may span the whole slide)
+    postprocess: list[PostprocessStep] = Field(default_factory=list)
 
 
 class Config(Section):

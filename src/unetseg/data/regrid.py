@@ -118,10 +118,11 @@ class ResampledImage:
 class RegriddedProbabilities:
     """``(K, *src)`` probabilities (an array read by slices, e.g. a zarr array) seen on the grid ``shape``:
     linear per class, clipped at 0 and renormalised per pixel (as
-    :func:`unetseg.data.resample.resample_probabilities`)."""
+    :func:`unetseg.data.resample.resample_probabilities`); ``normalise=False``: linear only (other maps,
+    e.g. an uncertainty map)."""
 
-    def __init__(self, probs: Any, shape: Sequence[int]) -> None:
-        self.probs = probs
+    def __init__(self, probs: Any, shape: Sequence[int], *, normalise: bool = True) -> None:
+        self.probs, self.normalise = probs, normalise
         self.src = tuple(int(s) for s in probs.shape[1:])
         self.dst = tuple(int(s) for s in shape)
         self.shape = (int(probs.shape[0]), *self.dst)
@@ -134,6 +135,8 @@ class RegriddedProbabilities:
         region += tuple(slice(0, n) for n in self.dst[len(region):])
         out = regrid_region(lambda r: np.asarray(self.probs[(slice(None), *r)], dtype=np.float32), region,
                             self.src, self.dst, 1)
+        if not self.normalise:
+            return out
         np.maximum(out, 0.0, out=out)
         total = out.sum(axis=0, keepdims=True)
         np.divide(out, total, out=out, where=total > 0)

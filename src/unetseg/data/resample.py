@@ -162,6 +162,17 @@ def resample_mask(mask: np.ndarray, spacing: Sequence[float], target: Sequence[f
     return out
 
 
+def resample_maps(maps: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Per-pixel maps ``(K, *spatial)`` (an uncertainty map) onto the grid ``shape``: linear per channel, as
+    :func:`resample_probabilities` but not renormalised. float32."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != maps.ndim - 1 or min(shape, default=0) < 1:
+        raise ConfigError(f"resample: grid {list(shape)} does not fit maps {maps.shape}")
+    if shape == maps.shape[1:]:
+        return maps
+    return np.stack([_resize(m, shape, 1, None) for m in maps])
+
+
 def resample_probabilities(probs: np.ndarray, shape: Sequence[int], *, spacing: Sequence[float] | None = None,
                            original_spacing: Sequence[float] | None = None) -> np.ndarray:
     """Class probabilities ``(K, *spatial)`` onto the grid ``shape`` (an image's own, after prediction at

@@ -3,6 +3,11 @@
 Every output (the JSON, the overlays, the report) is planned and checked before the first image: none may
 replace a file the command reads (images, masks, the checkpoint), none may land in the masks folder, and an
 existing file unetseg did not write is kept unless ``overwrite``.
+
+Images are predicted as ``predict`` does (the checkpoint's temperature and post-processing included). A
+semantic model is also measured on how far its probabilities and uncertainty can be trusted
+(:class:`~unetseg.calibration.TrustStats`: calibration error, errors found in order of uncertainty, the
+least sure images).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from unetseg.calibration import TrustStats
+from unetseg.checkpoint import read_metrics
 from unetseg.config import Config
 from unetseg.data.cases import Case, find_cases
 from unetseg.data.overlay import save_overlay
@@ -23,7 +30,7 @@ from unetseg.data.store import label_map, load_case
 from unetseg.errors import DataError
 from unetseg.evaluation.result import EvaluationResult, ImageResult
 from unetseg.fileio import OutputGuard, printable, record_written, write_json
-from unetseg.inference.api import predict_image, predictor_for
+from unetseg.inference.api import predict_full, predictor_for
 from unetseg.inference.engines import load_engine
 from unetseg.inference.instances import instances_of
 from unetseg.inference.predictor import Predictor
@@ -114,18 +121,30 @@ def evaluate(
     classes = cfg.data.class_values
     assert classes is not None  # a trained model's config records them (check_config(trained=True))
     result = EvaluationResult(str(checkpoint), str(data), classes)
+    trust = TrustStats(predictor.temperature) if cfg.data.task == "semantic" else None
     for case in cases:
         try:
-            result.per_image.append(_evaluate_case(case, predictor, cfg, overlay_dir))
+            result.per_image.append(_evaluate_case(case, predictor, cfg, overlay_dir, trust))
         except DataError as e:  # e.g. mask values outside the checkpoint's class map
             if not skip_bad:
                 raise
             skipped.skip(e)
     result.skipped = skipped.messages
+    _add_trust(result, trust, cfg, Path(checkpoint))
     _print_table(console, result)
     skipped.summary()
     _write_outputs(console, result, out_json, report, overlay_dir, checkpoint)
     return result
+
+
+def _add_trust(result: EvaluationResult, trust: TrustStats | None, cfg: Config, checkpoint: Path) -> None:
+    """The calibration and uncertainty measures, and what the checkpoint chose on its validation images."""
+    result.postprocess = [s.model_dump(mode="json", exclude_none=True) for s in cfg.infer.postprocess]
+    heldout = read_metrics(checkpoint).get("heldout") if checkpoint.is_dir() else None
+    result.heldout = heldout if isinstance(heldout, dict) else None
+    if trust is not None and result.per_image:
+        found = trust.result()
+        result.calibration, result.uncertainty = found["calibration"], found["uncertainty"]
 
 
 @dataclass
@@ -142,14 +161,22 @@ class ScoredCase:
     spacing: tuple[float, ...] | None
 
 
-def score_case(case: Case, predictor: Predictor, cfg: Config, *, probabilities: bool = False) -> ScoredCase:
+def score_case(case: Case, predictor: Predictor, cfg: Config, *, probabilities: bool = False,
+               trust: TrustStats | None = None) -> ScoredCase:
     """Predict one labelled case as ``predict`` does and measure it. An instance model is measured on its
-    objects (DSB score, AP/F1 at 0.5, PQ, AJI) and on the foreground they cover (Dice etc., 2 classes)."""
+    objects (DSB score, AP/F1 at 0.5, PQ, AJI) and on the foreground they cover (Dice etc., 2 classes);
+    with ``trust``, a semantic model's probabilities and uncertainty go to it."""
     labels_of = label_map(cfg.data)
     image, labels, meta = load_case(case, cfg.data, labels_of)
     assert labels is not None  # find_cases(require_masks=True): every case has a mask
     instances, spacing = cfg.data.task == "instances", meta.get("spacing")
-    pred, probs = predict_image(predictor, image, spacing, cfg, probabilities=instances or probabilities)
+    measured = trust is not None
+    out = predict_full(predictor, image, spacing, cfg, probabilities=instances or probabilities or measured,
+                       uncertainty=measured)
+    pred, probs = out.labels, out.probabilities
+    if trust is not None and out.uncertainty is not None:
+        assert probs is not None  # asked for (measured)
+        trust.add(probs, labels, pred, out.uncertainty[0])
     objects, shown = None, pred
     if instances:
         assert probs is not None  # asked for (probabilities=instances)
@@ -160,12 +187,16 @@ def score_case(case: Case, predictor: Predictor, cfg: Config, *, probabilities: 
     else:
         m = compute_metrics(pred, labels, labels_of.num_classes, spacing=spacing)
     row = ImageResult(printable(case.name), {k: [float(x) for x in v] for k, v in m.items()}, objects=objects)
+    if out.uncertainty is not None:
+        row.uncertainty = {"entropy": float(out.uncertainty[0].mean()),
+                           "mutual_information": float(out.uncertainty[1].mean())}
     return ScoredCase(row, image, labels, shown, probs, tuple(spacing) if spacing is not None else None)
 
 
-def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: Path | None) -> ImageResult:
+def _evaluate_case(case: Case, predictor: Predictor, cfg: Config, overlay_dir: Path | None,
+                   trust: TrustStats | None = None) -> ImageResult:
     """Score one case and draw its overlay."""
-    scored = score_case(case, predictor, cfg)
+    scored = score_case(case, predictor, cfg, trust=trust)
     if overlay_dir:
         sd = cfg.model.spatial_dims
         png = save_overlay(
@@ -220,3 +251,20 @@ def _print_table(console: Console, result: EvaluationResult) -> None:
         )
     console.print(table)
     console.print(f"mean foreground Dice: {_fmt(result.mean_foreground_dice)}")
+    for line in trust_lines(result):
+        console.print(line)
+
+
+def trust_lines(result: EvaluationResult) -> list[str]:
+    """What the calibration and uncertainty measures say, in a few lines."""
+    lines = []
+    c, u = result.calibration, result.uncertainty
+    if c:
+        lines.append(f"calibration error (ECE, 15 bins, pixels): {_fmt(c['ece'])} at temperature "
+                     f"{c['temperature']:.3g}" + (f" ({_fmt(c['ece_without_temperature'])} without it)"
+                                                   if "ece_without_temperature" in c else ""))
+    if u and math.isfinite(u["auc"]):
+        lines.append(f"uncertainty: the 10% most uncertain pixels hold {u['found_at']['0.1']:.0%} of the "
+                     f"errors; area under errors found vs pixels checked {u['auc']:.3f} (random 0.5, best "
+                     f"{u['auc_best']:.3f}); least sure first: {', '.join(result.least_sure()[:3])}")
+    return lines

@@ -1,4 +1,6 @@
-"""A self-contained HTML evaluation report: sortable metric table, overlays, curves and configuration.
+"""A self-contained HTML evaluation report: sortable metric table, overlays, what the checkpoint chose on
+its validation images (temperature, post-processing), how calibrated its probabilities are and which images
+and pixels its uncertainty says to check first, curves and configuration.
 
 Images are embedded as data URIs, so the one file can be mailed or archived on its own.
 """
@@ -27,6 +29,7 @@ tr.mean td{font-weight:bold;border-top:2px solid #999}
 .case{display:inline-block;margin:.5em;vertical-align:top} .case img{max-width:640px;border:1px solid #ccc}
 .case figcaption{font-size:.85em} pre{background:#f8f8f8;padding:1em;overflow:auto;font-size:.8em}
 .legend span{display:inline-block;width:1em;height:1em;margin:0 .3em 0 1em;vertical-align:middle}
+svg.plot{margin:.5em 2em .5em 0;vertical-align:top} svg.plot text{font-size:10px}
 """
 
 # Clicking a header sorts by that column; the mean row stays at the bottom.
@@ -89,9 +92,20 @@ def as_result(result: EvaluationResult | dict[str, Any]) -> EvaluationResult:
         return result
     names = ("dice", "iou", "precision", "recall", "hd95", "msd")
     rows = [ImageResult(r["case"], {k: [math.inf if v is None else v for v in r[k]] for k in names if k in r},
-                        r.get("overlay"), r.get("objects")) for r in result["per_image"]]
+                        r.get("overlay"), r.get("objects"), r.get("uncertainty"))
+            for r in result["per_image"]]
     return EvaluationResult(result["checkpoint"], result["data"], result["class_values"], rows,
-                            result.get("skipped", []))
+                            result.get("skipped", []), result.get("calibration"),
+                            _numbers(result.get("uncertainty") or None), result.get("heldout"),
+                            result.get("postprocess", []))
+
+
+def _numbers(measures: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Strict JSON's nulls back to NaN in a measures dict (their absence of a value)."""
+    if measures is None:
+        return None
+    return {k: _numbers(v) if isinstance(v, dict) else (math.nan if v is None else v)
+            for k, v in measures.items()}
 
 
 def _mean_sd(spread: dict[str, float | None]) -> str:
@@ -169,6 +183,113 @@ def _run_sections(checkpoint: str | Path | None) -> list[str]:
     return parts
 
 
+def _num(v: Any, fmt: str = ".4f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+def _plot(points: list[tuple[float, float]], title: str, x_label: str) -> str:
+    """A small SVG line plot on the unit square (title: the y axis), with the diagonal dashed."""
+    size, pad = 200, 30
+
+    def xy(x: float, y: float) -> str:
+        return f"{pad + x * size:.1f},{pad + (1 - y) * size:.1f}"
+
+    line = " ".join(xy(x, y) for x, y in points)
+    return (f'<svg class="plot" width="{size + 2 * pad}" height="{size + 2 * pad + 10}" role="img" '
+            f'aria-label="{_esc(title)}"><text x="{pad}" y="15">{_esc(title)}</text>'
+            f'<rect x="{pad}" y="{pad}" width="{size}" height="{size}" fill="none" stroke="#999"/>'
+            f'<polyline points="{xy(0, 0)} {xy(1, 1)}" fill="none" stroke="#aaa" stroke-dasharray="4"/>'
+            f'<polyline points="{line}" fill="none" stroke="#36f" stroke-width="2"/>'
+            f'<text x="{pad}" y="{size + 2 * pad}">{_esc(x_label)}</text></svg>')
+
+
+def _chosen_section(result: EvaluationResult) -> list[str]:
+    """What the checkpoint chose on its validation images: temperature and post-processing."""
+    h = result.heldout or {}
+    if not h and not result.postprocess:
+        return []
+    parts = ["<h2>Chosen on the validation images</h2>"]
+    if h.get("pixels"):
+        parts.append(
+            f"<p>Temperature <b>{_num(h.get('temperature'), '.3g')}</b> (fitted by NLL on {h.get('pixels')} "
+            f"pixels of {h.get('images')} {_esc(h.get('source', ''))} images): calibration error (ECE) "
+            f"{_num(h.get('ece_before'))} &rarr; {_num(h.get('ece_after'))}, NLL {_num(h.get('nll_before'))} "
+            f"&rarr; {_num(h.get('nll_after'))}.</p>")
+    steps = result.postprocess or h.get("postprocess") or []
+    if steps:
+        items = "".join(f"<li>{_esc(_describe(s))}: +{_num(s.get('gain'))} held-out Dice</li>" for s in steps)
+        parts.append(f"<p>Post-processing (nnU-Net's rule: kept only where the held-out Dice rose):</p>"
+                     f'<ul id="postprocess">{items}</ul>')
+    elif h.get("dice_before"):
+        parts.append("<p>Post-processing: none of the candidates raised the held-out Dice.</p>")
+    if h.get("dice_before"):
+        parts.append(f"<p>Held-out mean foreground Dice {_num(_mean(h['dice_before']))} &rarr; "
+                     f"{_num(_mean(h['dice_after']))}.</p>")
+    return parts
+
+
+def _describe(step: dict[str, Any]) -> str:
+    from unetseg.config.schema import PostprocessStep
+    from unetseg.postprocess.semantic import describe_step
+
+    return describe_step(PostprocessStep(**{k: v for k, v in step.items() if k != "dice"}))
+
+
+def _trust_sections(result: EvaluationResult) -> list[str]:
+    """Calibration on these images, and the uncertainty: which images and pixels to check first."""
+    parts = _chosen_section(result)
+    c, u = result.calibration, result.uncertainty
+    if c:
+        rel = c.get("reliability") or {}
+        points = [(conf, acc) for conf, acc, n in zip(rel.get("confidence", []), rel.get("accuracy", []),
+                                                     rel.get("count", []), strict=False) if n]
+        undone = (f" ({_num(c.get('ece_without_temperature'))} with the temperature undone)"
+                  if "ece_without_temperature" in c else "")
+        parts.append("<h2>Calibration on these images</h2><p>Expected calibration error (15 bins of the top "
+                     f'probability, pixels): <b id="ece">{_num(c.get("ece"))}</b> at temperature '
+                     f'{_num(c.get("temperature"), ".3g")}{undone}.</p>')
+        if points:
+            parts.append(_plot(points, "accuracy per confidence bin", "confidence"))
+    if u:
+        parts += _uncertainty_section(result, u)
+    return parts
+
+
+def _uncertainty_section(result: EvaluationResult, u: dict[str, Any]) -> list[str]:
+    found = [_num(u.get("found_at", {}).get(k), ".0%") for k in ("0.05", "0.1", "0.2")]
+    parts = [
+        "<h2>Uncertainty: what to check first</h2>",
+        "<p>Pixels checked from the most uncertain (entropy of the mean probability) down: the first 5% / "
+        f"10% / 20% hold <b>{found[0]}</b> / <b>{found[1]}</b> / <b>{found[2]}</b> of the errors; area under "
+        f'the curve <b id="uncertainty-auc">{_num(u.get("auc"), ".3f")}</b> (random order 0.5, perfect '
+        f'{_num(u.get("auc_best"), ".3f")}); pixel-level correlation of uncertainty and error '
+        f'{_num(u.get("pixel_correlation"), ".3f")}. Across images, Spearman\'s correlation of the mean '
+        "uncertainty with the error (1 - mean foreground Dice): "
+        f'<b id="image-correlation">{_num(result.image_correlation, ".3f")}</b>.</p>',
+    ]
+    curve = u.get("curve")
+    if curve:
+        parts.append(_plot(list(zip(curve["checked"], curve["found"], strict=True)), "errors found",
+                           "pixels checked, most uncertain first"))
+    rows = {r.case: r for r in result.per_image}
+    body = []
+    for name in result.least_sure():
+        r = rows[name]
+        unc = r.uncertainty or {}
+        dice = _mean([r.metrics["dice"][c] for c in result.foreground])
+        body.append(f"<tr><td>{_esc(name)}</td>{_cell(float(unc['entropy']))}"
+                    f"{_cell(float(unc['mutual_information']))}{_cell(dice)}</tr>")
+    parts.append('<p>Images from the least sure down (mutual information: the disagreement of the TTA flips; '
+                 '0 without TTA):</p><table class="sortable" id="least-sure"><thead><tr><th>image</th>'
+                 "<th>mean entropy</th><th>mean mutual information</th><th>mean foreground Dice</th></tr>"
+                 f"</thead><tbody>{''.join(body)}</tbody></table>")
+    return parts
+
+
 def write_report(path: str | Path, result: EvaluationResult | dict[str, Any],
                  checkpoint: str | Path | None = None) -> Path:
     """Write the HTML page for an evaluation ``result`` (atomically); returns the path."""
@@ -182,6 +303,7 @@ def write_report(path: str | Path, result: EvaluationResult | dict[str, Any],
         "<h2>Metrics per image and per class</h2><p>Click a column header to sort. "
         "hd95/msd are in physical units (spacing); inf marks a structure absent from one side.</p>",
         _table(result, classes),
+        *_trust_sections(result),
         '<h2>Images</h2><p class="legend">image | truth | prediction | errors:'
         '<span style="background:#e33"></span>false positive'
         '<span style="background:#36f"></span>false negative</p>',

@@ -4,6 +4,13 @@ Per image and class the metrics of :data:`unetseg.metrics.semantic.PER_CLASS_MET
 infinite when a structure is present on one side only. In JSON such a value is ``null`` and the image's
 ``infinite`` field lists the classes where it was infinite; a mean with no finite value is ``null`` and
 ``mean_counts`` says over how many images each mean was taken.
+
+A semantic model's result also says how far its probabilities and its uncertainty can be trusted
+(:class:`unetseg.calibration.TrustStats`): ``calibration`` (the ECE of the probabilities as predicted, the
+reliability bins) and ``uncertainty`` (errors found against pixels checked in order of uncertainty), with
+each image's mean uncertainty (``per_image[i].uncertainty``), the images ranked by it
+(``least_sure``) and the rank correlation of that mean with the image's error (``image_correlation``).
+``heldout``: what the checkpoint chose on its validation images (temperature, post-processing), when known.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class ImageResult:
     metrics: dict[str, list[float]]
     overlay: str | None = None
     objects: dict[str, float] | None = None  # instance metrics (instance models)
+    uncertainty: dict[str, float] | None = None  # mean entropy / mutual information (semantic models)
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"case": self.case, **self.metrics}
@@ -32,6 +40,8 @@ class ImageResult:
             row["overlay"] = self.overlay
         if self.objects is not None:
             row["objects"] = self.objects
+        if self.uncertainty is not None:
+            row["uncertainty"] = self.uncertainty
         return row
 
 
@@ -58,6 +68,10 @@ class EvaluationResult:
     class_values: list[Any]
     per_image: list[ImageResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    uncertainty: dict[str, Any] | None = None
+    heldout: dict[str, Any] | None = None  # the checkpoint's metrics["heldout"]
+    postprocess: list[dict[str, Any]] = field(default_factory=list)  # the checkpoint's infer.postprocess
 
     @property
     def num_images(self) -> int:
@@ -94,6 +108,22 @@ class EvaluationResult:
             return None
         return {k: finite_mean([float(r[k]) for r in rows]) for k in rows[0]}
 
+    def least_sure(self) -> list[str]:
+        """The images from the least sure (highest mean entropy) to the surest: which to check first."""
+        rows = [r for r in self.per_image if r.uncertainty is not None]
+        return [r.case for r in sorted(rows, key=lambda r: -float((r.uncertainty or {})["entropy"]))]
+
+    @property
+    def image_correlation(self) -> float:
+        """Spearman's correlation between an image's mean entropy and its error (1 - mean foreground
+        Dice); NaN without uncertainty or with fewer than 3 images."""
+        from unetseg.calibration.uncertainty import image_correlation
+
+        rows = [r for r in self.per_image if r.uncertainty is not None]
+        fg = self.foreground
+        return image_correlation([float((r.uncertainty or {})["entropy"]) for r in rows],
+                                 [1.0 - float(np.mean([r.metrics["dice"][c] for c in fg])) for r in rows])
+
     def to_dict(self) -> dict[str, Any]:
         """The plain-Python form (floats may be inf/nan); ``result["key"]`` reads it too."""
         out = {"checkpoint": self.checkpoint, "data": self.data, "class_values": self.class_values,
@@ -101,6 +131,14 @@ class EvaluationResult:
                "mean": self.mean, "mean_foreground_dice": self.mean_foreground_dice, "skipped": self.skipped}
         if self.mean_objects is not None:
             out["mean_objects"] = self.mean_objects
+        if self.uncertainty is not None:
+            out["uncertainty"] = {**self.uncertainty, "image_correlation": self.image_correlation,
+                                  "least_sure": self.least_sure()}
+        for key in ("calibration", "heldout"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.postprocess:
+            out["postprocess"] = self.postprocess
         return out
 
     def __getitem__(self, key: str) -> Any:
@@ -123,6 +161,9 @@ class EvaluationResult:
         for row in out["per_image"]:
             if "objects" in row:
                 row["objects"] = {k: _finite(v) for k, v in row["objects"].items()}
+        for key in ("calibration", "uncertainty", "heldout"):
+            if key in out:
+                out[key] = _strict(out[key])
         out["null_means"] = ("a per-image surface distance that is infinite (the class is present on one "
                              "side only; see 'infinite'), or a mean with no finite value")
         return out
@@ -130,3 +171,14 @@ class EvaluationResult:
 
 def _finite(v: float) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _strict(value: Any) -> Any:
+    """Nested dicts and lists with NaN/inf floats as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, float):
+        return _finite(value)
+    return value

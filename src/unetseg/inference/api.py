@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from unetseg.config import Config
+from unetseg.config.schema import PostprocessStep
 from unetseg.errors import ConfigError, DataError
 from unetseg.inference.engines import Engine, Stage, as_engine, load_engine
 from unetseg.inference.predictor import Predictor, Progress
@@ -27,12 +29,13 @@ def predictor_for(
     blend: str | None = None,
     batch_size: int | None = None,
     tta: bool | None = None,
+    temperature: float | None = None,
 ) -> Predictor:
     """A :class:`Predictor` with the config's inference settings, each overridden when given (not None).
 
     Defaults: tile = ``config.infer.tile`` or the training patch size (``None`` without a config: the whole
-    image in one pass), overlap = ``config.infer.overlap`` or 0.25 (2D) / 0.5 (3D), blend, batch size and
-    TTA from ``config.infer``.
+    image in one pass), overlap = ``config.infer.overlap`` or 0.25 (2D) / 0.5 (3D), blend, batch size,
+    TTA and temperature from ``config.infer``.
     """
     infer = config.infer if config is not None else None
     if tile is None and config is not None:
@@ -44,7 +47,26 @@ def predictor_for(
         blend=blend or (infer.blend if infer else "gaussian"),
         batch_size=batch_size or (infer.batch_size if infer else 4),
         tta=bool(tta if tta is not None else (infer.tta if infer else False)),
+        temperature=temperature if temperature is not None else (infer.temperature if infer else 1.0),
     )
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict_full` returns, on the image's own grid: class indices (post-processed as the
+    config says), and when asked for the probabilities ``(C, *spatial)`` float32 and the uncertainty map
+    ``(2, *spatial)`` float32 (entropy of the mean probability, mutual information; each / log C)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+
+
+def postprocessing_of(config: Config | None) -> list[PostprocessStep]:
+    """The post-processing steps a config asks for (semantic models; instance models have their own)."""
+    if config is None or config.data.task != "semantic":
+        return []
+    return list(config.infer.postprocess)
 
 
 def predict_image(
@@ -56,16 +78,34 @@ def predict_image(
     probabilities: bool = False,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(labels, probabilities or None)`` of a normalised ``(C, *spatial)`` image, on the image's own grid.
+    """``(labels, probabilities or None)`` of a normalised ``(C, *spatial)`` image (:func:`predict_full`)."""
+    out = predict_full(predictor, image, spacing, config, probabilities=probabilities, progress=progress)
+    return out.labels, out.probabilities
+
+
+def predict_full(
+    predictor: Predictor,
+    image: np.ndarray,
+    spacing: Sequence[float] | None,
+    config: Config | None,
+    *,
+    probabilities: bool = False,
+    uncertainty: bool = False,
+    progress: Progress | None = None,
+    postprocess: bool = True,
+) -> Prediction:
+    """The prediction of a normalised ``(C, *spatial)`` image, on the image's own grid.
 
     When the model works on another grid (trained at ``config.data.spacing`` and the image's ``spacing``
     differs, or at a coarser resolution, ``config.data.downsample``:
     :func:`~unetseg.data.resample.model_grid`),
     the image is resampled to it (third-order spline), predicted there, and the probabilities are resampled
     back to the image's grid (linear) before the argmax, as nnU-Net does. A cascade's second stage
-    (``engine.previous``) also sees its first stage's prediction on that grid (:func:`prior_of`)."""
+    (``engine.previous``) also sees its first stage's prediction on that grid (:func:`prior_of`).
+    The labels then go through the config's post-processing (``infer.postprocess``; ``postprocess=False``:
+    the raw argmax), the probabilities and the uncertainty map stay as predicted."""
     return predict_images(predictor, [image], spacing, config, probabilities=probabilities,
-                          progress=progress)[0]
+                          uncertainty=uncertainty, progress=progress, postprocess=postprocess)[0]
 
 
 def predict_images(
@@ -75,9 +115,11 @@ def predict_images(
     config: Config | None,
     *,
     probabilities: bool = False,
+    uncertainty: bool = False,
     progress: Progress | None = None,
-) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """:func:`predict_image` of several normalised images of one shape and spacing, their tiles sharing
+    postprocess: bool = True,
+) -> list[Prediction]:
+    """:func:`predict_full` of several normalised images of one shape and spacing, their tiles sharing
     the forward passes (:meth:`Predictor.predict_many`; a server's micro-batch)."""
     from unetseg.data.resample import model_grid, resample_image
 
@@ -90,10 +132,35 @@ def predict_images(
     elif config is not None and config.data.prior_channels:
         raise ConfigError("a cascade's second stage needs its first stage: load the model from its "
                           "checkpoint folder or export (unetseg.predict(path, image))")
-    if grid is None:
-        return predictor.predict_many(xs, probabilities=probabilities, progress=progress)
-    return [from_model_grid(p, tuple(image.shape[1:]), probabilities=probabilities)
-            for p, image in zip(predictor.predict_proba_many(xs, progress), images, strict=True)]
+    shape = None if grid is None else tuple(images[0].shape[1:])
+    if uncertainty:
+        outs = [_uncertain_on(predictor, x, shape, probabilities, progress) for x in xs]
+    elif shape is None:
+        many = predictor.predict_many(xs, probabilities=probabilities, progress=progress)
+        outs = [Prediction(labels, probs) for labels, probs in many]
+    else:
+        outs = [Prediction(*from_model_grid(p, shape, probabilities=probabilities))
+                for p in predictor.predict_proba_many(xs, progress)]
+    steps = postprocessing_of(config) if postprocess else []
+    if steps:
+        from unetseg.postprocess.semantic import apply_postprocessing
+
+        for out in outs:
+            out.labels = apply_postprocessing(out.labels, steps)
+    return outs
+
+
+def _uncertain_on(predictor: Predictor, x: np.ndarray, shape: tuple[int, ...] | None, probabilities: bool,
+                  progress: Progress | None) -> Prediction:
+    """Predict ``x`` with its uncertainty map and bring both to the image's grid ``shape`` (None: ``x`` is
+    on it)."""
+    labels, probs, maps = predictor.predict_uncertain(x, progress)
+    if shape is None:
+        return Prediction(labels, probs if probabilities else None, maps)
+    from unetseg.data.resample import resample_maps
+
+    back = from_model_grid(probs, shape, probabilities=probabilities)
+    return Prediction(*back, resample_maps(maps, shape))
 
 
 def prior_of(stage: Stage, image: np.ndarray, spacing: Sequence[float] | None,

@@ -16,8 +16,9 @@ How a prediction is made (one code path for 2D/3D and for every engine):
    (``reflect``: real image content rather than zeros) and the extra output is cropped off. The grid is
    the Cartesian product of the per-axis starts, computed once per image shape.
 3. **Batches.** Tiles go through the engine ``batch_size`` at a time (under ``torch.inference_mode``,
-   optional autocast / channels_last), with optional flip TTA. Softmax (sigmoid -> ``[1-p, p]`` for one
-   logit) and the multiplication by the importance map happen on the device; the weighted
+   optional autocast / channels_last), with optional flip TTA. Softmax of the logits divided by the
+   temperature (sigmoid -> ``[1-p, p]`` for one logit) and the multiplication by the importance map
+   happen on the device; the weighted
    probabilities are added into one float32 accumulator ``(classes, *spatial)`` on the *host*, so device
    memory does not grow with the image. On CUDA the copy back overlaps the next batch's compute.
    Several images of one shape (:meth:`Predictor.predict_many`: a server's micro-batch) share the batches:
@@ -28,6 +29,9 @@ How a prediction is made (one code path for 2D/3D and for every engine):
    it in place, chunk by chunk; labels skip the division (a positive per-pixel factor cannot change the
    argmax) and are computed in chunks. Peak host memory: the image + one ``(classes, *spatial)``
    float32 buffer + the labels (+ a mirror-extended copy of the image when one is needed).
+5. **Uncertainty** (:meth:`Predictor.predict_uncertain`): one more accumulator channel, each tile's
+   mutual information over its samples (flips), blended like the probabilities; the map is the entropy of
+   the blended mean and that channel (:func:`~unetseg.inference.tta.uncertainty_map`).
 
 A single tile covering the whole image is used unweighted, so it equals a plain forward pass exactly.
 """
@@ -52,7 +56,7 @@ from unetseg.inference.tiling import (
     tile_starts,
     weight_sums,
 )
-from unetseg.inference.tta import predict_probs
+from unetseg.inference.tta import predict_probs, uncertainty_map
 
 # called with (tiles done, tiles in all) after each batch
 Progress = Callable[[int, int], None]
@@ -71,6 +75,7 @@ class Predictor:
         tta: average over all flips (4 in 2D, 8 in 3D), mapped back.
         device, precision: used when ``engine`` is a module (see :class:`TorchEngine`).
         sigma_scale: Gaussian sigma as a fraction of the tile.
+        temperature: logits are divided by it before the softmax (``infer.temperature``; 1: as trained).
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class Predictor:
         device: str | torch.device | None = None,
         precision: str = "auto",
         sigma_scale: float = 0.125,
+        temperature: float = 1.0,
     ) -> None:
         self.engine = as_engine(
             engine,
@@ -116,6 +122,9 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.sigma_scale = sigma_scale
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature {temperature}: expected a positive number")
+        self.temperature = float(temperature)
         self._plans: dict[tuple[int, ...], TilePlan] = {}
 
     # ------------------------------------------------------------------ geometry
@@ -196,6 +205,18 @@ class Predictor:
             out.append((self.argmax(torch.from_numpy(probs), probs.shape[1:]), probs))
         return out
 
+    def predict_uncertain(self, image: np.ndarray | torch.Tensor,
+                          progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels, probabilities, uncertainty)`` from one pass over the tiles; ``uncertainty`` is
+        ``(2, *spatial)`` float32: the entropy of the mean probability over the flips (TTA) and the mutual
+        information (their disagreement; 0 without TTA), each divided by ``log C``."""
+        accs, plan = self._accumulate([image], progress, entropy=True)
+        acc, shape = accs[0], tuple(image.shape[1:])
+        labels = self.argmax(acc[: self.out_channels], shape)  # of the undivided sums, as predict()
+        both = self._normalise(acc, plan, image_shape=shape)
+        probs = both[: self.out_channels]
+        return labels, probs, uncertainty_map(probs, both[self.out_channels])
+
     # ------------------------------------------------------------------ internals
     def _check(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
@@ -222,11 +243,13 @@ class Predictor:
         g = gaussian_importance_map(plan.tile_out, self.sigma_scale)
         return torch.from_numpy(g).to(self.engine.device)
 
-    def run_batch(self, batch: torch.Tensor, plan: TilePlan, weights: torch.Tensor | None) -> torch.Tensor:
-        """The tile runner both paths share: a batch of input tiles -> probabilities (softmax, TTA) times
-        the importance map, on the engine's device. The caller moves them to its accumulator."""
+    def run_batch(self, batch: torch.Tensor, plan: TilePlan, weights: torch.Tensor | None,
+                  entropy: bool = False) -> torch.Tensor:
+        """The tile runner both paths share: a batch of input tiles -> probabilities (temperature, softmax,
+        TTA; with ``entropy`` one more channel, the samples' mutual information) times the importance map,
+        on the engine's device. The caller moves them to its accumulator."""
         probs = predict_probs(self.engine, batch.to(self.engine.device, non_blocking=True), self.spatial_dims,
-                              self.tta)
+                              self.tta, temperature=self.temperature, entropy=entropy)
         if tuple(probs.shape[2:]) != plan.tile_out:
             raise ConfigError(f"the model returned tiles of {tuple(probs.shape[2:])} for input "
                               f"{plan.tile_in}; expected {plan.tile_out}")
@@ -234,21 +257,23 @@ class Predictor:
             probs.mul_(weights)
         return probs
 
-    def _accumulate(self, images: Sequence[np.ndarray | torch.Tensor],
-                    progress: Progress | None = None) -> tuple[list[torch.Tensor], TilePlan]:
+    def _accumulate(self, images: Sequence[np.ndarray | torch.Tensor], progress: Progress | None = None,
+                    entropy: bool = False) -> tuple[list[torch.Tensor], TilePlan]:
         """Blend the tiles of one or more images of one shape into one accumulator each; the tiles of all
-        of them are cut in order and batched together."""
+        of them are cut in order and batched together. ``entropy``: one more channel, the samples' mutual
+        information (:meth:`run_batch`)."""
         xs = [self._check(image) for image in images]
         if not xs or any(x.shape != xs[0].shape for x in xs):
             raise DataError(f"a batch of images needs one shape, got {sorted({tuple(x.shape) for x in xs})}")
         plan = self.plan(xs[0].shape[1:])
         srcs = [self._mirror(x, plan) for x in xs]
-        accs = [torch.zeros((self.out_channels, *plan.domain), dtype=torch.float32) for _ in xs]
+        channels = self.out_channels + int(entropy)
+        accs = [torch.zeros((channels, *plan.domain), dtype=torch.float32) for _ in xs]
         weights = self.weights(plan)
         cuda = self.engine.device.type == "cuda"
         positions = [(k, p) for k in range(len(xs)) for p in plan.positions()]
         in_buf = [self._buffer((self.batch_size, xs[0].shape[0], *plan.tile_in), cuda) for _ in range(2)]
-        out_buf = [self._buffer((self.batch_size, self.out_channels, *plan.tile_out), cuda) for _ in range(2)]
+        out_buf = [self._buffer((self.batch_size, channels, *plan.tile_out), cuda) for _ in range(2)]
         pending: tuple | None = None
         with torch.inference_mode():
             for k, first in enumerate(range(0, len(positions), self.batch_size)):
@@ -256,7 +281,7 @@ class Predictor:
                 xb = in_buf[k % 2][: len(batch)]
                 for j, (i, p) in enumerate(batch):
                     xb[j].copy_(srcs[i][box(p, plan.tile_in)])
-                probs = self.run_batch(xb, plan, weights)
+                probs = self.run_batch(xb, plan, weights, entropy)
                 if cuda:  # copy back asynchronously; add the previous batch while this one computes
                     host = out_buf[k % 2][: len(batch)]
                     host.copy_(probs, non_blocking=True)

@@ -3,14 +3,15 @@ to its trained folder and Cellpose's and StarDist's models are to theirs::
 
     seg = unetseg.load("RUN")            # run/checkpoint folder, .onnx, bioimage.io .zip, trusted TorchScript
     labels = seg.predict(image)          # classes (an instance model: object ids), at the image's size
-    probs = seg.predict_proba(image)     # float32 (C, *spatial)
+    probs = seg.predict_proba(image)     # float32 (C, *spatial), calibrated by the model's temperature
+    maps = seg.predict_uncertainty(image)  # float32 (2, *spatial): entropy, mutual information (/ log C)
     ids, table = seg.predict_instances(image)   # instance models: ids and the per-object table
     many = seg.predict_many([a, b])      # images of one shape: their tiles share the forward passes
     seg.predict_file("slide.ome.tif", "out/")   # the command line's path: files, streamed slides, OME-Zarr
 
-Normalisation, tile, overlap, TTA and resolution come from the model's config (each may be overridden
-at load time); a cascade runs both its stages, a K-fold run the ensemble of its folds. The model is loaded
-once and kept warm.
+Normalisation, tile, overlap, TTA, resolution, temperature and post-processing come from the model's
+config (the first few may be overridden at load time); a cascade runs both its stages, a K-fold run the
+ensemble of its folds. The model is loaded once and kept warm.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from unetseg.config import Config
 from unetseg.data.normalize import normalize
 from unetseg.errors import ConfigError
-from unetseg.inference.api import as_channels_first, predict_images, predictor_for
+from unetseg.inference.api import as_channels_first, predict_full, predict_images, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.jobs.file import Routing, job_for
 from unetseg.inference.jobs.folder import PredictResult, run_job
@@ -71,8 +72,9 @@ class Segmenter:
 
     def _run(self, images: Sequence[Image], spacing: Sequence[float] | None, probabilities: bool,
              progress: Progress | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        return predict_images(self.predictor, [self._input(image) for image in images], spacing, self.config,
+        outs = predict_images(self.predictor, [self._input(image) for image in images], spacing, self.config,
                               probabilities=probabilities, progress=progress)
+        return [(out.labels, out.probabilities) for out in outs]
 
     def predict_proba(self, image: Image, *, spacing: Sequence[float] | None = None,
                       progress: Progress | None = None) -> np.ndarray:
@@ -82,6 +84,17 @@ class Segmenter:
         probs = self._run([image], spacing, probabilities=True, progress=progress)[0][1]
         assert probs is not None
         return probs
+
+    def predict_uncertainty(self, image: Image, *, spacing: Sequence[float] | None = None,
+                            progress: Progress | None = None) -> np.ndarray:
+        """Per-pixel uncertainty ``(2, *spatial)`` float32 at the image's size: the entropy of the mean
+        probability over the samples (the flips with TTA), and their disagreement (mutual information:
+        entropy of the mean minus mean entropy; 0 with one sample, i.e. without TTA), each divided by
+        ``log C`` so 1 means "every class equally likely"."""
+        maps = predict_full(self.predictor, self._input(image), spacing, self.config, uncertainty=True,
+                            progress=progress, postprocess=False).uncertainty
+        assert maps is not None
+        return maps
 
     def predict(self, image: Image, *, spacing: Sequence[float] | None = None,
                 progress: Progress | None = None) -> np.ndarray:
@@ -125,14 +138,14 @@ class Segmenter:
         return out
 
     def predict_file(self, input: str | Path, output: str | Path, *, probabilities: bool = False,
-                     overlay: bool = False, mask_values: str = "index", skip_bad: bool = False,
-                     overwrite: bool = False, progress: bool = False, routing: Routing = Routing(),
-                     max_image_gib: float | None = None) -> PredictResult:
+                     uncertainty: bool = False, overlay: bool = False, mask_values: str = "index",
+                     skip_bad: bool = False, overwrite: bool = False, progress: bool = False,
+                     routing: Routing = Routing(), max_image_gib: float | None = None) -> PredictResult:
         """What ``unetseg predict`` does with this model: an image, an OME-Zarr store or a folder of them
         into ``output`` (big and OME inputs streamed; every output planned and checked first)."""
-        job = job_for(self.engine, self.config, probabilities=probabilities, overlay=overlay,
-                      mask_values=mask_values, max_image_gib=max_image_gib, routing=routing,
-                      **self.overrides)
+        job = job_for(self.engine, self.config, probabilities=probabilities, uncertainty=uncertainty,
+                      overlay=overlay, mask_values=mask_values, max_image_gib=max_image_gib,
+                      routing=routing, **self.overrides)
         return run_job(job, self.source, input, output, skip_bad=skip_bad, progress=progress,
                        overwrite=overwrite)
 

@@ -358,9 +358,17 @@ def write_image(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None
 
 
 def write_probabilities(path: str | Path, probs: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
-    """Write per-class probabilities ``(C, *spatial)`` as one float32 TIFF with axes ``CYX``/``CZYX``
-    (atomically)."""
-    arr = np.asarray(probs, dtype=np.float32)
+    """Write per-class probabilities ``(C, *spatial)`` as one float16 TIFF with axes ``CYX``/``CZYX``
+    (atomically; half the bytes of float32, ~3 significant digits)."""
+    arr = np.asarray(probs, dtype=np.float16)
+    spacing = (meta or {}).get("spacing")
+    return atomic_write(Path(path), lambda tmp: formats.write_tiff(tmp, arr, spacing=spacing, channels=True))
+
+
+def write_uncertainty(path: str | Path, maps: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
+    """Write an uncertainty map ``(2, *spatial)`` (entropy, mutual information) as a float16 TIFF with axes
+    ``CYX``/``CZYX`` (atomically)."""
+    arr = np.asarray(maps, dtype=np.float16)
     spacing = (meta or {}).get("spacing")
     return atomic_write(Path(path), lambda tmp: formats.write_tiff(tmp, arr, spacing=spacing, channels=True))
 

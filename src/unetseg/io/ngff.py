@@ -7,7 +7,8 @@ Format choices (why):
   and Fiji/MoBIE read 0.4 today; 0.5 support is still arriving. The store's root is a multiscale label
   image with ``image-label`` metadata (a standalone label image: there is no source image beside it);
   optional per-class probabilities live in the ``probabilities`` sub-group as their own multiscale image
-  ``(c, *spatial)``, quantised to uint8 (``p * 255``) or float16.
+  ``(c, *spatial)``, quantised to uint8 (``p * 255``) or float16; an optional uncertainty map (entropy,
+  mutual information) in the ``uncertainty`` sub-group, float16 ``(2, *spatial)``.
 * **Blosc-zstd** (clevel 5, byte shuffle) from numcodecs: fast, well compressed, readable everywhere
   without imagecodecs. Chunks are 512x512 in 2D and 128^3 in 3D.
 * **Pyramid rule**: each level halves y and x (labels: 2x2 mode, ties to the larger label so thin
@@ -78,14 +79,15 @@ class ChunkWriter(Protocol):
     path: Any
     shape: tuple[int, ...]
     probabilities: int  # probability channels written beside the labels (0: none)
+    uncertainty: int  # uncertainty channels written beside the labels (0: none; written as a 4th argument)
 
     @property
     def chunks(self) -> tuple[int, ...] | None:
         """The chunk shape rows are written in (None: any block of rows)."""
         ...
 
-    def write(self, start: Sequence[int], labels: np.ndarray,
-              probabilities: np.ndarray | None = None, /) -> None: ...
+    def write(self, start: Sequence[int], labels: np.ndarray, probabilities: np.ndarray | None = None,
+              uncertainty: np.ndarray | None = None, /) -> None: ...
 
     def done_rows(self, columns: Sequence[slice]) -> np.ndarray: ...
 
@@ -105,6 +107,8 @@ class LabelZarrWriter:
         resume: reopen an interrupted temporary store and keep its verified rows.
         probabilities: number of probability channels written beside the labels (0: none).
         prob_dtype: ``"uint8"`` (``p * 255``), ``"float16"`` or ``"float32"`` (exact: intermediate stores).
+        uncertainty: number of uncertainty channels written beside the labels (0: none); ``unc_dtype``
+            ``"float16"`` or ``"float32"``.
         part: ``(first, stop)`` chunk rows: write into the existing temporary store (see the module doc).
     """
 
@@ -113,15 +117,18 @@ class LabelZarrWriter:
                  levels: int | None = None, resume: bool = False, *, probabilities: int = 0,
                  prob_dtype: str = "uint8", unit: str = "micrometer", version: str = "0.4",
                  name: str | None = None, colors: dict[int, Sequence[int]] | None = None,
-                 part: tuple[int, int] | None = None) -> None:
+                 part: tuple[int, int] | None = None, uncertainty: int = 0,
+                 unc_dtype: str = "float16") -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         if len(self.shape) not in (2, 3) or min(self.shape) < 1:
             raise ValueError(f"shape must be 2D or 3D and non-empty, got {self.shape}")
-        if self.dtype.name not in _LABEL_DTYPES or prob_dtype not in ("uint8", "float16", "float32"):
-            raise ValueError(f"labels are {'/'.join(_LABEL_DTYPES)}, probabilities uint8/float16/float32")
+        if self.dtype.name not in _LABEL_DTYPES or prob_dtype not in ("uint8", "float16", "float32") \
+                or unc_dtype not in ("float16", "float32"):
+            raise ValueError(f"labels are {'/'.join(_LABEL_DTYPES)}, probabilities uint8/float16/float32, "
+                             "uncertainty float16/float32")
         if version not in ("0.4", "0.5"):
             raise ValueError(f"NGFF version must be '0.4' or '0.5', got {version!r}")
         default = (512, 512) if len(self.shape) == 2 else (128, 128, 128)
@@ -130,6 +137,7 @@ class LabelZarrWriter:
         self.levels, self.unit, self.version = levels, unit, version
         self.name, self.colors = name or self.path.name.split(".")[0], colors
         self.probabilities, self.prob_dtype = int(probabilities), np.dtype(prob_dtype)
+        self.uncertainty, self.unc_dtype = int(uncertainty), np.dtype(unc_dtype)
         self._grid = tuple(math.ceil(s / c) for s, c in zip(self.shape, self.chunks, strict=True))
         self._written = np.zeros(self._grid, dtype=bool)
         self._done: set[int] = set()
@@ -148,9 +156,16 @@ class LabelZarrWriter:
 
     # ------------------------------------------------------------------ store set-up
     def _settings(self) -> dict[str, Any]:
+        unc = {"uncertainty": self.uncertainty, "unc_dtype": self.unc_dtype.name} if self.uncertainty else {}
         return {"shape": list(self.shape), "dtype": self.dtype.name, "chunks": list(self.chunks),
                 "probabilities": self.probabilities, "prob_dtype": self.prob_dtype.name,
-                "version": self.version}
+                "version": self.version, **unc}
+
+    def _extras(self) -> list[tuple[str, int, np.dtype]]:
+        """The sub-groups written beside the labels: ``(name, channels, dtype)``."""
+        out = [("probabilities", self.probabilities, self.prob_dtype),
+               ("uncertainty", self.uncertainty, self.unc_dtype)]
+        return [e for e in out if e[1]]
 
     def _array_kw(self) -> dict[str, Any]:
         if self.version == "0.4":
@@ -174,11 +189,11 @@ class LabelZarrWriter:
         self._arrs = [(root.create_array("0", shape=self.shape, chunks=self.chunks, dtype=self.dtype,
                                          fill_value=0, config=cfg, **kw), 0)]
         groups = [root]
-        if self.probabilities:
-            sub = root.create_group("probabilities")
+        for name, channels, dtype in self._extras():
+            sub = root.create_group(name)
             self._arrs.append((sub.create_array(
-                "0", shape=(self.probabilities, *self.shape), chunks=(self.probabilities, *self.chunks),
-                dtype=self.prob_dtype, fill_value=0, config=cfg, **kw), 1))
+                "0", shape=(channels, *self.shape), chunks=(channels, *self.chunks),
+                dtype=dtype, fill_value=0, config=cfg, **kw), 1))
             groups.append(sub)
         for group, (level0, lead) in zip(groups, self._arrs, strict=True):
             shape = self.shape
@@ -195,11 +210,11 @@ class LabelZarrWriter:
         import zarr
 
         arrays = []
-        for name in ["", "probabilities"][: 1 + bool(self.probabilities)]:
+        for name in ["", *(e[0] for e in self._extras())]:
             arrays.append([zarr.open_array(str(self.tmp / name / str(level)), mode="r+")
                            for level in range(len(self._factors) + 1)])
         return PyramidBuilder(arrays, self._factors, self.chunks,
-                              [downsample_mode, downsample_mean][: len(arrays)])
+                              [downsample_mode] + [downsample_mean] * (len(arrays) - 1))
 
     def _saved(self, action: str) -> dict[str, Any]:
         """The manifest of the temporary store, checked against this writer's settings."""
@@ -257,8 +272,8 @@ class LabelZarrWriter:
         import zarr
 
         out = [(zarr.open_array(str(self.tmp / "0"), mode="r+"), 0)]
-        if self.probabilities:
-            out.append((zarr.open_array(str(self.tmp / "probabilities" / "0"), mode="r+"), 1))
+        for name, _, _ in self._extras():
+            out.append((zarr.open_array(str(self.tmp / name / "0"), mode="r+"), 1))
         return [(a.with_config({"write_empty_chunks": True}), lead) for a, lead in out]
 
     def _row_on_disk(self, array: Any, row: int, lead: int) -> bool:
@@ -309,8 +324,9 @@ class LabelZarrWriter:
 
     # ------------------------------------------------------------------ writing
     def write(self, region_start: Sequence[int], labels: np.ndarray,
-              probabilities: np.ndarray | None = None) -> None:
-        """Write a block of full-resolution labels (and ``(C, *block)`` probabilities in 0..1).
+              probabilities: np.ndarray | None = None, uncertainty: np.ndarray | None = None) -> None:
+        """Write a block of full-resolution labels (and ``(C, *block)`` probabilities in 0..1, ``(U,
+        *block)`` uncertainty).
 
         The block must start on a chunk boundary and end on one or at the image edge on every axis,
         so every chunk is written whole (no read-modify-write of half-written chunks).
@@ -329,10 +345,13 @@ class LabelZarrWriter:
         region = tuple(slice(s, e) for s, e in zip(start, stop, strict=True))
         arrays = self._arrs
         arrays[0][0][region] = labels.astype(self.dtype, copy=False)
-        if self.probabilities:
-            if probabilities is None or probabilities.shape != (self.probabilities, *labels.shape):
-                raise ValueError(f"probabilities must be {(self.probabilities, *labels.shape)}")
-            arrays[1][0][(slice(None), *region)] = self._quantise(probabilities)
+        given = {"probabilities": probabilities, "uncertainty": uncertainty}
+        for (name, channels, dtype), (array, _) in zip(self._extras(), arrays[1:], strict=True):
+            block = given[name]
+            if block is None or block.shape != (channels, *labels.shape):
+                raise ValueError(f"{name} must be {(channels, *labels.shape)}")
+            array[(slice(None), *region)] = (self._quantise(block) if name == "probabilities"
+                                             else np.asarray(block).astype(dtype, copy=False))
         grid = tuple(slice(s // c, -(-e // c)) for s, e, c in zip(start, stop, self.chunks, strict=True))
         self._written[grid] = True
         if self._pyramid is not None:
@@ -373,12 +392,16 @@ class LabelZarrWriter:
             sub.attrs.update({**self.attributes(lead=1), "unetseg": {
                 "encoding": "probability = value / 255" if self.prob_dtype == np.uint8
                 else "probability = value"}})
+        if self.uncertainty:
+            root["uncertainty"].attrs.update({**self.attributes(lead=1, name="uncertainty"), "unetseg": {
+                "channels": ["entropy of the mean probability / log C",
+                             "mutual information (samples' disagreement) / log C"]}})
         (self.tmp / MANIFEST).unlink()
         _swap_into_place(self.tmp, self.path)
         self._finished = True
         return self.path
 
-    def attributes(self, lead: int) -> dict[str, Any]:
+    def attributes(self, lead: int, name: str = "probabilities") -> dict[str, Any]:
         """The NGFF group attributes of the labels (``lead=0``) or of the probabilities (``lead=1``): what
         ``ome_zarr.writer``'s ``write_multiscales_metadata`` and ``add_metadata`` write, built here so that
         finishing a slide does not import ome-zarr and dask (half a second)."""
@@ -393,7 +416,7 @@ class LabelZarrWriter:
                 scale = scale * np.asarray(self._factors[level - 1], dtype=np.float64)
             datasets.append({"path": str(level), "coordinateTransformations": [
                 {"type": "scale", "scale": [1.0] * lead + [float(s) for s in scale]}]})
-        multiscale: dict[str, Any] = {"datasets": datasets, "name": "probabilities" if lead else self.name,
+        multiscale: dict[str, Any] = {"datasets": datasets, "name": name if lead else self.name,
                                       "axes": axes}
         top: dict[str, Any] = {"multiscales": [multiscale]}
         if not lead:

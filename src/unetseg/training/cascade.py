@@ -147,6 +147,8 @@ def stage2_config(cfg: Config, state: CascadeState, run: Path) -> Config:
     c.train.out = str(run / FOLDER)
     c.train.device, c.train.precision = cfg.train.device, cfg.train.precision
     c.train.probe = c.train.cascade = "off"
+    # the first stage's temperature and post-processing were chosen for it: the second chooses its own
+    c.infer.temperature, c.infer.postprocess = cfg.infer.temperature, list(cfg.infer.postprocess)
     if cfg.train.max_minutes:
         c.train.max_minutes = max(cfg.train.max_minutes - state.stage1_minutes, 0.1)
     else:
@@ -175,7 +177,7 @@ def second_stage(cfg: Config, state: CascadeState, run: RunFolder, device: torch
     trial = run.path / "probe" / "full" / "last"  # the probe's full-resolution trial: a head start
     trainer = Trainer(c, device, info, RunFolder(folder), resume=not began, quiet=quiet, stop=stop, hint=hint,
                       extra=PriorChannels(first), previous=folder / ckpt.STAGE1,
-                      init=trial if (trial / ckpt.MODEL_FILE).is_file() else None)
+                      init=trial if (trial / ckpt.MODEL_FILE).is_file() else None, calibrate=True)
     trainer.minutes_before += (time.monotonic() - t0) / 60  # the first stage's predictions count
     trainer.fit()
     keep(state, trainer.best if trainer.best >= 0 else None, run.path, info, log)

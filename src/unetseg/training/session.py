@@ -88,7 +88,7 @@ def train(
                 if cascade is None or cascade.stage == "1":
                     trainer = Trainer(cfg, device, info, run, resume=resume and start is None, quiet=quiet,
                                       stop=stop, hint=resume_hint, fixed=given, start=start,
-                                      until=cascade.stage1_until if cascade else None)
+                                      until=cascade.stage1_until if cascade else None, calibrate=True)
                     trainer.fit()
                     if cascade is not None:
                         cascade.stage1_minutes = trainer.minutes_done

@@ -101,8 +101,12 @@ class Trainer:
         init: Path | None = None,
         holdout: list[str] | None = None,
         cache: Path | None = None,
+        calibrate: bool = False,
     ) -> None:
         self.cfg, self.device, self.info, self.folder = cfg, device, info, run
+        # the run's model (not a probe's trial): its best checkpoint is calibrated on the validation
+        # images at the end (training.heldout), and the budget keeps the time for it
+        self.calibrate = calibrate and cfg.train.calibrate and cfg.data.task == "semantic"
         self.fixed = fixed or set()  # options the user set: never calibrated
         # where the clock stops: the budget, or earlier (a cascade's first stage leaves the rest to stage 2)
         self.deadline = until if until is not None else cfg.train.max_minutes
@@ -306,10 +310,15 @@ class Trainer:
                 if self.stale and cfg.train.patience and self.stale >= cfg.train.patience:
                     log.log(f"early stop: no improvement in {self.stale} validations")
                     break
-        self.minutes_done = clock.read()[0]
         if out_of_time:
             log.log(f"stopped at the {self.deadline:.3g}-minute budget after {self.step} steps")
         log.log(f"best validation mean foreground Dice {self.best:.4f}; checkpoints in {self.run}")
+        if self.calibrate and self.info.is_main:
+            from unetseg.training.heldout import calibrate_best
+
+            calibrate_best(self.run, self.cfg, self.data, self.device, precision_name(self.amp_dtype),
+                           self.channels_last, log)
+        self.minutes_done = clock.read()[0]
         synchronize(self.info)  # every rank leaves together, after rank 0's last writes
         return self.run
 
@@ -324,7 +333,8 @@ class Trainer:
             losses.append(self._train_step(batch, now))
             self.batch_in_epoch += 1
             speed = cfg.batch_size * self.info.world_size * len(losses) / (time.monotonic() - t0)
-            now, stop, reserve = clock.read(self.val_minutes)
+            # the held-out calibration predicts the validation images once more
+            now, stop, reserve = clock.read(self.val_minutes * (2 if self.calibrate else 1))
             # stop early enough for the final validation (as long as the last one took) inside the budget
             out_of_time = bool(self.deadline and now + reserve >= self.deadline)
             bar.update(

@@ -114,8 +114,9 @@ class Validator:
             self._originals[key] = labels
         return self._originals[key]
 
-    def _proba(self, predictor: Any, case: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(probabilities, labels)`` of a case on its own grid (float16 probabilities)."""
+    def probabilities(self, predictor: Any, case: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, labels)`` of a case on its own grid (float16 probabilities: what a held-out
+        prediction keeps, here and in a cross-validation's out-of-fold store)."""
         image, labels, meta = self.store.get(case)
         probs = predictor.predict_proba(image)
         if "original_shape" in meta:
@@ -132,7 +133,7 @@ class Validator:
         float16 while the options are searched)."""
         held, size = [], 0
         for case in self.cases:
-            probs, labels = self._proba(predictor, case)
+            probs, labels = self.probabilities(predictor, case)
             size += probs.nbytes
             # past the budget (big 3D validation sets) an image is predicted again for each option searched
             held.append((probs if size <= self.held_bytes else (predictor, case), labels))
@@ -158,7 +159,7 @@ class Validator:
         for stored, labels in held:
             truth = (np.asarray(labels) > 0).astype(np.int64)
             if isinstance(stored, tuple):
-                stored = self._proba(*stored)[0]
+                stored = self.probabilities(*stored)[0]
             probs = stored.astype(np.float32)  # once per image, not once per tried value
             for t, watershed in enumerate(tries):
                 objects = watershed(probs)

@@ -1,7 +1,7 @@
-"""napari readers for what unetseg writes: a prediction folder (labels and ``_probs`` files), an
-OME-Zarr output (labels pyramid, probabilities) and an objects table (``_objects.csv``: one point per object,
-its row as the point's features). Files are read through :mod:`unetseg.io` (one reader per format), lazily
-for OME-Zarr.
+"""napari readers for what unetseg writes: a prediction folder (labels, ``_probs`` and ``_uncertainty``
+files), an OME-Zarr output (labels pyramid, probabilities, uncertainty) and an objects table
+(``_objects.csv``: one point per object, its row as the point's features). Files are read through
+:mod:`unetseg.io` (one reader per format), lazily for OME-Zarr.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from unetseg.io.readers import kind_of, open_lazy
 
 LayerData = tuple[Any, dict[str, Any], str]
 PROBS = "_probs"
+MAPS = (PROBS, "_uncertainty")  # float maps beside the labels: image layers, one channel each
 OBJECTS = "_objects.csv"
 
 
@@ -56,7 +57,8 @@ class _Plane:
 
 
 def read_ngff(path: str | list[str]) -> list[LayerData]:
-    """An OME-Zarr output: the labels (every pyramid level) and, when written, the probabilities."""
+    """An OME-Zarr output: the labels (every pyramid level) and, when written, the probabilities and the
+    uncertainty map."""
     p = _one(path)
     labels = open_lazy(p)
     scale = labels.pixel_size() or None
@@ -66,24 +68,25 @@ def read_ngff(path: str | list[str]) -> list[LayerData]:
          **({"scale": scale} if scale else {})},
         "labels",
     )]
-    if (p / "probabilities").is_dir():
-        probs = open_lazy(p / "probabilities")
-        layers.append((probs.read(), {"name": f"{layers[0][1]['name']} probabilities",
-                                                   "channel_axis": 0, "visible": False,
-                                                   **({"scale": scale} if scale else {})}, "image"))
+    for group in ("probabilities", "uncertainty"):
+        if (p / group).is_dir():
+            maps = open_lazy(p / group)
+            layers.append((maps.read(), {"name": f"{layers[0][1]['name']} {group}", "channel_axis": 0,
+                                         "visible": False, **({"scale": scale} if scale else {})}, "image"))
     return layers
 
 
 def read_predictions(path: str | list[str]) -> list[LayerData]:
-    """A prediction folder: each labels file as a Labels layer, its ``_probs`` file (if any) as an Image
-    layer with one channel per class (hidden; switch it on to see where the model hesitates)."""
+    """A prediction folder: each labels file as a Labels layer, its ``_probs`` and ``_uncertainty`` files
+    (if any) as Image layers with one channel per class / measure (hidden; switch them on to see where the
+    model hesitates)."""
     p = _one(path)
     layers: list[LayerData] = []
     for f in sorted(p.iterdir()):
         if f.name.startswith(".") or f.name.endswith(OBJECTS) or not _image_file(f):
             continue
         stem = f.name.split(".")[0]
-        if stem.endswith(PROBS):
+        if stem.endswith(MAPS):
             layers.append((read_image(f, group_channels=False)[0], {"name": stem, "channel_axis": 0,
                                                                      "visible": False}, "image"))
         else:

@@ -3,9 +3,12 @@
 Outputs (README, "Use it on your data"): ``OUT/<stem>.png`` for 2D, ``OUT/<stem>.nii.gz`` (NIfTI inputs) or
 ``OUT/<stem>.tif`` (other 3D inputs) holding uint8 class indices (or the original mask values with
 ``mask_values="original"``), the input's spatial size and spacing; optionally ``OUT/<stem>_probs.tif``
-(float32 ``(C, *spatial)``) and ``OUT/<stem>_overlay.png``. Big and OME inputs are streamed instead
-(:mod:`unetseg.inference.stream.slides`): ``OUT/<stem>.ome.zarr`` (or ``.ome.tif``). Every output is
-planned before
+(float16 ``(C, *spatial)``, calibrated by the model's temperature), ``OUT/<stem>_uncertainty.tif`` (float16
+``(2, *spatial)``: entropy of the mean probability, mutual information) and ``OUT/<stem>_overlay.png``.
+Big and OME inputs are streamed instead (:mod:`unetseg.inference.stream.slides`): ``OUT/<stem>.ome.zarr``
+(or ``.ome.tif``), the probabilities and the uncertainty beside the labels in the store. The checkpoint's
+post-processing (``infer.postprocess``) applies to every in-memory image; a streamed one skips it with a
+warning (a connected component may span the whole slide). Every output is planned before
 the first image is read: none may replace an input, two inputs may not produce the same file, and files in
 ``OUT`` that unetseg did not write are kept unless ``overwrite``.
 """
@@ -22,7 +25,7 @@ from unetseg.data.labels import ClassMap
 from unetseg.data.normalize import normalize
 from unetseg.errors import ConfigError, DataError, UnetsegError
 from unetseg.fileio import OutputGuard
-from unetseg.inference.api import predict_image, predictor_for
+from unetseg.inference.api import predict_full, predictor_for
 from unetseg.inference.engines import Engine, load_engine
 from unetseg.inference.predictor import Predictor
 from unetseg.inference.stream.slides import STREAM_BYTES, is_streamed, predict_slide, slide_output
@@ -34,6 +37,7 @@ from unetseg.io.images import (
     write_instances,
     write_mask,
     write_probabilities,
+    write_uncertainty,
 )
 from unetseg.runtime import rank_device
 
@@ -71,15 +75,17 @@ def outputs_of(
     overlay: bool,
     routing: Routing = Routing(),
     instances: bool = False,
+    uncertainty: bool = False,
 ) -> list[Path]:
     """Every file ``predict`` writes for input ``path``, the labels first (an instance model: ``<stem>.tif``
-    with the object ids, then ``<stem>_objects.csv``)."""
+    with the object ids, then ``<stem>_objects.csv``), then probabilities, uncertainty and overlay."""
     stem = stem_of(path)
     if is_streamed(path, routing.output_format):
         objects = [out_dir / f"{stem}_objects.csv"] if instances else []
         return [slide_output(stem, out_dir, routing.output_format), *objects]
     names = [f"{stem}.tif", f"{stem}_objects.csv"] if instances else [output_name(path, spatial_dims)]
     names += [f"{stem}_probs.tif"] if probabilities else []
+    names += [f"{stem}_uncertainty.tif"] if uncertainty else []
     names += [f"{stem}_overlay.png"] if overlay else []
     return [out_dir / n for n in names]
 
@@ -108,6 +114,7 @@ class PredictJob:
     overlay: bool = False
     max_bytes: float | None = None
     routing: Routing = field(default_factory=Routing)
+    uncertainty: bool = False
 
 
 def make_job(
@@ -137,6 +144,7 @@ def job_for(
     batch_size: int | None = None,
     tta: bool = False,
     probabilities: bool = False,
+    uncertainty: bool = False,
     overlay: bool = False,
     mask_values: str = "index",
     max_image_gib: float | None = None,
@@ -161,6 +169,7 @@ def job_for(
         overlay,
         (max_image_gib or config.data.max_image_gib) * GIB,
         routing,
+        uncertainty,
     )
 
 
@@ -177,18 +186,16 @@ def predict_one(path: Path, outputs: list[Path], job: PredictJob) -> list[Path]:
         x = normalize(match_channels(image, engine.image_channels, path), job.config.data)
         if not (job.overlay or instances):
             del image  # large images: keep only the normalised copy while predicting
-        labels, probs = predict_image(
-            job.predictor, x, meta.get("spacing"), job.config, probabilities=job.probabilities or instances
-        )
+        out = predict_full(job.predictor, x, meta.get("spacing"), job.config,
+                           probabilities=job.probabilities or instances, uncertainty=job.uncertainty)
     except UnetsegError as e:
         raise type(e)(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
     if instances:
-        return _write_instances(path, outputs, job, image, meta, probs)
+        return _write_instances(path, outputs, job, image, meta, out.probabilities, out.uncertainty)
+    labels = out.labels
     values = job.class_map.decode(labels) if job.class_map is not None else labels
-    written = [write_mask(outputs[0], values, meta)]
-    if job.probabilities:
-        assert probs is not None  # asked for (probabilities=job.probabilities)
-        written.append(write_probabilities(outputs[1], probs, meta))
+    written = [write_mask(outputs[0], values, meta), *_write_maps(outputs[1:], job, meta, out.probabilities,
+                                                                  out.uncertainty)]
     if job.overlay:
         from unetseg.data.overlay import save_overlay
 
@@ -196,9 +203,20 @@ def predict_one(path: Path, outputs: list[Path], job: PredictJob) -> list[Path]:
     return written
 
 
-def _write_instances(
-    path: Path, outputs: list[Path], job: PredictJob, image: Any, meta: dict[str, Any], probs: Any
-) -> list[Path]:
+def _write_maps(outputs: list[Path], job: PredictJob, meta: dict[str, Any], probs: Any,
+               maps: Any) -> list[Path]:
+    """The probabilities and the uncertainty map, when asked for (``outputs``: the files after the labels,
+    in :func:`outputs_of`'s order)."""
+    written = []
+    if job.probabilities:
+        written.append(write_probabilities(outputs[0], probs, meta))
+    if job.uncertainty:
+        written.append(write_uncertainty(outputs[int(job.probabilities)], maps, meta))
+    return written
+
+
+def _write_instances(path: Path, outputs: list[Path], job: PredictJob, image: Any, meta: dict[str, Any],
+                     probs: Any, maps: Any) -> list[Path]:
     """The object ids (uint16, uint32 when needed), the per-object table and the optional extras."""
     from unetseg.inference.instances import instances_of, write_objects_csv
 
@@ -206,9 +224,8 @@ def _write_instances(
     written = [
         write_instances(outputs[0], ids, meta),
         write_objects_csv(outputs[1], ids, image, meta.get("spacing")),
+        *_write_maps(outputs[2:], job, meta, probs, maps),
     ]
-    if job.probabilities:
-        written.append(write_probabilities(outputs[2], probs, meta))
     if job.overlay:
         from unetseg.data.overlay import save_overlay
 
@@ -217,7 +234,14 @@ def _write_instances(
 
 
 def check_streamable(path: Path, job: PredictJob) -> None:
-    """A cascade predicts in memory only (its second stage reads the first stage's whole prediction)."""
+    """A cascade predicts in memory only (its second stage reads the first stage's whole prediction); a
+    streamed uncertainty map goes into an OME-Zarr output of a semantic model."""
+    if job.uncertainty and job.routing.output_format == "ome-tiff":
+        raise ConfigError(f"{path}: streamed with --output-format ome-tiff, which holds the labels only; "
+                          "--uncertainty needs --output-format ome-zarr (or auto)")
+    if job.uncertainty and job.config.data.task == "instances":
+        raise ConfigError(f"{path}: streamed, and a streamed instance model writes object ids only; "
+                          "--uncertainty works for in-memory images (or a semantic model)")
     if job.engine.previous is not None:
         raise DataError(
             f"{path}: streamed (a big or OME input, or --output-format {job.routing.output_format}), but a "
@@ -270,6 +294,7 @@ def plan_outputs(
             overlay=job.overlay,
             routing=job.routing,
             instances=job.config.data.task == "instances",
+            uncertainty=job.uncertainty,
         )
         for o in outputs[f]:
             guard.write(o, "--output", f)

@@ -20,7 +20,9 @@ normalised image bit for bit. Why it is exact, and flat:
   last tile is added, rows ``[start_k, start_k+1)`` of the strip's own columns are final: labels are the
   first-maximum argmax of the undivided sums (``Predictor.argmax``, as ``predict``); probabilities, when
   the writer stores them, are divided by the outer product of the per-axis weight sums
-  (:func:`~unetseg.inference.tiling.weight_sums`, as in memory). The window then shifts by
+  (:func:`~unetseg.inference.tiling.weight_sums`, as in memory); so is the uncertainty map, when the
+  writer stores one (the accumulator then holds the tiles' mutual information as one more channel, as
+  :meth:`~unetseg.inference.predictor.Predictor.predict_uncertain`). The window then shifts by
   ``start_k+1 - start_k``. Peak memory: the window, the input bands of the batch in flight
   plus at most three read ahead (``tile_in[0]`` rows of the strip each), one chunk row of the strip's
   labels: O(tile extent x strip), independent of the image's size.
@@ -52,6 +54,7 @@ from unetseg.inference.predictor import Predictor
 from unetseg.inference.stream.strips import WINDOW_BYTES, BandReader, BlockSink, Strip, done_rows, make_strips
 from unetseg.inference.stream.threads import Pipe
 from unetseg.inference.tiling import TilePlan, box, weight_sums
+from unetseg.inference.tta import uncertainty_map
 from unetseg.io.ngff import ChunkWriter
 from unetseg.io.readers import RegionSource
 
@@ -131,6 +134,8 @@ class StreamPredictor:
         if probs not in (0, self.predictor.out_channels):
             raise ConfigError(f"{where}: {probs} probability channels; the model gives "
                               f"{self.predictor.out_channels}")
+        if int(writer.uncertainty) not in (0, 2):
+            raise ConfigError(f"{where}: {writer.uncertainty} uncertainty channels; the map has 2")
 
 
 class _StreamRun:
@@ -144,9 +149,11 @@ class _StreamRun:
         plan = self.plan = pred.plan(shape)
         self.positions = list(plan.positions())
         self.per_band = math.prod(len(a) for a in plan.starts[1:])
+        self.entropy = bool(writer.uncertainty)  # one more accumulator channel: the mutual information
+        self.channels = pred.out_channels + int(self.entropy)
         # per window column: the accumulator's rows and the input bands in flight (one computing, the
         # prefetch queue's and the one being read)
-        column = 4 * (pred.out_channels * plan.tile_out[0] + 4 * pred.engine.in_channels * plan.tile_in[0])
+        column = 4 * (self.channels * plan.tile_out[0] + 4 * pred.engine.in_channels * plan.tile_in[0])
         strips = make_strips(plan, shape, writer.chunks, owner.strip, column,
                              owner.window_bytes)
         self.done = [done_rows(writer, shape[0], s.own) for s in strips]
@@ -213,7 +220,7 @@ class _StreamRun:
             at = (0, *(a - o for a, o in zip(p[1:], strip.origin, strict=True)))
             xb[i].copy_(self.bands[(si, j // per_band)][box(at, plan.tile_in)])
         with torch.inference_mode():
-            probs = pred.run_batch(xb, plan, self.weights).to("cpu")
+            probs = pred.run_batch(xb, plan, self.weights, self.entropy).to("cpu")
         self.counts["computed"] += size
         self.counts["batches"] += 1
         return probs
@@ -234,7 +241,7 @@ class _StripRun:
             groups.append((rest, len(self.owner.positions) - owner.tail))
         self.groups = groups
         self.slot = {j: (g, i) for g, (tiles, _) in enumerate(groups) for i, j in enumerate(tiles)}
-        size = (owner.pred.out_channels, plan.tile_out[0], *strip.extent)
+        size = (owner.channels, plan.tile_out[0], *strip.extent)
         self.acc = torch.zeros(size, dtype=torch.float32)
         owner.owner.max_window = max(owner.owner.max_window, self.acc.numel())
 
@@ -270,12 +277,16 @@ class _StripRun:
         hi = starts[k + 1] if k + 1 < len(starts) else self.plan.domain[0]
         top = min(hi, shape[0])
         if lo < top:
-            labels = probs = None
+            labels = probs = maps = None
             if self.sink.wanted(lo, top):
+                classes = self.owner.pred.out_channels
                 part = self.acc[(slice(None), slice(0, top - lo), *self.strip.own_slices())]
-                labels = self.owner.pred.argmax(part, tuple(part.shape[1:]))
-                probs = self._probabilities(part, lo) if self.sink.probabilities else None
-            self.sink.push(lo, top, labels, probs)
+                labels = self.owner.pred.argmax(part[:classes], tuple(part.shape[1:]))
+                if self.sink.probabilities or self.sink.uncertainty:
+                    mean = self._probabilities(part, lo)
+                    probs = mean[:classes] if self.sink.probabilities else None
+                    maps = uncertainty_map(mean[:classes], mean[classes]) if self.sink.uncertainty else None
+            self.sink.push(lo, top, labels, probs, maps)
         self._shift(hi - lo)
 
     def _probabilities(self, part: torch.Tensor, lo: int) -> np.ndarray:

@@ -11,12 +11,17 @@ or OME inputs).
 * **Normalisation** uses the whole image's statistics, computed in a first streaming pass.
 * ``--skip-background`` runs no tile over glass (Otsu on a low pyramid level); ``--resume`` keeps the
   chunks an interrupted run finished and predicts the rest.
+* ``--uncertainty`` writes the uncertainty map (float16, entropy and mutual information) in the store's
+  ``uncertainty`` sub-group, a pyramid like the probabilities'. The checkpoint's post-processing
+  (``infer.postprocess``: largest component, small components) needs the whole image's connected
+  components: a streamed prediction skips it, with one warning line.
 """
 
 from __future__ import annotations
 
 import itertools
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +68,11 @@ class _Decoded:
     def __init__(self, writer: LabelZarrWriter, class_map: ClassMap) -> None:
         self.inner, self.class_map = writer, class_map
         self.path, self.shape, self.chunks = writer.path, writer.shape, writer.chunks
-        self.probabilities = writer.probabilities
+        self.probabilities, self.uncertainty = writer.probabilities, writer.uncertainty
 
-    def write(self, start: Any, labels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
-        self.inner.write(start, self.class_map.decode(labels), probabilities)
+    def write(self, start: Any, labels: np.ndarray, probabilities: np.ndarray | None = None,
+              uncertainty: np.ndarray | None = None) -> None:
+        self.inner.write(start, self.class_map.decode(labels), probabilities, uncertainty)
 
     def done_rows(self, columns: Sequence[slice]) -> np.ndarray:
         return self.inner.done_rows(columns)
@@ -148,6 +154,7 @@ def open_slide(path: Path, output: Path, job: Any, *, output_format: str = "ome-
     """Check one big image against the model, compute its normalisation statistics (one streaming pass)
     and create (or, with ``resume``, reopen) the temporary output store (``store``: more of
     :class:`LabelZarrWriter`'s arguments; ``create=False``: no store, the writer is None)."""
+    _warn_postprocessing(path, job)
     with open_lazy(path) as lazy:
         lvl = choose_level(lazy, job.config.data.pixel_size) if level is None else int(level)
         if not 0 <= lvl < len(lazy.levels):
@@ -161,6 +168,7 @@ def open_slide(path: Path, output: Path, job: Any, *, output_format: str = "ome-
             "dtype": _label_dtype(job.class_map, job.engine.num_classes),
             "pixel_size": image.pixel_size(lvl),
             "probabilities": job.predictor.out_channels if job.probabilities else 0,
+            "uncertainty": 2 if job.uncertainty else 0,
             **(store or {}),
         }
         normalize = stream_normalizer(image, job.config.data, level=lvl)
@@ -173,8 +181,21 @@ def open_slide(path: Path, output: Path, job: Any, *, output_format: str = "ome-
     return setup, LabelZarrWriter(**args, resume=resume) if create else None
 
 
+def _warn_postprocessing(path: Path, job: Any) -> None:
+    """One line: a streamed slide is not post-processed (its components are not known whole)."""
+    from unetseg.inference.api import postprocessing_of
+    from unetseg.postprocess.semantic import describe_step
+
+    steps = postprocessing_of(job.config)
+    if steps:
+        print(f"warning: {path}: streamed, so the checkpoint's post-processing ("
+              f"{'; '.join(describe_step(s) for s in steps)}) is not applied: it needs the whole image's "
+              "connected components", file=sys.stderr)
+
+
 def _grid_store(final: dict[str, Any], shape: tuple[int, ...], classes: int) -> dict[str, Any]:
-    """The model-grid store beside the output: every class's probability as float32 (exact), one level."""
+    """The model-grid store beside the output: every class's probability as float32 (exact), one level
+    (and the uncertainty map, float32, when the output has one)."""
     out = Path(final["path"])
     px = final["pixel_size"]
     if px is not None:
@@ -182,7 +203,8 @@ def _grid_store(final: dict[str, Any], shape: tuple[int, ...], classes: int) -> 
     path = out.with_name(f".{out.name.lstrip('.')}.model-grid")
     dtype = "uint8" if classes <= 256 else "uint16"  # its labels are not used; they must fit
     return {"path": str(path), "shape": shape, "dtype": dtype, "levels": 1, "probabilities": classes,
-            "prob_dtype": "float32", "pixel_size": px}
+            "prob_dtype": "float32", "pixel_size": px, "uncertainty": final.get("uncertainty", 0),
+            "unc_dtype": "float32"}
 
 
 def predict_rows(setup: SlideSetup, job: Any, writer: LabelZarrWriter | None = None, *,
@@ -239,11 +261,17 @@ def _back_to_image_grid(writer: LabelZarrWriter | None, setup: SlideSetup,
     probs = RegriddedProbabilities(zarr.open_array(str(grid_store / "probabilities" / "0"), mode="r"),
                                    setup.final["shape"])
     final = LabelZarrWriter(**setup.final)
+    maps = None
+    if final.uncertainty:  # linear, not renormalised
+        maps = RegriddedProbabilities(zarr.open_array(str(grid_store / "uncertainty" / "0"), mode="r"),
+                                      setup.final["shape"], normalise=False)
     out: ChunkWriter = final if class_map is None else _Decoded(final, class_map)
     index = np.uint8 if probs.shape[0] <= 256 else np.uint16
     for box in itertools.product(*(range(0, n, c) for n, c in zip(final.shape, final.chunks, strict=True))):
-        p = probs[(slice(None), *(slice(a, a + c) for a, c in zip(box, final.chunks, strict=True)))]
-        out.write(box, p.argmax(axis=0).astype(index), p if final.probabilities else None)
+        region = (slice(None), *(slice(a, a + c) for a, c in zip(box, final.chunks, strict=True)))
+        p = probs[region]
+        extra = [maps[region]] if maps is not None else []
+        out.write(box, p.argmax(axis=0).astype(index), p if final.probabilities else None, *extra)
     shutil.rmtree(grid_store, ignore_errors=True)
     return final
 

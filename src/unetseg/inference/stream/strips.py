@@ -169,7 +169,8 @@ def _predicted(rows: np.ndarray | None) -> np.ndarray:
 
 class BlockSink:
     """Finished rows of one strip -> whole chunk rows of the writer -> the writer thread; blocks the writer
-    holds complete already (resume) are dropped."""
+    holds complete already (resume) are dropped. Each piece carries its labels and, when the writer stores
+    them, its probabilities and its uncertainty map (channels first)."""
 
     def __init__(self, writer: ChunkWriter, shape: tuple[int, ...], strip: Strip, done: np.ndarray,
                  out: Any) -> None:
@@ -178,14 +179,16 @@ class BlockSink:
         self.height, self.origin = shape[0], tuple(a for a, _ in strip.own)
         self.done, self.out = done, out
         self.probabilities = int(writer.probabilities)
-        self.pieces: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []
+        self.uncertainty = int(writer.uncertainty)
+        self.pieces: list[tuple[int, int, np.ndarray | None, tuple[np.ndarray | None, ...]]] = []
         self.start = self.written = 0
 
     def wanted(self, lo: int, hi: int) -> bool:
         return not bool(self.done[lo:hi].all())
 
-    def push(self, lo: int, hi: int, labels: np.ndarray | None, probs: np.ndarray | None) -> None:
-        self.pieces.append((lo, hi, labels, probs))
+    def push(self, lo: int, hi: int, labels: np.ndarray | None, probs: np.ndarray | None,
+             uncertainty: np.ndarray | None = None) -> None:
+        self.pieces.append((lo, hi, labels, (probs, uncertainty)))
         while self.pieces:
             end = min(self.start + self.step, self.height) if self.step else hi
             if hi < end:
@@ -194,20 +197,22 @@ class BlockSink:
 
     def _emit(self, end: int) -> None:
         parts, rest = [], []
-        for lo, hi, lab, pr in self.pieces:
+        for lo, hi, lab, maps in self.pieces:
             if lo >= end:
-                rest.append((lo, hi, lab, pr))
+                rest.append((lo, hi, lab, maps))
                 continue
             cut = min(hi, end) - lo
-            parts.append((lab, pr, cut))
+            parts.append((lab, maps, cut))
             if hi > end:
                 rest.append((end, hi, None if lab is None else lab[cut:],
-                             None if pr is None else pr[:, cut:]))
+                             tuple(None if m is None else m[:, cut:] for m in maps)))
         self.pieces = rest
         if not self.done[self.start]:
             labels = np.concatenate([_predicted(lab)[:n] for lab, _, n in parts])
-            probs = (np.concatenate([_predicted(pr)[:, :n] for _, pr, n in parts], axis=1)
-                     if self.probabilities else None)
-            self.out.put(((self.start, *self.origin), labels, probs))
+            wanted = (self.probabilities, self.uncertainty)
+            joined = [np.concatenate([_predicted(m[k])[:, :n] for _, m, n in parts], axis=1) if want else None
+                      for k, want in enumerate(wanted)]
+            extra = joined if self.uncertainty else joined[:1]  # writers without uncertainty take 3 arguments
+            self.out.put(((self.start, *self.origin), labels, *extra))
             self.written += end - self.start
         self.start = end
