@@ -13,7 +13,7 @@ import torch
 import unetseg
 from inference.helpers import tiny_config, tiny_model
 from reliability.helpers import assert_refused, run_inprocess
-from unetseg.checkpoint import load_checkpoint, package_version, save_checkpoint
+from unetseg.checkpoint import load_checkpoint, package_version, read_config, save_checkpoint
 from unetseg.data.normalize import normalize
 from unetseg.io.images import read_image, read_mask
 from unetseg.models import min_valid_input_size, valid_border
@@ -44,8 +44,11 @@ def test_package_is_spec_05_with_unetseg_architecture_and_onnx(exported):
     assert w.onnx.opset_version >= 17 and w.onnx.parent == w.torchscript.parent == "pytorch_state_dict"
     arch = w.pytorch_state_dict.architecture
     assert (arch.import_from, arch.callable) == ("unetseg.models.probabilities", "class_probabilities")
-    assert arch.kwargs == {"name": "unet", "spatial_dims": 2, "in_channels": 1, "num_classes": 2,
-                           "base_channels": 4, "depth": 2}
+    kwargs = dict(arch.kwargs)
+    # the run's calibration goes into the network's softmax, so Fiji/QuPath see unetseg's probabilities
+    assert kwargs.pop("temperature", 1.0) == read_config(exported[1]).infer.temperature
+    assert kwargs == {"name": "unet", "spatial_dims": 2, "in_channels": 1, "num_classes": 2,
+                      "base_channels": 4, "depth": 2}
     with zipfile.ZipFile(exported[2]) as zf:
         assert f"unetseg=={package_version()}" in zf.read("environment.yaml").decode()
         state = torch.load(zf.open("weights.pt"), weights_only=True)  # a plain tensor dict: no pickled code
@@ -73,7 +76,8 @@ def test_axes_sizes_preprocessing_and_test_tensors_follow_the_run(exported):
         x, y = np.load(zf.open("test_input.npy")), np.load(zf.open("test_output.npy"))
     model, config = load_checkpoint(run)
     with torch.no_grad():
-        want = ClassProbabilities(model.eval())(torch.from_numpy(normalize(x[0], config.data))[None]).numpy()
+        want = ClassProbabilities(model.eval(), config.infer.temperature)(
+            torch.from_numpy(normalize(x[0], config.data))[None]).numpy()
     np.testing.assert_allclose(y, want, atol=1e-6)
     assert x.shape == (1, 1, 64, 64) and np.allclose(y.sum(1), 1.0, atol=1e-5)
 

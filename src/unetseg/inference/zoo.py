@@ -224,10 +224,13 @@ def _torch_model(package: Path, weights: Path, kwargs: dict[str, Any], wrapped: 
     from unetseg.validate import check_config
 
     state = read_state_dict(weights, package)
+    kwargs = dict(kwargs)
+    temperature = kwargs.pop("temperature", 1.0) if wrapped else 1.0  # class_probabilities' own argument
     try:
         with torch.device("meta"):  # the shapes first: a stranger's arguments allocate nothing yet
             skeleton = build_model(**kwargs)
-            config = own if own is not None else check_config(derived_config(descr, skeleton, kwargs),
+            config = own if own is not None else check_config(derived_config(descr, skeleton, kwargs,
+                                                                             temperature),
                                                               str(package), trained=True)
         _check_shapes(with_probabilities(skeleton) if wrapped else skeleton, state, package)
         net = build_model(**kwargs)
@@ -293,7 +296,8 @@ def graph_facts(path: Path) -> tuple[bool | None, bool]:
     return (True if last is not None and last.op_type in ("Softmax", "Sigmoid") else None), single
 
 
-def derived_config(descr: Any, geometry: Any, kwargs: dict[str, Any] | None = None) -> Config:
+def derived_config(descr: Any, geometry: Any, kwargs: dict[str, Any] | None = None,
+                   temperature: Any = 1.0) -> Config:
     """The config of a package unetseg did not make: its network (unetseg's, built from ``kwargs``, or the
     package's :class:`TensorLayout`), its preprocessing as normalisation steps, class indices as the class
     values, and a tile of about 256 (2D) / 96 (3D) pixels per axis that the network takes."""
@@ -319,4 +323,5 @@ def derived_config(descr: Any, geometry: Any, kwargs: dict[str, Any] | None = No
     tile = [int(t) for t in geometry.valid_input_size(tuple(
         -(-w // d) * d for w, d in zip(want, geometry.divisors, strict=True)))]
     cfg.data.patch_size, cfg.infer.tile = tile, tile
+    cfg.infer.temperature = float(temperature)  # validated by the schema: a positive finite number
     return cfg

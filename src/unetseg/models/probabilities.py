@@ -34,9 +34,10 @@ class ClassProbabilities(nn.Module):
     """``net`` followed by :func:`to_probabilities` (a deep-supervision list: its full-resolution head).
     The geometry the exporters read (spatial dims, channels, divisors, valid sizes) is the network's."""
 
-    def __init__(self, net: SegmentationModel) -> None:
+    def __init__(self, net: SegmentationModel, temperature: float = 1.0) -> None:
         super().__init__()
         self.net = net
+        self.temperature = float(temperature)  # the run's calibration (infer.temperature), in the graph
         self.spatial_dims: int = net.spatial_dims
         self.in_channels: int = net.in_channels
         self.num_classes: int = max(2, net.num_classes)
@@ -56,19 +57,24 @@ class ClassProbabilities(nn.Module):
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """The network's padded core, then probabilities (per pixel, so cropping after is the same as
         before): lets the TorchScript export pad at run time as it does for the bare network."""
-        return to_probabilities(self._last(self.net.forward_padded(x)).float())
+        return to_probabilities(self._scaled(self._last(self.net.forward_padded(x))))
+
+    def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return logits / self.temperature if self.temperature != 1.0 else logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_probabilities(self._last(self.net(x)).float())
+        return to_probabilities(self._scaled(self._last(self.net(x))))
 
 
-def with_probabilities(net: nn.Module) -> ClassProbabilities:
-    """One of unetseg's networks giving class probabilities."""
+def with_probabilities(net: nn.Module, temperature: float = 1.0) -> ClassProbabilities:
+    """One of unetseg's networks giving class probabilities (of ``logits / temperature``)."""
     if not isinstance(net, SegmentationModel):
         raise ConfigError(f"{type(net).__name__} is not one of unetseg's architectures")
-    return ClassProbabilities(net)
+    return ClassProbabilities(net, temperature)
 
 
-def class_probabilities(name: str, **kwargs: Any) -> ClassProbabilities:
-    """``build_model(name, **kwargs)`` giving class probabilities (see the module doc)."""
-    return with_probabilities(build_model(name, **kwargs))
+def class_probabilities(name: str, temperature: float = 1.0, **kwargs: Any) -> ClassProbabilities:
+    """``build_model(name, **kwargs)`` giving class probabilities (see the module doc); ``temperature``:
+    the run's calibration, applied before the softmax."""
+    return with_probabilities(build_model(name, **kwargs), temperature)

@@ -152,7 +152,9 @@ def _scale(scales: list[float] | None, unit: str | None, k: int) -> dict[str, An
 
 def architecture(config: Config) -> dict[str, Any]:
     """The ``pytorch_state_dict`` architecture: unetseg's callable and the registry's keyword arguments."""
-    kwargs = {"name": config.model.name, **config.model.build_kwargs()}
+    kwargs: dict[str, Any] = {"name": config.model.name, **config.model.build_kwargs()}
+    if config.infer.temperature != 1.0:  # the calibration, inside the network's softmax
+        kwargs["temperature"] = config.infer.temperature
     return {"callable": CALLABLE, "import_from": ARCHITECTURE_MODULE, "kwargs": kwargs}
 
 

@@ -194,7 +194,7 @@ def _export(checkpoint: str | Path, output: Path, authors: list[str] | None, lic
     describe.preprocessing(config)  # refuses a normalisation the spec cannot express, before any work
     name = check_name(name) if name else default_name(config)
     model, config = load_checkpoint(folder, "cpu")
-    wrapped = with_probabilities(model.float().eval()).eval()
+    wrapped = with_probabilities(model.float().eval(), config.infer.temperature).eval()
     config = with_inference_defaults(config)
     ensure_dir(output.parent, "--output")
     with tempfile.TemporaryDirectory(prefix="unetseg-package-") as tmp:
