@@ -6,6 +6,8 @@
   drawn from (nested). The issue asked for 5, 10 and 20 images: this share of DSB has 9 such images, so the
   subsets stop at 5. For each subset, ``train --init-from SOURCE`` and ``train`` from scratch get the same
   minutes; the source model as it is (zero-shot) is the third line.
+* ``dsbfluo``: the human-in-the-loop case, one modality: a source trained on 30 of the fluorescence images,
+  fine-tuned on 1, 3 and 5 other fluorescence images, 8 more as the test set.
 * ``em2drive``: another modality: a source trained on ISBI 2012 EM membranes (grey) is fine-tuned to DRIVE
   retinal vessels (RGB; the stem adapts grey -> RGB), against DRIVE from scratch, on 5 DRIVE images, 12 held
   out.
@@ -72,6 +74,21 @@ def split_dsb(work: Path) -> dict:
             "instances": root / "extra" / "instances",
             "note": f"source: {len(grey)} fluorescence images; new modality: {len(colour)} colour images "
                     f"({len(test)} test, subsets of a pool of {len(pool)})"}
+
+
+def split_dsb_fluo(work: Path) -> dict:
+    """The human-in-the-loop case: the same modality. A source trained on 30 of the fluorescence images is
+    fine-tuned on 1, 3 and 5 others; 8 more are the test set."""
+    root = SHARED / "dsb2018_stage1_test"
+    grey = [p for p in sorted((root / "images").glob("*.png")) if is_grey(p)]
+    rng = random.Random(1)
+    rng.shuffle(grey)
+    test, pool, source = sorted(grey[:8]), grey[8:13], grey[13:]
+    return {"source": link(source, work / "source_data"), "test": link(test, work / "test"),
+            "subsets": {n: link(pool[:n], work / f"train_{n}") for n in (1, 3, 5)},
+            "instances": root / "extra" / "instances",
+            "note": f"source: {len(source)} fluorescence images; new: 1-5 other fluorescence images, "
+                    f"{len(test)} test"}
 
 
 def split_em2drive(work: Path) -> dict:
@@ -147,19 +164,23 @@ def draw(results: dict, minutes: float) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    res = results["dsb"]
-    sizes = sorted({int(k.split("_")[1]) for k in res if k.startswith(("finetune_", "scratch_"))})
-    fig = Figure(figsize=(10, 4))
+    names = [n for n in ("dsbfluo", "dsb") if n in results]
+    titles = {"dsb": "fluorescence -> bright-field/H&E", "dsbfluo": "fluorescence -> other fluorescence"}
+    fig = Figure(figsize=(10, 4 * len(names)))
     FigureCanvasAgg(fig)
-    for ax, metric in zip(fig.subplots(1, 2), ("dice", "dsb"), strict=True):
-        for arm, style in (("finetune", "o-"), ("scratch", "s--")):
-            ax.plot(sizes, [res[f"{arm}_{n}"][metric] for n in sizes], style,
-                    label=f"{arm} ({minutes:g} min)")
-        ax.axhline(res["zero_shot"][metric], color="grey", ls=":", label="source model, zero-shot")
-        ax.set(xlabel="training images of the new modality", ylabel=f"{metric} (4 held-out images)",
-               title=f"DSB2018 bright-field/H&E: {metric}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for row, name in zip(axes, names, strict=True):
+        res = results[name]
+        sizes = sorted({int(k.split("_")[1]) for k in res if k.startswith(("finetune_", "scratch_"))})
+        for ax, metric in zip(row, ("dice", "dsb"), strict=True):
+            for arm, style in (("finetune", "o-"), ("scratch", "s--")):
+                ax.plot(sizes, [res[f"{arm}_{n}"][metric] for n in sizes], style,
+                        label=f"{arm} ({minutes:g} min)")
+            ax.axhline(res["zero_shot"][metric], color="grey", ls=":", label="source model, zero-shot")
+            ax.set(xlabel="training images of the new set", ylabel=f"{metric} (held-out images)",
+                   title=f"DSB2018 {titles[name]}: {metric}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(PICTURE, dpi=90)
 
@@ -198,7 +219,7 @@ def main() -> None:
     args = ap.parse_args()
     stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() and not args.no_write else {}
     results = stored.get("results", {})
-    splits = {"dsb": split_dsb, "em2drive": split_em2drive}
+    splits = {"dsb": split_dsb, "dsbfluo": split_dsb_fluo, "em2drive": split_em2drive}
     for name in args.datasets:
         run_dataset(name, splits[name](args.work / name / "data"), args.work / name, args, results)
     notes = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "minutes": args.minutes,
@@ -208,7 +229,7 @@ def main() -> None:
     if args.no_write:
         return
     RESULTS.write_text(json.dumps({"results": results, "notes": notes}, indent=2) + "\n")
-    if "dsb" in results:
+    if {"dsb", "dsbfluo"} & set(results):
         draw(results, args.minutes)
     md = REPO / "BENCHMARKS.md"
     start, end = "<!-- finetune:start -->", "<!-- finetune:end -->"
