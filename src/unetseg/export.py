@@ -47,7 +47,7 @@ from unetseg.checkpoint import (
 from unetseg.config import Config, config_from_dict
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
-from unetseg.inference.engines import OnnxEngine, ensemble_config, load_torchscript, mean_log_probs
+from unetseg.inference.engines import OnnxEngine, ensemble_config, load_torchscript, mean_log_probs, scaled
 from unetseg.models.sizes import same_padding
 
 if TYPE_CHECKING:
@@ -104,9 +104,11 @@ class EnsembleModule(nn.Module):
     (:func:`~unetseg.inference.engines.mean_log_probs`, as
     :class:`~unetseg.inference.engines.EnsembleEngine` returns them), with the first member's geometry."""
 
-    def __init__(self, members: Sequence[SegmentationModel]) -> None:
+    def __init__(self, members: Sequence[SegmentationModel],
+                 temperatures: Sequence[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.temperatures = [float(t) for t in (temperatures or [1.0] * len(members))]  # as EnsembleEngine
         first = members[0]
         self.spatial_dims, self.in_channels, self.num_classes = (first.spatial_dims, first.in_channels,
                                                                  first.num_classes)
@@ -122,10 +124,12 @@ class EnsembleModule(nn.Module):
         return tuple(self._member(0).output_size(tuple(size)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mean_log_probs([_last(m(x)) for m in self.members])
+        return mean_log_probs([scaled(_last(m(x)), t) for m, t in zip(self.members, self.temperatures,
+                                                                        strict=True)])
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return mean_log_probs([_last(self._member(i).forward_padded(x)) for i in range(len(self.members))])
+        return mean_log_probs([scaled(_last(self._member(i).forward_padded(x)), t)
+                               for i, t in enumerate(self.temperatures)])
 
 
 if TYPE_CHECKING:
@@ -146,7 +150,9 @@ def load_model(checkpoint: str | Path, folds: list[int] | tuple[int, ...] | None
     loaded = [load_checkpoint(path, "cpu") for _, path in members]
     config = ensemble_config([c for _, c in loaded], [p for _, p in members])
     models = [m for m, _ in loaded]
-    return (models[0] if len(models) == 1 else EnsembleModule(models)), config
+    if len(models) == 1:
+        return models[0], config
+    return EnsembleModule(models, [c.infer.temperature for _, c in loaded]), config
 
 
 # ---------------------------------------------------------------------------------------------- ONNX

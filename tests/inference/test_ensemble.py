@@ -157,3 +157,27 @@ def test_an_ensemble_predicts_on_dask_workers(tmp_path):
     assert len(cluster.done) == 2 and cluster.model_loads == 1
     for p in map(Path, single.written):
         assert (tmp_path / "cluster" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_each_member_keeps_its_own_calibration_and_the_folds_agreeing_post_processing(tmp_path):
+    from unetseg.config.schema import PostprocessStep
+    from unetseg.inference.engines import consensus_postprocess
+
+    run = fold_run(tmp_path / "run", [1, 2])
+    for k, (temperature, size) in enumerate([(2.0, 10), (0.5, 30)]):
+        cfg = tiny_config(num_classes=3)
+        cfg.infer.temperature = temperature
+        cfg.infer.postprocess = [PostprocessStep(classes=[1], op="min_size", size=size, gain=0.01),
+                                 *([PostprocessStep(classes=[2], op="largest", gain=0.02)] if k else [])]
+        save_checkpoint(run / f"fold_{k}" / "best", tiny_model(cfg, k + 1), cfg)
+    members = [unetseg.load(run / f"fold_{k}", precision="fp32", tile=(16, 16)) for k in range(2)]
+    ensemble = unetseg.load(run, precision="fp32", tile=(16, 16))
+    image = _image(2)
+    # the mean of the members' calibrated probabilities (each at its own temperature), not of raw ones
+    want = np.mean([m.predict_proba(image) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.predict_proba(image), want, rtol=0, atol=2e-6)
+    assert ensemble.config.infer.temperature == 1.0
+    # only the step both folds chose, at the median size
+    [step] = ensemble.config.infer.postprocess
+    assert (step.classes, step.op, step.size) == ([1], "min_size", 20)
+    assert consensus_postprocess([[step], []]) == []

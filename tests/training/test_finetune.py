@@ -156,3 +156,19 @@ def test_open_source_refuses_a_cascade_second_stage(tmp_path):
                                                      depth=2), cfg)
     with pytest.raises(ConfigError, match="first stage"):
         open_source(tmp_path / "c")
+
+
+def test_a_fine_tune_that_only_gets_worse_keeps_the_source_as_its_best(source, sets):
+    """The source's score on the new validation images is the one to beat: a learning rate that wrecks the
+    network leaves RUN/best as the source, tensor for tensor."""
+    torch.manual_seed(2)
+    cfg = _config(sets / "new", sets / "wrecked", 6, init_from=str(source), lr=50.0, grad_clip=None)
+    cfg.train.epochs = 2
+    run = train(cfg, quiet=True)
+    best = json.loads((run / "best" / ckpt.CONFIG_FILE).read_text())["metrics"]
+    assert best["source"] is True and best["epoch"] == 0
+    before = ckpt.read_weights(ckpt.find_checkpoint(source) / ckpt.MODEL_FILE)
+    kept = ckpt.read_weights(run / "best" / ckpt.MODEL_FILE)
+    assert all(torch.equal(before[k], kept[k]) for k in before)
+    last = ckpt.read_weights(run / "last" / ckpt.MODEL_FILE)
+    assert any(not torch.equal(before[k], last[k]) for k in before)  # training did move the weights

@@ -43,6 +43,7 @@ from unetseg.checkpoint import (
     unwrap,
 )
 from unetseg.config import Config
+from unetseg.config.schema import PostprocessStep
 from unetseg.errors import CheckpointError, ConfigError, UnetsegError, first_line
 from unetseg.inference.zoo_spec import TensorLayout
 from unetseg.runtime import (
@@ -292,12 +293,18 @@ def mean_log_probs(logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(torch.log_softmax(z, dim=2), dim=0) - math.log(len(logits))
 
 
+def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits divided by a member's temperature (1: as they are)."""
+    return logits if temperature == 1.0 else logits.float() / temperature
+
+
 class EnsembleEngine(Engine):
     """Several engines of one geometry as one: each runs on the batch and the output is
     :func:`mean_log_probs` of theirs, so tiling, TTA, streaming and Dask workers need nothing of their own
     (a worker that loads a K-fold run holds the whole ensemble). ``folds``: which folds the members are."""
 
-    def __init__(self, members: list[Engine], folds: list[int] | None = None) -> None:
+    def __init__(self, members: list[Engine], folds: list[int] | None = None,
+                 temperatures: list[float] | None = None) -> None:
         first = members[0]
         for m in members[1:]:
             if (m.spatial_dims, m.in_channels, m.num_classes, m.divisors) != (
@@ -307,6 +314,9 @@ class EnsembleEngine(Engine):
         if any(m.previous is not None or m.prior_channels for m in members):
             raise CheckpointError("an ensemble of cascades is not supported")
         self.members, self.folds = list(members), list(folds or range(len(members)))
+        # each member's own calibration (its infer.temperature, fitted on the fold it did not see), applied
+        # before the mean: the ensemble averages calibrated probabilities and needs no temperature of its own
+        self.temperatures = list(temperatures or [1.0] * len(members))
         self.device, self.divisors = first.device, first.divisors
         self.spatial_dims, self.in_channels = first.spatial_dims, first.in_channels
         self.num_classes = first.num_classes
@@ -318,7 +328,7 @@ class EnsembleEngine(Engine):
         return self.members[0].valid_input_size(size)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return mean_log_probs([m(x) for m in self.members])
+        return mean_log_probs([scaled(m(x), t) for m, t in zip(self.members, self.temperatures, strict=True)])
 
 
 # what the members of an ensemble must share: their inputs, classes and grid
@@ -347,7 +357,27 @@ def ensemble_config(configs: list[Config], paths: list[Path]) -> Config:
     if config.data.task == "instances":
         for key in WATERSHED_KEYS:
             setattr(config.infer, key, float(np.median([getattr(c.infer, key) for c in configs])))
+    config.infer.temperature = 1.0  # each member's is applied inside the ensemble (EnsembleEngine)
+    config.infer.postprocess = consensus_postprocess([c.infer.postprocess for c in configs])
     return config
+
+
+def consensus_postprocess(chosen: list[list[PostprocessStep]]) -> list[PostprocessStep]:
+    """An ensemble's post-processing from its members' (each chosen on the fold it did not see): a step
+    every member chose (same classes and operation), with the median of their sizes and the mean of their
+    gains; a step only some folds found useful is left out, as a step that does not help is."""
+    if not chosen or any(not c for c in chosen):
+        return []
+    out = []
+    for step in chosen[0]:
+        same = [[s for s in c if s.classes == step.classes and s.op == step.op] for c in chosen]
+        if all(same):
+            sizes = [m[0].size for m in same if m[0].size is not None]
+            gains = [m[0].gain for m in same if m[0].gain is not None]
+            out.append(step.model_copy(update={
+                "size": int(np.median(sizes)) if sizes else None,
+                "gain": float(np.mean(gains)) if gains else None}))
+    return out
 
 
 def load_ensemble(run: str | Path, folds: list[int] | tuple[int, ...] | None, device: str | torch.device,
@@ -359,7 +389,8 @@ def load_ensemble(run: str | Path, folds: list[int] | tuple[int, ...] | None, de
     config = ensemble_config([c for _, c in loaded], [p for _, p in members])
     if len(loaded) == 1:
         return loaded[0][0], config
-    return EnsembleEngine([e for e, _ in loaded], [k for k, _ in members]), config
+    return EnsembleEngine([e for e, _ in loaded], [k for k, _ in members],
+                          [c.infer.temperature for _, c in loaded]), config
 
 
 def _import_ort() -> Any:

@@ -19,7 +19,7 @@ from unetseg.errors import ConfigError
 from unetseg.planning.rules import Decision
 
 # data options that belong to the model (how its inputs were scaled), taken from the source
-DATA_KEYS = ("data.normalization", "data.percentiles", "data.window")
+DATA_KEYS = ("data.normalization", "data.percentiles", "data.window", "data.preprocessing")
 MODEL_KEYS = ("model.name", "model.spatial_dims", "model.base_channels", "model.depth")
 # model options the planner would otherwise choose; absent in the source means the architecture's default
 PLANNED_OPTIONS = ("channels", "norm", "strides", "kernels")
@@ -45,9 +45,6 @@ def open_source(path: str | Path) -> Source:
     if p.suffix.lower() in NOT_TRAINABLE:
         raise ConfigError(f"--init-from {p}: an exported model ({p.suffix}) holds no trainable weights; give "
                           "the run folder or checkpoint it was exported from")
-    if p.suffix.lower() == ".zip":
-        raise ConfigError(f"--init-from {p}: fine-tuning from a BioImage Model Zoo package is not supported "
-                          "yet; give a unetseg run folder or checkpoint")
     folder = ckpt.find_checkpoint(p)
     config = ckpt.read_config(folder)
     if config.data.prior_channels:

@@ -18,6 +18,30 @@ from unetseg.fileio import write_text
 from unetseg.planning.finetune import head_is_new, open_source
 from unetseg.training.runlog import RunLogger
 
+PACKAGE_SOURCE = "init_source"  # RUN/init_source: a BioImage Model Zoo package's network as a checkpoint
+
+
+def unpack_package(package: str | Path, folder: Path, resume: bool, main: bool) -> Path:
+    """``--init-from model.zip``: the network of a BioImage Model Zoo package of a unetseg architecture (ours,
+    or anyone's that names one; never the package's own code) saved as a checkpoint in ``folder`` (kept in
+    the run folder, so the run says what it started from). Packages whose weights only ONNX can run are
+    refused in one line: they hold no trainable network."""
+    import tempfile
+
+    from unetseg.errors import ConfigError
+    from unetseg.inference.zoo import open_package
+
+    if resume and (folder / ckpt.MODEL_FILE).is_file():
+        return folder
+    if main:
+        with tempfile.TemporaryDirectory(prefix="unetseg-package-") as tmp:
+            pkg = open_package(package, Path(tmp))
+        if pkg.module is None:
+            raise ConfigError(f"--init-from {package}: its network is another tool's ONNX graph; fine-tuning "
+                              "needs a package of a unetseg architecture (pytorch_state_dict)")
+        ckpt.save_checkpoint(folder, pkg.module, pkg.config)
+    return folder
+
 
 def start_from(model: torch.nn.Module, cfg: Config, run: Path, log: RunLogger, main: bool) -> set[str]:
     """Copy the source's tensors into ``model`` where they fit (the stem adapted to other image channels where

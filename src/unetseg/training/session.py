@@ -12,12 +12,14 @@ from unetseg import checkpoint as ckpt
 from unetseg.config import Config
 from unetseg.data.splits import check_groups
 from unetseg.errors import CheckpointError, TrainingError
+from unetseg.inference.zoo import is_package
 from unetseg.planning.finetune import adopt, check_conflicts, open_source
 from unetseg.planning.plan import FoldBudget
 from unetseg.runtime import configure_process, resolve_device
 from unetseg.training import crossval
 from unetseg.training.cascade import plan_cascade, second_stage
 from unetseg.training.distributed import DistInfo, broadcast_object, cleanup, init_distributed, synchronize
+from unetseg.training.finetune import PACKAGE_SOURCE, unpack_package
 from unetseg.training.interrupt import Termination, caused_by_ctrl_c, termination
 from unetseg.training.probe import Trial, run_probe
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message, open_run, write_plan
@@ -60,17 +62,21 @@ def train(
         raise TrainingError("train needs an output folder (--out RUN / train.out)")
     check_groups(cfg.data)  # every image has a group, before any image is read
     crossval.check_request(cfg)
-    if cfg.train.init_from and not resume:  # a fine-tune's source is checked before any data is read
-        source = open_source(cfg.train.init_from)
-        check_conflicts(cfg, given or set(), source)
-        if given is None:  # unplanned: the source's architecture all the same
-            adopt(cfg, set(), source)
+    package = cfg.train.init_from if cfg.train.init_from and is_package(cfg.train.init_from) else None
+    if cfg.train.init_from and not resume and package is None:  # checked before any data is read
+        _adopt_source(cfg, given)
     info, device = init_distributed(resolve_device(cfg.train.device))
     run, caller_rng = None, rng_state()  # the run seeds the global RNGs; the caller gets its own back
     try:
         inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
         run = open_run(cfg.train.out, resume=resume, overwrite=overwrite, inputs=inputs, main=info.is_main)
         synchronize(info)  # every rank has checked --out before rank 0 writes into it
+        if package is not None:  # a bioimage.io package: its network as a checkpoint in the run folder
+            unpacked = unpack_package(package, run.path / PACKAGE_SOURCE, resume, info.is_main)
+            cfg.train.init_from = str(unpacked)
+            synchronize(info)
+            if not resume:
+                _adopt_source(cfg, given)
         configure_process(device)
         if crossval.requested(cfg, run.path, resume):
             with termination(cancel) as stop:
@@ -109,6 +115,15 @@ def train(
     finally:
         set_rng_state(caller_rng)
         cleanup(info)
+
+
+def _adopt_source(cfg: Config, given: set[str] | None) -> None:
+    """A fine-tune's source, refused in one line when it cannot start this run; without a plan, its
+    architecture set on ``cfg`` (the planner does it with reasons)."""
+    source = open_source(str(cfg.train.init_from))
+    check_conflicts(cfg, given or set(), source)
+    if given is None:
+        adopt(cfg, set(), source)
 
 
 def _has_checkpoint(run: Path) -> bool:

@@ -149,6 +149,9 @@ class Trainer:
             self._init_from(init)
         elif cfg.train.init_from:
             self.copied = start_from(self.model, cfg, self.run, self.log, info.is_main)
+            whole = self.copied == set(self.model.state_dict())
+            if whole and self.data.val_cases and start is None:
+                self._score_source()
         self.frozen = FrozenEncoder(self.model, self.copied, cfg.train.freeze_encoder)
         if start is not None and found is not None:
             # the clock counts every trial of the probe; best and patience are this run's own
@@ -212,6 +215,35 @@ class Trainer:
             self.log.log(f"{folder}: another architecture; starting from new weights")
         else:
             self.log.log(f"weights from {folder}" + (f" ({', '.join(widened)} widened)" if widened else ""))
+
+    def _scored(self, per_class: np.ndarray, row: dict[str, Any], metrics: dict[str, Any]) -> float:
+        """The validation score that picks the best checkpoint (an instance model's: the DSB score of its
+        objects, with the watershed options the validation chose), written into ``row`` and ``metrics``."""
+        if self.cfg.data.task == "instances":  # [foreground Dice, DSB score, AP@0.5]: the DSB score rules
+            for key, value in self.validator.chosen.items():  # saved with the checkpoints
+                setattr(self.cfg.infer, key, value)
+                metrics[f"infer.{key}"] = value
+            score = float(per_class[1])
+            row["val_dice"], row["val_dsb"] = round(float(per_class[0]), 5), round(score, 5)
+        else:
+            score = float(np.mean(per_class[1:])) if len(per_class) > 1 else float(per_class[0])
+            row["val_dice"] = round(score, 5)
+        row["val_dice_per_class"] = " ".join(f"{d:.4f}" for d in per_class)
+        self.last_score = score
+        metrics.update(val_dice=score if "val_dsb" not in row else float(per_class[0]), val_score=score,
+                       val_dice_per_class=[float(d) for d in per_class])
+        return score
+
+    def _score_source(self) -> None:
+        """A fine-tune whose network is wholly the source's (no new stem or head): its score on the new
+        validation images is the one to beat, and ``RUN/best`` starts as the source, so a fine-tune that
+        only gets worse (a few unlike images, a checkpoint picked on one of them) ends with the source."""
+        row: dict[str, Any] = {}
+        metrics: dict[str, Any] = {"epoch": 0, "step": 0, "source": True}
+        self.best = self._scored(self.validator.run(self.model), row, metrics)
+        self.log.log(f"the source model scores {self.best:.4f} on the validation images: the score to beat")
+        if self.info.is_main:
+            self._save("best", metrics)
 
     def _training_state(self, minutes: float) -> dict[str, Any]:
         return {
@@ -390,19 +422,7 @@ class Trainer:
             t0 = time.monotonic()
             per_class = self.validator.run(self.model)
             self.val_minutes = (time.monotonic() - t0) / 60
-            if self.cfg.data.task == "instances":  # [foreground Dice, DSB score, AP@0.5]: the DSB score rules
-                for key, value in self.validator.chosen.items():  # saved with the checkpoints below
-                    setattr(self.cfg.infer, key, value)
-                    metrics[f"infer.{key}"] = value
-                score = float(per_class[1])
-                row["val_dice"], row["val_dsb"] = round(float(per_class[0]), 5), round(score, 5)
-            else:
-                score = float(np.mean(per_class[1:])) if len(per_class) > 1 else float(per_class[0])
-                row["val_dice"] = round(score, 5)
-            row["val_dice_per_class"] = " ".join(f"{d:.4f}" for d in per_class)
-            self.last_score = score
-            metrics.update(val_dice=score if "val_dsb" not in row else float(per_class[0]), val_score=score,
-                           val_dice_per_class=[float(d) for d in per_class])
+            score = self._scored(per_class, row, metrics)
             if self.log.trackers:
                 self.log.image(self.step, "validation", self.validator.preview(self.model))
             if score > self.best:
