@@ -36,6 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from _common import replace_section
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -147,14 +149,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 def write_section(md: Path, name: str, text: str) -> None:
     """Replace (or append) the block between this dataset's markers, leaving the rest of the file alone."""
-    start, end = f"<!-- calibration:{name}:start -->", f"<!-- calibration:{name}:end -->"
-    block = f"{start}\n{text}{end}"
-    old = md.read_text() if md.is_file() else "# Benchmarks\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    md.write_text(new)
+    replace_section(md, f"calibration:{name}", text)
 
 
 def main() -> None:

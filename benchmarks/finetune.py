@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import real_data
+from _common import replace_section
 from large_objects import machine, score
 
 HERE = Path(__file__).resolve().parent
@@ -231,12 +232,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({"results": results, "notes": notes}, indent=2) + "\n")
     if {"dsb", "dsbfluo"} & set(results):
         draw(results, args.minutes)
-    md = REPO / "BENCHMARKS.md"
-    start, end = "<!-- finetune:start -->", "<!-- finetune:end -->"
-    old = md.read_text()
-    block = f"{start}\n{text}\n{end}"
-    md.write_text(old[: old.index(start)] + block + old[old.index(end) + len(end):] if start in old
-                  else old.rstrip("\n") + "\n\n" + block + "\n")
+    replace_section(REPO / "BENCHMARKS.md", "finetune", text)
 
 
 if __name__ == "__main__":
