@@ -181,3 +181,19 @@ def test_each_member_keeps_its_own_calibration_and_the_folds_agreeing_post_proce
     [step] = ensemble.config.infer.postprocess
     assert (step.classes, step.op, step.size) == ([1], "min_size", 20)
     assert consensus_postprocess([[step], []]) == []
+
+
+def test_labels_with_probabilities_are_post_processed_as_predict_gives_them(tmp_path):
+    """``Segmenter.predict_with_proba`` (the napari widget's call): the labels of ``predict`` (here a
+    post-processing step that removes everything of class 1), the probabilities of ``predict_proba``."""
+    from unetseg.config.schema import PostprocessStep
+
+    cfg = tiny_config(num_classes=2)
+    cfg.infer.postprocess = [PostprocessStep(classes=[1], op="min_size", size=10**6)]
+    save_checkpoint(tmp_path / "m", tiny_model(cfg, 4), cfg)
+    seg = unetseg.load(tmp_path / "m", precision="fp32", tile=(16, 16))
+    image = _image(3)
+    labels, probs = seg.predict_with_proba(image)
+    np.testing.assert_array_equal(labels, seg.predict(image))
+    np.testing.assert_allclose(probs, seg.predict_proba(image), rtol=0, atol=1e-6)
+    assert (probs.argmax(0) == 1).any() and not (labels == 1).any()  # the step ran on the labels only

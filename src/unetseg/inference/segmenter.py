@@ -76,6 +76,15 @@ class Segmenter:
                               probabilities=probabilities, progress=progress)
         return [(out.labels, out.probabilities) for out in outs]
 
+    def predict_with_proba(self, image: Image, *, spacing: Sequence[float] | None = None,
+                           progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, probabilities)`` of a semantic model from one pass over the tiles: the labels as
+        :meth:`predict` gives them (post-processed as the model says), the probabilities as
+        :meth:`predict_proba`."""
+        labels, probs = self._run([image], spacing, probabilities=True, progress=progress)[0]
+        assert probs is not None  # asked for
+        return labels, probs
+
     def predict_proba(self, image: Image, *, spacing: Sequence[float] | None = None,
                       progress: Progress | None = None) -> np.ndarray:
         """Class probabilities ``(max(2, classes), *spatial)`` float32 at the image's size (``spacing``: a

@@ -108,7 +108,7 @@ def fine_tune_round(seg: Segmenter, corrections: Sequence[Correction], rounds: s
     model fine-tuned on them for ``minutes`` into ``round_NNN/run``."""
     if not corrections:
         raise ConfigError("no corrected images: paint the labels, then fine-tune")
-    if seg.source.suffix.lower() in (".onnx", ".pt", ".ts", ".zip"):
+    if seg.source.suffix.lower() in (".onnx", ".pt", ".ts"):  # a .zip of a unetseg architecture can
         raise ConfigError(f"{seg.source}: an exported model cannot be fine-tuned; load its run folder")
     folder = next_round(rounds)
     data = folder / "data"

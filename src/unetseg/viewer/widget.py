@@ -148,8 +148,7 @@ class SegmentWidget(QWidget):
         if seg.task == "instances":
             out["labels"], out["table"] = seg.predict_instances(x, progress=progress)
         elif want_probs:
-            out["probs"] = seg.predict_proba(x, progress=progress)
-            out["labels"] = np.argmax(out["probs"], axis=0).astype(np.uint8)
+            out["labels"], out["probs"] = seg.predict_with_proba(x, progress=progress)
         else:
             out["labels"] = seg.predict(x, progress=progress)
         return out
