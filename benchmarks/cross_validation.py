@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import replace_section  # noqa: E402
+from real_data import machine  # noqa: E402
+
 DATA_ROOT = REPO / ".." / "shared" / "datasets"
 DATASETS = {  # name -> (folder under ../shared/datasets, groups CSV inside it or None)
     "cvc": ("cvc_clinicdb_polyp", "extra/sequences.csv"),
@@ -81,15 +87,49 @@ def unetseg(args: list[str], log: Path, inprocess: bool) -> float:
     return (time.monotonic() - t0) / 60
 
 
-def test_dice(checkpoint: Path, test: Path, out: Path, inprocess: bool, folds: str | None = None) -> float:
-    extra = ["--folds", folds] if folds is not None else []
-    unetseg(["evaluate", "--checkpoint", str(checkpoint), "--data", str(test), "--out", str(out), *extra],
-            out.with_suffix(".log"), inprocess)
-    return float(json.loads(out.read_text())["mean_foreground_dice"])
+def evaluate(checkpoint: Path, test: Path, out: Path, inprocess: bool, folds: str | None = None,
+             extra: list[str] | None = None) -> dict[str, Any]:
+    """``unetseg evaluate`` on the test images: its JSON (Dice, calibration, uncertainty)."""
+    picks = ["--folds", folds] if folds is not None else []
+    unetseg(["evaluate", "--checkpoint", str(checkpoint), "--data", str(test), "--out", str(out), *picks,
+             *(extra or [])], out.with_suffix(".log"), inprocess)
+    return json.loads(out.read_text())
+
+
+def raw_twin(run: Path, folder: Path) -> Path:
+    """``run`` at temperature 1 and without post-processing (the same weights): a single model's best
+    checkpoint rewritten, or a K-fold run's folds (symlinked) with ``pooled`` set to nothing chosen."""
+    from unetseg.checkpoint import FOLDS_FILE, copy_checkpoint, read_config, read_metrics, rewrite_config
+
+    shutil.rmtree(folder, ignore_errors=True)
+    if (run / FOLDS_FILE).is_file():
+        folder.mkdir(parents=True)
+        record = json.loads((run / FOLDS_FILE).read_text())
+        record["pooled"] = {"temperature": 1.0, "postprocess": [], "fit": {}}
+        (folder / FOLDS_FILE).write_text(json.dumps(record))
+        for k in range(len(record["folds"])):
+            (folder / f"fold_{k}").symlink_to((run / f"fold_{k}").resolve())
+        return folder
+    twin = copy_checkpoint(run / "best", folder)
+    cfg = read_config(run / "best")
+    cfg.infer.temperature, cfg.infer.postprocess = 1.0, []
+    return rewrite_config(twin, cfg, read_metrics(run / "best"))
+
+
+def trust(done: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """What the held-out choices did on the test images: Dice and ECE without and with them, and how well
+    the uncertainty finds the errors."""
+    u = done.get("uncertainty") or {}
+    return {"dice_raw": raw["mean_foreground_dice"], "dice": done["mean_foreground_dice"],
+            "ece_raw": (raw.get("calibration") or {}).get("ece"),
+            "ece": (done.get("calibration") or {}).get("ece"),
+            "errors_found_auc": u.get("auc"), "errors_found_auc_best": u.get("auc_best"),
+            "errors_found_at_10pct": (u.get("found_at") or {}).get("0.1"),
+            "image_correlation": u.get("image_correlation")}
 
 
 def measure(name: str, data: Path, groups: Path | None, minutes: float, folds: int, work: Path,
-            extra: list[str], inprocess: bool) -> dict[str, Any]:
+            extra: list[str], inprocess: bool, evaluate_extra: list[str] | None = None) -> dict[str, Any]:
     """Train and score the folds and the single model of ``minutes`` on one dataset."""
     pool, test = split(data, groups, work / "split")
     run = work / f"{minutes:g}min"
@@ -101,17 +141,42 @@ def measure(name: str, data: Path, groups: Path | None, minutes: float, folds: i
                       inprocess)
     took_one = unetseg([*base, "--out", str(run / "single")], run / "single_train.log", inprocess)
     cv = json.loads((run / "cv" / "cv.json").read_text())
-    each = [test_dice(run / "cv", test, run / f"fold_{k}_test.json", inprocess, str(k)) for k in range(folds)]
+    ev = evaluate_extra or []
+    each = [evaluate(run / "cv", test, run / f"fold_{k}_test.json", inprocess, str(k), ev)
+            ["mean_foreground_dice"] for k in range(folds)]
+    ensemble = evaluate(run / "cv", test, run / "ensemble_test.json", inprocess, extra=ev)
+    ensemble_raw = evaluate(raw_twin(run / "cv", run / "cv_raw"), test, run / "ensemble_raw_test.json",
+                            inprocess, extra=ev)
+    single = evaluate(run / "single", test, run / "single_test.json", inprocess, extra=ev)
+    single_raw = evaluate(raw_twin(run / "single", run / "single_raw"), test, run / "single_raw_test.json",
+                          inprocess, extra=ev)
+    held = json.loads((run / "single" / "best" / "config.json").read_text())["metrics"].get("heldout") or {}
+    pooled = cv.get("pooled_fit") or {}
+    keys = ("images", "temperature", "temperature_fitted", "temperature_note", "ece_before", "ece_after",
+            "postprocess", "dice_gain")
     return {
         "dataset": name, "minutes": minutes, "folds": folds, "grouping": cv["grouping"],
         "pool": len(list((pool / "images").iterdir())), "test": len(list((test / "images").iterdir())),
         "cv_dice": cv["mean_foreground_dice"],
         "cv_per_fold": [f["mean_foreground_dice"] for f in cv["per_fold"]],
-        "test_ensemble": test_dice(run / "cv", test, run / "ensemble_test.json", inprocess),
-        "test_single": test_dice(run / "single", test, run / "single_test.json", inprocess),
+        "test_ensemble": ensemble["mean_foreground_dice"], "test_single": single["mean_foreground_dice"],
         "test_each_fold": each,
+        "pooled_oof_fit": {k: pooled.get(k) for k in keys},
+        "single_validation_fit": {k: held.get(k) for k in keys},
+        "ensemble_trust": trust(ensemble, ensemble_raw), "single_trust": trust(single, single_raw),
         "wall_minutes": {"cv": round(took_cv, 2), "single": round(took_one, 2)},
+        "machine": machine(),
     }
+
+
+def _f(v: Any, fmt: str = ".4f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _steps(fit: dict[str, Any]) -> str:
+    steps = fit.get("postprocess") or []
+    return "; ".join(f"{s['op']}{' ' + str(s['size']) if s.get('size') else ''} class "
+                     f"{'+'.join(map(str, s['classes']))}" for s in steps) or "none"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -125,7 +190,24 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['dataset']} | {r['minutes']:g} | {cv['mean']:.4f} ± {cv['sd'] or 0:.4f} "
                      f"(K={r['folds']}) | {r['test_ensemble']:.4f} | {sum(each) / len(each):.4f} | "
                      f"{r['test_single']:.4f} | {better} |")
-    return head + "\n".join(lines)
+    trust_head = ("\n\n| dataset | minutes | model | chosen on | temperature | post-processing (held-out "
+                  "Dice gain) | test Dice: raw -> post-processed | test ECE: T = 1 -> fitted T | errors "
+                  "found vs pixels checked: area (best) | errors in the 10% most uncertain pixels |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|\n")
+    trust_lines = []
+    for r in rows:
+        for model, fit, t, where in (("ensemble", r["pooled_oof_fit"], r["ensemble_trust"], "pooled OOF"),
+                                     ("single", r["single_validation_fit"], r["single_trust"], "validation")):
+            temp = _f(fit.get("temperature"), ".3g")
+            if fit.get("temperature_note"):
+                temp += f" (fit {_f(fit.get('temperature_fitted'), '.3g')} not kept)"
+            trust_lines.append(
+                f"| {r['dataset']} | {r['minutes']:g} | {model} | {where} ({fit.get('images')} images) | "
+                f"{temp} | {_steps(fit)} ({_f(fit.get('dice_gain'), '+.4f')}) | {_f(t['dice_raw'])} -> "
+                f"{_f(t['dice'])} | {_f(t['ece_raw'])} -> {_f(t['ece'])} | "
+                f"{_f(t['errors_found_auc'], '.3f')} ({_f(t['errors_found_auc_best'], '.3f')}) | "
+                f"{_f(t['errors_found_at_10pct'], '.1%')} |")
+    return head + "\n".join(lines) + trust_head + "\n".join(trust_lines)
 
 
 def smoke(work: Path) -> list[dict[str, Any]]:
@@ -135,7 +217,8 @@ def smoke(work: Path) -> list[dict[str, Any]]:
     data = make_dataset(work / "cells", n=12, size=(48, 48), kind="cells", seed=0)
     groups = work / "groups.csv"
     groups.write_text("".join(f"case_{i:03d},g{i // 2}\n" for i in range(12)))
-    return [measure("smoke", data, groups, 0, 2, work / "smoke", SMOKE, inprocess=True)]
+    return [measure("smoke", data, groups, 0, 2, work / "smoke", SMOKE, inprocess=True,
+                    evaluate_extra=["--device", "cpu", "--precision", "fp32"])]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -145,6 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-cross-validation")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic data, unplanned: the plumbing")
+    ap.add_argument("--markdown", type=Path, default=None,
+                    help="also write the tables between <!-- cross-validation:start/end --> in this file")
     args = ap.parse_args(argv)
     unknown = [d for d in args.datasets if d not in DATASETS]
     if unknown or not (args.datasets or args.smoke):
@@ -161,7 +246,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                     args.work / name, [], inprocess=False))
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "cross_validation.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(table(rows))
+    text = f"{table(rows)}\n\n{rows[0]['machine'] if rows else ''}\n"
+    print(text)
+    if args.markdown is not None:
+        replace_section(args.markdown, "cross-validation", text)
     return rows
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import shutil
@@ -228,6 +229,30 @@ def fold_checkpoints(run: str | Path,
         raise CheckpointError(f"{run}: fold(s) {left} have not finished; resume the run (train --resume)"
                               + pick)
     return [(k, find_checkpoint(run / f"fold_{k}")) for k in picks]
+
+
+@dataclass(frozen=True)
+class PooledChoices:
+    """What a K-fold run chose for its ensemble on all its out-of-fold predictions (``folds.json``'s
+    ``pooled``): one temperature for every member and the post-processing; None where it chose nothing (an
+    instance model, ``train.calibrate: false``, a value the user gave, a run that did not finish)."""
+
+    temperature: float | None = None
+    postprocess: list[dict[str, Any]] | None = None
+
+
+def pooled_choices(run: str | Path) -> PooledChoices:
+    """A K-fold run's :class:`PooledChoices` (empty when it has none)."""
+    path = Path(run) / FOLDS_FILE
+    try:
+        pooled = json.loads(path.read_text(encoding="utf-8")).get("pooled") or {}
+        temperature, steps = pooled.get("temperature"), pooled.get("postprocess")
+        if temperature is not None and not (math.isfinite(float(temperature)) and float(temperature) > 0):
+            raise ValueError(temperature)
+        return PooledChoices(None if temperature is None else float(temperature),
+                             None if steps is None else [dict(s) for s in steps])
+    except (OSError, ValueError, AttributeError, TypeError):
+        raise CheckpointError(f"{path}: damaged or unreadable K-fold record") from None
 
 
 def parse_config(text: str, source: str) -> Config:

@@ -42,6 +42,7 @@ from unetseg.checkpoint import (
     fold_checkpoints,
     is_fold_run,
     load_checkpoint,
+    pooled_choices,
     stage1_of,
 )
 from unetseg.config import Config, config_from_dict
@@ -148,11 +149,12 @@ def load_model(checkpoint: str | Path, folds: list[int] | tuple[int, ...] | None
         return load_checkpoint(checkpoint, "cpu")
     members = fold_checkpoints(checkpoint, folds)
     loaded = [load_checkpoint(path, "cpu") for _, path in members]
-    config = ensemble_config([c for _, c in loaded], [p for _, p in members])
+    config, temperatures = ensemble_config([c for _, c in loaded], [p for _, p in members],
+                                           pooled_choices(checkpoint))
     models = [m for m, _ in loaded]
     if len(models) == 1:
         return models[0], config
-    return EnsembleModule(models, [c.infer.temperature for _, c in loaded]), config
+    return EnsembleModule(models, temperatures), config
 
 
 # ---------------------------------------------------------------------------------------------- ONNX

@@ -104,3 +104,16 @@ def test_the_pixel_sample_is_deterministic_and_bounded() -> None:
     first = data[0][0].reshape(2, -1).T
     rows = {tuple(r) for r in first.astype(np.float32)}
     assert all(tuple(r) in rows for r in a.values[:100])
+
+
+def test_a_temperature_at_the_search_bound_is_not_kept() -> None:
+    # every held-out pixel right: the NLL falls all the way to the sharpest temperature the search allows,
+    # which says nothing about how sure the model should be on other images
+    truth = np.zeros((32, 32), np.int64)
+    truth[8:24, 8:24] = 1
+    probs = np.stack([np.where(truth == 1, 0.3, 0.7), np.where(truth == 1, 0.7, 0.3)]).astype(np.float16)
+    fit = fit_heldout([(probs, truth)], 2, postprocess=False)
+    assert fit.temperature_fitted == pytest.approx(0.05, rel=0.02)
+    assert fit.temperature == 1.0 and "search bound" in fit.temperature_note
+    assert fit.ece_after == fit.ece_before and fit.nll_after == fit.nll_before
+    assert fit.to_dict()["temperature_note"] == fit.temperature_note

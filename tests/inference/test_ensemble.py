@@ -18,6 +18,7 @@ from unetseg.export import export_model
 from unetseg.inference import TorchEngine, load_engine, predict_files
 from unetseg.inference.engines import EnsembleEngine, mean_log_probs
 from unetseg.inference.jobs.file import Routing
+from unetseg.inference.segmenter import Segmenter
 from unetseg.inference.tta import logits_to_probs
 from unetseg.io.images import read_mask
 
@@ -181,6 +182,42 @@ def test_each_member_keeps_its_own_calibration_and_the_folds_agreeing_post_proce
     [step] = ensemble.config.infer.postprocess
     assert (step.classes, step.op, step.size) == ([1], "min_size", 20)
     assert consensus_postprocess([[step], []]) == []
+
+
+def test_the_pooled_out_of_fold_choices_replace_the_members_own_and_one_fold_keeps_its_own(tmp_path):
+    from unetseg.config.schema import PostprocessStep
+
+    run = fold_run(tmp_path / "run", [1, 2])
+    for k, temperature in enumerate([2.0, 0.5]):
+        cfg = tiny_config(num_classes=3)
+        cfg.infer.temperature = temperature
+        cfg.infer.postprocess = [PostprocessStep(classes=[1], op="min_size", size=10, gain=0.01)]
+        save_checkpoint(run / f"fold_{k}" / "best", tiny_model(cfg, k + 1), cfg)
+    record = json.loads((run / "folds.json").read_text())
+    pooled_step = {"classes": [2], "op": "largest", "size": None, "gain": 0.03}
+    record["pooled"] = {"temperature": 3.0, "postprocess": [pooled_step], "fit": {}}
+    (run / "folds.json").write_text(json.dumps(record))
+    image = _image(5)
+    # every member at the pooled temperature: the same as members whose own temperature is 3
+    as_pooled = []
+    for k in range(2):
+        engine, cfg = load_engine(run / f"fold_{k}", "cpu", "fp32")
+        cfg.infer.temperature = 3.0
+        as_pooled.append(Segmenter(run, engine, cfg, tile=(16, 16)).predict_proba(image))
+    ensemble = unetseg.load(run, precision="fp32", tile=(16, 16))
+    np.testing.assert_allclose(ensemble.predict_proba(image), np.mean(as_pooled, axis=0), rtol=0, atol=2e-6)
+    [step] = ensemble.config.infer.postprocess
+    assert (step.classes, step.op, step.gain) == ([2], "largest", 0.03)  # the pooled choice, not the folds'
+    # one fold picked is that fold's model: its own temperature and post-processing
+    alone = unetseg.load(run, folds=[1], precision="fp32", tile=(16, 16))
+    own = unetseg.load(run / "fold_1", precision="fp32", tile=(16, 16))
+    assert alone.config.infer.temperature == 0.5 and alone.config.infer.postprocess[0].size == 10
+    np.testing.assert_allclose(alone.predict_proba(image), own.predict_proba(image), rtol=0, atol=1e-6)
+    # a damaged pooled record is one error, not a silent fallback
+    record["pooled"] = {"temperature": -1}
+    (run / "folds.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="folds.json"):
+        unetseg.load(run, precision="fp32")
 
 
 def test_labels_with_probabilities_are_post_processed_as_predict_gives_them(tmp_path):

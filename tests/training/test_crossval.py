@@ -17,9 +17,12 @@ import pytest
 
 import unetseg
 from reliability.helpers import assert_refused, run_inprocess
+from unetseg.calibration import fit_heldout
 from unetseg.config import Config
 from unetseg.data.synthetic import make_dataset
-from unetseg.inference.engines import EnsembleEngine
+from unetseg.evaluation.crossval import oof_pairs
+from unetseg.inference.engines import EnsembleEngine, load_engine
+from unetseg.inference.segmenter import Segmenter
 from unetseg.io.images import read_image, read_mask
 from unetseg.metrics import dice
 from unetseg.training import TrainingInterrupted, train
@@ -74,8 +77,9 @@ def test_folds_partition_whole_groups_and_every_case_has_its_out_of_fold_predict
             np.testing.assert_array_equal(labels, read_mask(cells_2d / "masks" / f"{stem}.png")[0] // 255)
             assert oof["spacing"].shape == (2,)
             image = read_image(cells_2d / "images" / f"{stem}.png")[0][0]
-            # predicted by the fold that held it out
-            np.testing.assert_allclose(probs, model.predict_proba(image), atol=2e-3)
+            # predicted by the fold that held it out, uncalibrated (the pooled fit's input)
+            np.testing.assert_allclose(probs, at_temperature(run / f"fold_{k}", 1.0).predict_proba(image),
+                                       atol=2e-3)
 
 
 def test_the_cv_report_means_are_the_folds_numbers(cv_run):
@@ -110,12 +114,35 @@ def test_the_cv_report_means_are_the_folds_numbers(cv_run):
     assert read.cv == cv and read.best == pytest.approx(np.mean(fg)) and len(read.metrics) == 2
 
 
+def at_temperature(folder: Path, temperature: float) -> Segmenter:
+    engine, cfg = load_engine(folder, "cpu", "fp32")
+    cfg.infer.temperature = temperature
+    return Segmenter(folder, engine, cfg)
+
+
+def test_the_ensemble_s_temperature_and_post_processing_are_chosen_on_all_out_of_fold_predictions(cv_run):
+    run, _ = cv_run
+    pooled = _record(run)["pooled"]
+    # nnU-Net's way: one choice on every training case, each predicted by the fold that did not see it
+    again = fit_heldout(oof_pairs(run), source="out-of-fold", seed=0)
+    assert pooled["fit"] == json.loads(json.dumps(again.to_dict()))
+    assert pooled["fit"]["images"] == 8 and pooled["fit"]["source"] == "out-of-fold"
+    assert pooled["temperature"] == again.temperature and pooled["postprocess"] == again.postprocess
+    assert json.loads((run / "cv.json").read_text())["pooled_fit"] == pooled["fit"]
+    assert "Chosen on the out-of-fold predictions" in (run / "cv.html").read_text()
+    assert "held-out calibration on 8 out-of-fold predictions" in (run / "log.txt").read_text()
+    ensemble = unetseg.load(run)
+    assert ensemble.engine.temperatures == [pooled["temperature"]] * 2
+    assert [s.model_dump() for s in ensemble.config.infer.postprocess] == pooled["postprocess"]
+
+
 def test_the_run_predicts_and_evaluates_as_the_ensemble_of_its_folds(cv_run, cells_2d, tmp_path, capsys):
     run, _ = cv_run
-    seg = unetseg.load(run)
+    seg = unetseg.load(run, precision="fp32")
     assert isinstance(seg.engine, EnsembleEngine) and seg.engine.folds == [0, 1]
     image = read_image(cells_2d / "images" / "case_000.png")[0][0]
-    want = np.mean([unetseg.load(run / f"fold_{k}").predict_proba(image) for k in range(2)], axis=0)
+    t = _record(run)["pooled"]["temperature"]  # every member at the pooled out-of-fold temperature
+    want = np.mean([at_temperature(run / f"fold_{k}", t).predict_proba(image) for k in range(2)], axis=0)
     np.testing.assert_allclose(seg.predict_proba(image), want, atol=1e-5)
     code, err = run_inprocess("evaluate", "--checkpoint", run, "--data", cells_2d, "--out",
                               tmp_path / "m.json", "--report", tmp_path / "r.html", capsys=capsys)
@@ -261,7 +288,13 @@ def test_the_benchmark_runs_end_to_end_in_its_smoke_mode(tmp_path, capsys):
     assert len(rows) == 1 and len(rows[0]["test_each_fold"]) == 2 and rows[0]["test"] >= 2
     assert 0 <= rows[0]["test_ensemble"] <= 1 and rows[0]["cv_dice"]["sd"] is not None
     assert json.loads((tmp_path / "cross_validation.json").read_text()) == rows
-    assert "| smoke | 0 |" in capsys.readouterr().out
+    for model in ("ensemble_trust", "single_trust"):  # with and without the held-out choices, on the test set
+        t = rows[0][model]
+        assert 0 <= t["ece_raw"] <= 1 and 0 <= t["ece"] <= 1 and 0 <= t["dice_raw"] <= 1
+        assert 0 <= t["errors_found_auc"] <= t["errors_found_auc_best"] <= 1
+    assert rows[0]["pooled_oof_fit"]["images"] == 12 - rows[0]["test"]
+    out = capsys.readouterr().out
+    assert "| smoke | 0 |" in out and "| smoke | 0 | ensemble | pooled OOF" in out
 
 
 def test_a_fine_tune_is_cross_validated_from_the_same_model_in_every_fold(cv_run, cells_2d, tmp_path):

@@ -24,7 +24,13 @@ import numpy as np
 
 from unetseg.calibration.postprocessing import choose_postprocessing, summarise
 from unetseg.calibration.sampling import PixelSample
-from unetseg.calibration.temperature import expected_calibration_error, fit_temperature, nll, scale
+from unetseg.calibration.temperature import (
+    T_RANGE,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    scale,
+)
 from unetseg.config import Config
 from unetseg.config.schema import PostprocessStep
 from unetseg.errors import DataError
@@ -37,7 +43,9 @@ class HeldOutFit:
     source: str
     images: int
     pixels: int  # in the calibration sample
-    temperature: float = 1.0
+    temperature: float = 1.0  # the one applied: the fit, or 1 when it was not kept (temperature_note)
+    temperature_fitted: float = 1.0
+    temperature_note: str = ""
     ece_before: float = math.nan
     ece_after: float = math.nan
     nll_before: float = math.nan
@@ -89,16 +97,36 @@ def fit_heldout(pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int
     fit = HeldOutFit(source, count, len(sample))
     if temperature and len(sample):
         values, target = sample.values, sample.target
-        fit.temperature = fit_temperature(values, target)
-        after = scale(values, fit.temperature)
+        fitted = fit_temperature(values, target)
+        fit.temperature_fitted = fitted
         fit.ece_before = expected_calibration_error(values, target)
-        fit.ece_after = expected_calibration_error(after, target)
+        ece = expected_calibration_error(scale(values, fitted), target)
+        fit.temperature_note = _refusal(fitted, fit.ece_before, ece)
+        fit.temperature = 1.0 if fit.temperature_note else fitted
+        fit.ece_after = fit.ece_before if fit.temperature_note else ece
         fit.nll_before, fit.nll_after = nll(values, target), nll(values, target, fit.temperature)
     if postprocess and images and classes is not None:
         choice = choose_postprocessing(images, classes)
         fit.postprocess, fit.tried = choice.steps, choice.tried
         fit.dice_before, fit.dice_after = choice.dice_before, choice.dice_after
     return fit
+
+
+BOUND_SLACK = 1.01  # a fit within 1% of a search bound sits on it
+
+
+def _refusal(fitted: float, ece_before: float, ece_after: float) -> str:
+    """Why a fitted temperature is not kept ("" when it is). One at a search bound means the NLL still fell
+    there: the held-out pixels are too few or too easy (all right: T -> 0) to say how sure to be; one that
+    raises the calibration error it is meant to lower does not help, as a post-processing that lowers the
+    Dice is not kept."""
+    lo, hi = T_RANGE
+    if fitted <= lo * BOUND_SLACK or fitted >= hi / BOUND_SLACK:
+        return (f"not kept: the fit reached the search bound ({fitted:.3g}; the held-out pixels cannot "
+                "tell how sure to be)")
+    if not ece_after < ece_before:
+        return f"not kept: it did not lower the calibration error ({ece_before:.4f} -> {ece_after:.4f})"
+    return ""
 
 
 def apply_fit(config: Config, fit: HeldOutFit, *, temperature: bool = True, postprocess: bool = True) -> None:

@@ -5,7 +5,9 @@ measured as ``evaluate`` measures a case, kept on disk, and summarised per fold 
 
 * ``probabilities``: float16 ``(C, *spatial)``, C = max(2, classes): the class probabilities (softmax; they
   sum to 1 up to float16 rounding) at the image's own grid and size, as ``predict --probabilities`` makes
-  them: the fold's best checkpoint with the run's tile, overlap and TTA settings;
+  them (the fold's best checkpoint with the run's tile, overlap and TTA settings) but **uncalibrated**
+  (temperature 1): they are what the run's pooled fit of the temperature and the post-processing is made on
+  (``folds.json``'s ``pooled``); the fold's own temperature is in its ``fold_<k>/best/config.json``;
 * ``labels``: the true labels at the same grid: class indices 0..C-1 (uint8, uint16 beyond 256 classes) for
   a semantic model, object ids (0 background) for an instance model;
 * ``fold``: int64 scalar, the fold that held the case out;
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +60,26 @@ def score_held_out(checkpoint: Path, cases: Sequence[Case], *, fold: int, oof_di
     """Predict ``cases`` (a fold's held-out cases, or this process's share of them) with the fold's
     checkpoint, write each one's ``oof_dir/<stem>.npz`` and return their evaluation."""
     engine, cfg = load_engine(checkpoint, device, precision)
-    predictor = predictor_for(engine, cfg)
+    predictor = predictor_for(engine, cfg, temperature=1.0)  # the labels are the same: argmax ignores T
     result = EvaluationResult(str(checkpoint), data, list(cfg.data.class_values or []))
     for case in cases:
         scored = score_case(case, predictor, cfg, probabilities=True)
         write_oof(oof_dir / f"{case.name}.npz", scored, fold)
         result.per_image.append(scored.row)
     return result
+
+
+def oof_pairs(run: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(probabilities, labels)`` of every out-of-fold record of ``run``, one at a time, in stem order: the
+    pairs :func:`unetseg.calibration.fit_heldout` takes."""
+    for path in sorted((run / OOF).glob("*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                probs, labels = z["probabilities"], z["labels"]
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: damaged out-of-fold record ({e}); start afresh with "
+                                  "--overwrite") from None
+        yield probs, labels
 
 
 def save_fold(folder: Path, result: EvaluationResult) -> Path:
@@ -114,7 +129,8 @@ def summary(folds: list[EvaluationResult], records: list[dict[str, Any]],
     if first.mean_objects is not None:
         out["objects"] = {m: _spread([(f.mean_objects or {}).get(m, math.nan) for f in folds])
                           for m in first.mean_objects}
-    out["oof"] = f"{OOF}/<stem>.npz: probabilities (float16), labels, fold, spacing ({__name__})"
+    out["oof"] = (f"{OOF}/<stem>.npz: probabilities (float16, uncalibrated), labels, fold, spacing "
+                  f"({__name__})")
     return out
 
 

@@ -208,17 +208,22 @@ def _plot(points: list[tuple[float, float]], title: str, x_label: str) -> str:
 
 
 def _chosen_section(result: EvaluationResult) -> list[str]:
-    """What the checkpoint chose on its validation images: temperature and post-processing."""
+    """What the checkpoint chose on its validation images (a K-fold run's ensemble: on the pooled
+    out-of-fold predictions): temperature and post-processing."""
     h = result.heldout or {}
     if not h and not result.postprocess:
         return []
-    parts = ["<h2>Chosen on the validation images</h2>"]
+    where = "out-of-fold predictions" if h.get("source") == "out-of-fold" else "validation images"
+    parts = [f"<h2>Chosen on the {where}</h2>"]
     if h.get("pixels"):
+        note = h.get("temperature_note")
+        kept = (f"Temperature fitted by NLL: {_num(h.get('temperature_fitted'), '.3g')}, {_esc(note)}; 1 is "
+                "used" if note else f"Temperature <b>{_num(h.get('temperature'), '.3g')}</b> (fitted by NLL")
         parts.append(
-            f"<p>Temperature <b>{_num(h.get('temperature'), '.3g')}</b> (fitted by NLL on {h.get('pixels')} "
-            f"pixels of {h.get('images')} {_esc(h.get('source', ''))} images): calibration error (ECE) "
-            f"{_num(h.get('ece_before'))} &rarr; {_num(h.get('ece_after'))}, NLL {_num(h.get('nll_before'))} "
-            f"&rarr; {_num(h.get('nll_after'))}.</p>")
+            f"<p>{kept} on {h.get('pixels')} pixels of {h.get('images')} {_esc(h.get('source', ''))} "
+            f"images{')' if not note else ''}: calibration error (ECE) {_num(h.get('ece_before'))} &rarr; "
+            f"{_num(h.get('ece_after'))}, NLL {_num(h.get('nll_before'))} &rarr; "
+            f"{_num(h.get('nll_after'))}.</p>")
     steps = result.postprocess or h.get("postprocess") or []
     if steps:
         items = "".join(f"<li>{_esc(_describe(s))}: +{_num(s.get('gain'))} held-out Dice</li>" for s in steps)

@@ -34,11 +34,13 @@ from unetseg.checkpoint import (
     ONNX_CONFIG_KEY,
     TORCHSCRIPT_CONFIG_FILE,
     TORCHSCRIPT_SUFFIXES,
+    PooledChoices,
     check_weights,
     fold_checkpoints,
     is_fold_run,
     load_checkpoint,
     parse_config,
+    pooled_choices,
     stage1_of,
     unwrap,
 )
@@ -314,8 +316,8 @@ class EnsembleEngine(Engine):
         if any(m.previous is not None or m.prior_channels for m in members):
             raise CheckpointError("an ensemble of cascades is not supported")
         self.members, self.folds = list(members), list(folds or range(len(members)))
-        # each member's own calibration (its infer.temperature, fitted on the fold it did not see), applied
-        # before the mean: the ensemble averages calibrated probabilities and needs no temperature of its own
+        # each member's calibration (the run's pooled out-of-fold temperature, else the member's own),
+        # applied before the mean: the ensemble averages calibrated probabilities
         self.temperatures = list(temperatures or [1.0] * len(members))
         self.device, self.divisors = first.device, first.divisors
         self.spatial_dims, self.in_channels = first.spatial_dims, first.in_channels
@@ -339,10 +341,14 @@ ENSEMBLE_KEYS = ("model.spatial_dims", "model.in_channels", "model.num_classes",
 WATERSHED_KEYS = ("foreground_threshold", "interior_threshold", "distance_h")
 
 
-def ensemble_config(configs: list[Config], paths: list[Path]) -> Config:
-    """The config an ensemble predicts with: its first member's, after checking that every member reads
-    images and gives classes alike; an instance model's watershed options (each calibrated on its fold's
-    validation images) are the members' medians."""
+def ensemble_config(configs: list[Config], paths: list[Path], pooled: PooledChoices | None = None
+                    ) -> tuple[Config, list[float]]:
+    """The config an ensemble predicts with and its members' temperatures, after checking that every member
+    reads images and gives classes alike. One member is that fold's model, with its own config. Several:
+    the temperature and post-processing a K-fold run chose on its pooled out-of-fold predictions
+    (``pooled``), else each member's own temperature and the post-processing every member chose; an
+    instance model's watershed options (each calibrated on its fold's validation images) are the members'
+    medians."""
     def get(c: Config, key: str) -> Any:
         section, name = key.split(".")
         return getattr(getattr(c, section), name)
@@ -353,13 +359,20 @@ def ensemble_config(configs: list[Config], paths: list[Path]) -> Config:
                 raise CheckpointError(f"{path}: {key} {get(c, key)!r} differs from {get(configs[0], key)!r} "
                                       f"in {paths[0]}; the members of an ensemble must read images and give "
                                       "classes alike")
+    if len(configs) == 1:
+        return configs[0], [1.0]  # its temperature applies as a single model's
+    pooled = pooled or PooledChoices()
     config = configs[0].copy_deep()
     if config.data.task == "instances":
         for key in WATERSHED_KEYS:
             setattr(config.infer, key, float(np.median([getattr(c.infer, key) for c in configs])))
-    config.infer.temperature = 1.0  # each member's is applied inside the ensemble (EnsembleEngine)
-    config.infer.postprocess = consensus_postprocess([c.infer.postprocess for c in configs])
-    return config
+    temperatures = ([pooled.temperature] * len(configs) if pooled.temperature is not None
+                    else [c.infer.temperature for c in configs])
+    config.infer.temperature = 1.0  # the members' are applied inside the ensemble (EnsembleEngine)
+    config.infer.postprocess = ([PostprocessStep(**s) for s in pooled.postprocess]
+                                if pooled.postprocess is not None
+                                else consensus_postprocess([c.infer.postprocess for c in configs]))
+    return config, temperatures
 
 
 def consensus_postprocess(chosen: list[list[PostprocessStep]]) -> list[PostprocessStep]:
@@ -386,11 +399,11 @@ def load_ensemble(run: str | Path, folds: list[int] | tuple[int, ...] | None, de
     own engine)."""
     members = fold_checkpoints(run, folds)
     loaded = [_load_one(path, device, precision, False) for _, path in members]
-    config = ensemble_config([c for _, c in loaded], [p for _, p in members])
+    config, temperatures = ensemble_config([c for _, c in loaded], [p for _, p in members],
+                                           pooled_choices(run))
     if len(loaded) == 1:
         return loaded[0][0], config
-    return EnsembleEngine([e for e, _ in loaded], [k for k, _ in members],
-                          [c.infer.temperature for _, c in loaded]), config
+    return EnsembleEngine([e for e, _ in loaded], [k for k, _ in members], temperatures), config
 
 
 def _import_ort() -> Any:

@@ -37,7 +37,9 @@ from typing import Any, cast
 import torch
 
 from unetseg import checkpoint as ckpt
+from unetseg.calibration import fit_heldout
 from unetseg.config import Config, config_from_dict
+from unetseg.config.schema import PostprocessStep
 from unetseg.data.cases import Case, find_cases
 from unetseg.data.prepare import class_map_of
 from unetseg.data.splits import case_groups, fold_cases, grouping, mask_facts, strata
@@ -46,6 +48,7 @@ from unetseg.evaluation.crossval import (
     OOF,
     SUMMARY,
     load_fold,
+    oof_pairs,
     pooled,
     save_fold,
     score_held_out,
@@ -57,6 +60,8 @@ from unetseg.fileio import ensure_dir, write_json
 from unetseg.io.images import SkipLog
 from unetseg.planning.plan import FoldBudget, fold_budget
 from unetseg.training.distributed import DistInfo, gather_objects, on_main, synchronize
+from unetseg.training.heldout import summary as summary_line
+from unetseg.training.heldout import what_to_fit
 from unetseg.training.interrupt import Termination, caused_by_ctrl_c
 from unetseg.training.run import RunFolder, TrainingInterrupted, interrupted_message
 from unetseg.training.runlog import RunLogger
@@ -92,6 +97,9 @@ class FoldRun:
     budget: str
     config: dict[str, Any] = field(default_factory=dict)
     version: int = 1
+    # what the ensemble predicts with, chosen on the pooled out-of-fold predictions (a semantic run): the
+    # temperature of every member and the post-processing (None: not chosen here; ``fit``: the record)
+    pooled: dict[str, Any] | None = None
 
     def save(self, run: Path, info: DistInfo) -> None:
         if info.is_main:
@@ -321,9 +329,29 @@ def _score(cfg: Config, fold: Fold, k: int, cases: dict[str, Case], run: Path, d
     return result
 
 
+def _pooled_fit(cfg: Config, record: FoldRun, run: Path, log: RunLogger) -> dict[str, Any] | None:
+    """nnU-Net's choice on all the out-of-fold predictions together (rank 0): the ensemble's temperature
+    (applied to every member) and post-processing, into ``record.pooled``; its record (for ``cv.json`` and
+    the report), or None for an instance model or ``train.calibrate: false``."""
+    temperature, postprocess = what_to_fit(cfg)
+    if not (temperature or postprocess):
+        return None
+    t0 = time.monotonic()
+    fit = fit_heldout(oof_pairs(run), temperature=temperature, postprocess=postprocess, source="out-of-fold",
+                      seed=record.split_seed)
+    record.pooled = {"temperature": fit.temperature if temperature else None,
+                     "postprocess": fit.postprocess if postprocess else None, "fit": fit.to_dict()}
+    steps = [PostprocessStep(**s) for s in fit.postprocess]
+    log.log(summary_line(fit, steps, time.monotonic() - t0, "out-of-fold predictions (for the ensemble)"))
+    return record.pooled["fit"]
+
+
 def _finish(cfg: Config, record: FoldRun, run: Path, info: DistInfo, log: RunLogger) -> None:
-    """``RUN/cv.json`` and ``RUN/cv.html`` from the folds' scores; the summary line."""
+    """The pooled out-of-fold choices (``folds.json``), ``RUN/cv.json`` and ``RUN/cv.html`` from the folds'
+    scores; the summary line."""
     if info.is_main:
+        fit = _pooled_fit(cfg, record, run, log)
+        record.save(run, info)
         results = [load_fold(run / f"fold_{k}") for k in range(len(record.folds))]
         records = [{"cases": len(f.cases), "groups": len(set(f.groups)) or None,
                     "minutes": round(f.minutes, 3), "minutes_budget": f.minutes_budget,
@@ -332,8 +360,12 @@ def _finish(cfg: Config, record: FoldRun, run: Path, info: DistInfo, log: RunLog
         about = {"grouping": record.grouping, "stratified_by": record.stratified_by,
                  "split_seed": record.split_seed, "whole_minutes": record.whole_minutes}
         cv = summary(results, records, about)
+        if fit is not None:
+            cv["pooled_fit"] = fit
         write_json(run / SUMMARY, cv)
-        write_report(run / REPORT, pooled(results, str(run), str(cfg.data.data)), checkpoint=run)
+        every = pooled(results, str(run), str(cfg.data.data))
+        every.heldout = fit
+        write_report(run / REPORT, every, checkpoint=run)
         dsb = cv.get("objects", {}).get("dsb")
         extra = f", DSB score {mean_sd(dsb)}" if dsb else ""
         log.log(f"cross-validation over {len(record.folds)} folds: mean foreground Dice "

@@ -25,6 +25,7 @@ import torch
 from unetseg import checkpoint as ckpt
 from unetseg.calibration import HeldOutFit, apply_fit, fit_heldout
 from unetseg.config import Config
+from unetseg.config.schema import PostprocessStep
 from unetseg.data.prepare import PreparedData
 from unetseg.inference.api import predictor_for
 from unetseg.inference.engines import TorchEngine
@@ -72,16 +73,22 @@ def calibrate_best(run: Path, trained: Config, data: PreparedData, device: torch
                       temperature=temperature, postprocess=postprocess)
     apply_fit(cfg, fit, temperature=temperature, postprocess=postprocess)
     ckpt.rewrite_config(folder, cfg, {**ckpt.read_metrics(folder), "heldout": fit.to_dict()})
-    log.log(summary(fit, cfg, time.monotonic() - t0))
+    log.log(summary(fit, cfg.infer.postprocess, time.monotonic() - t0))
     return fit
 
 
-def summary(fit: HeldOutFit, cfg: Config, seconds: float) -> str:
-    """One log line: what the validation images chose and what it gained."""
-    parts = [f"held-out calibration on {fit.images} validation image(s) ({seconds:.1f} s)"]
+def summary(fit: HeldOutFit, steps: list[PostprocessStep], seconds: float,
+            what: str = "validation image(s)") -> str:
+    """One log line: what the held-out images chose (``steps``: the post-processing now in force) and what
+    it gained."""
+    parts = [f"held-out calibration on {fit.images} {what} ({seconds:.1f} s)"]
     if fit.pixels:
-        parts.append(f"temperature {fit.temperature:.3g} (ECE {fit.ece_before:.4f} -> {fit.ece_after:.4f})")
+        if fit.temperature_note:
+            parts.append(f"temperature {fit.temperature_fitted:.3g} {fit.temperature_note}")
+        else:
+            parts.append(f"temperature {fit.temperature:.3g} (ECE {fit.ece_before:.4f} -> "
+                         f"{fit.ece_after:.4f})")
     if fit.dice_before:
-        steps = "; ".join(f"{describe_step(s)} (+{s.gain:.4f} Dice)" for s in cfg.infer.postprocess)
-        parts.append(f"post-processing: {steps}" if steps else "post-processing: none raised the Dice")
+        chosen = "; ".join(f"{describe_step(s)} (+{s.gain:.4f} Dice)" for s in steps)
+        parts.append(f"post-processing: {chosen}" if chosen else "post-processing: none raised the Dice")
     return "; ".join(parts)
