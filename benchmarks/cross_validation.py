@@ -153,7 +153,7 @@ def measure(name: str, data: Path, groups: Path | None, minutes: float, folds: i
     held = json.loads((run / "single" / "best" / "config.json").read_text())["metrics"].get("heldout") or {}
     pooled = cv.get("pooled_fit") or {}
     keys = ("images", "temperature", "temperature_fitted", "temperature_note", "ece_before", "ece_after",
-            "postprocess", "dice_gain")
+            "postprocess", "dice_gain", "ensemble_temperature")
     return {
         "dataset": name, "minutes": minutes, "folds": folds, "grouping": cv["grouping"],
         "pool": len(list((pool / "images").iterdir())), "test": len(list((test / "images").iterdir())),
@@ -199,7 +199,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         for model, fit, t, where in (("ensemble", r["pooled_oof_fit"], r["ensemble_trust"], "pooled OOF"),
                                      ("single", r["single_validation_fit"], r["single_trust"], "validation")):
             temp = _f(fit.get("temperature"), ".3g")
-            if fit.get("temperature_note"):
+            if fit.get("ensemble_temperature") is not None:  # the members' in the ensemble; fit: one fold
+                temp = f"{fit['ensemble_temperature']:g} (one fold: {temp})"
+            elif fit.get("temperature_note"):
                 temp += f" (fit {_f(fit.get('temperature_fitted'), '.3g')} not kept)"
             trust_lines.append(
                 f"| {r['dataset']} | {r['minutes']:g} | {model} | {where} ({fit.get('images')} images) | "

@@ -125,12 +125,17 @@ def test_the_ensemble_s_temperature_and_post_processing_are_chosen_on_all_out_of
     pooled = _record(run)["pooled"]
     # nnU-Net's way: one choice on every training case, each predicted by the fold that did not see it
     again = fit_heldout(oof_pairs(run), source="out-of-fold", seed=0)
-    assert pooled["fit"] == json.loads(json.dumps(again.to_dict()))
-    assert pooled["fit"]["images"] == 8 and pooled["fit"]["source"] == "out-of-fold"
-    assert pooled["temperature"] == again.temperature and pooled["postprocess"] == again.postprocess
+    fit = dict(pooled["fit"])
+    assert fit.pop("ensemble_temperature") == 1.0
+    assert "under-confident" in fit.pop("ensemble_temperature_note")
+    assert fit == json.loads(json.dumps(again.to_dict()))
+    assert fit["images"] == 8 and fit["source"] == "out-of-fold"
+    # the fitted temperature is one fold's calibration (measured); in the ensemble the members stay at 1
+    assert pooled["temperature"] == 1.0 and pooled["postprocess"] == again.postprocess
     assert json.loads((run / "cv.json").read_text())["pooled_fit"] == pooled["fit"]
     assert "Chosen on the out-of-fold predictions" in (run / "cv.html").read_text()
     assert "held-out calibration on 8 out-of-fold predictions" in (run / "log.txt").read_text()
+    assert 'id="ensemble-temperature"' in (run / "cv.html").read_text()
     ensemble = unetseg.load(run)
     assert ensemble.engine.temperatures == [pooled["temperature"]] * 2
     assert [s.model_dump() for s in ensemble.config.infer.postprocess] == pooled["postprocess"]
@@ -141,7 +146,7 @@ def test_the_run_predicts_and_evaluates_as_the_ensemble_of_its_folds(cv_run, cel
     seg = unetseg.load(run, precision="fp32")
     assert isinstance(seg.engine, EnsembleEngine) and seg.engine.folds == [0, 1]
     image = read_image(cells_2d / "images" / "case_000.png")[0][0]
-    t = _record(run)["pooled"]["temperature"]  # every member at the pooled out-of-fold temperature
+    t = _record(run)["pooled"]["temperature"]  # every member at the ensemble's temperature (1)
     want = np.mean([at_temperature(run / f"fold_{k}", t).predict_proba(image) for k in range(2)], axis=0)
     np.testing.assert_allclose(seg.predict_proba(image), want, atol=1e-5)
     code, err = run_inprocess("evaluate", "--checkpoint", run, "--data", cells_2d, "--out",

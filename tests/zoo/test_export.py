@@ -186,3 +186,21 @@ def test_what_cannot_be_one_exact_package_is_refused_in_one_line(exported, tmp_p
                                   "--author", "A", "--license", "MIT", capsys=capsys), "--overwrite")
     assert mine.read_bytes() == b"a user's file" and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cascade", "mine.zip", "pct"]  # no temporary left
+
+
+def test_the_readme_says_what_the_package_leaves_to_unetseg():
+    """Post-processing runs after the network (Fiji/QuPath do not get it); the temperature is inside it."""
+    from unetseg.config.schema import PostprocessStep
+    from unetseg.zoo.readme import RunFacts, readme_text
+
+    cfg = tiny_config(num_classes=2)
+    facts = RunFacts({}, {}, [], None, "sample", "64x64", ["onnx"], "0.5.12")
+    kwargs = {"name": "m", "description": "d", "package": "m.zip", "citations": [], "authors": ["A"],
+              "license_id": "MIT"}
+    plain = readme_text(cfg, facts, **kwargs)
+    assert "**Post-processing**" not in plain and "**Calibration**" not in plain
+    cfg.infer.postprocess = [PostprocessStep(classes=[1], op="largest", gain=0.01)]
+    cfg.infer.temperature = 1.4
+    text = readme_text(cfg, facts, **kwargs)
+    assert "**Post-processing**" in text and "largest" in text and "give the labels without them" in text
+    assert "temperature 1.4 inside the network" in text

@@ -224,6 +224,9 @@ def _chosen_section(result: EvaluationResult) -> list[str]:
             f"images{')' if not note else ''}: calibration error (ECE) {_num(h.get('ece_before'))} &rarr; "
             f"{_num(h.get('ece_after'))}, NLL {_num(h.get('nll_before'))} &rarr; "
             f"{_num(h.get('nll_after'))}.</p>")
+    if h.get("ensemble_temperature_note"):
+        parts.append(f'<p id="ensemble-temperature">For the ensemble: {_esc(h["ensemble_temperature_note"])}.'
+                     "</p>")
     steps = result.postprocess or h.get("postprocess") or []
     if steps:
         items = "".join(f"<li>{_esc(_describe(s))}: +{_num(s.get('gain'))} held-out Dice</li>" for s in steps)

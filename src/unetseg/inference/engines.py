@@ -316,8 +316,8 @@ class EnsembleEngine(Engine):
         if any(m.previous is not None or m.prior_channels for m in members):
             raise CheckpointError("an ensemble of cascades is not supported")
         self.members, self.folds = list(members), list(folds or range(len(members)))
-        # each member's calibration (the run's pooled out-of-fold temperature, else the member's own),
-        # applied before the mean: the ensemble averages calibrated probabilities
+        # the members' temperatures, applied before the mean (a K-fold run's ensemble: 1, see
+        # unetseg.training.crossval; an ensemble without that record: each member's own)
         self.temperatures = list(temperatures or [1.0] * len(members))
         self.device, self.divisors = first.device, first.divisors
         self.spatial_dims, self.in_channels = first.spatial_dims, first.in_channels
@@ -345,8 +345,9 @@ def ensemble_config(configs: list[Config], paths: list[Path], pooled: PooledChoi
                     ) -> tuple[Config, list[float]]:
     """The config an ensemble predicts with and its members' temperatures, after checking that every member
     reads images and gives classes alike. One member is that fold's model, with its own config. Several:
-    the temperature and post-processing a K-fold run chose on its pooled out-of-fold predictions
-    (``pooled``), else each member's own temperature and the post-processing every member chose; an
+    the members' temperature and the post-processing a K-fold run chose for its ensemble on its pooled
+    out-of-fold predictions (``pooled``), else each member's own temperature and the post-processing every
+    member chose; an
     instance model's watershed options (each calibrated on its fold's validation images) are the members'
     medians."""
     def get(c: Config, key: str) -> Any:

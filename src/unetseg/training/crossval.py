@@ -2,7 +2,9 @@
 and scored on that one, sharing the run's minutes; the out-of-fold predictions of every training case; one
 report; and the folds as one ensemble for ``predict``, ``evaluate`` and ``export``. Layout::
 
-    RUN/folds.json        the split (stems and groups of each fold), the budget, each fold's state
+    RUN/folds.json        the split (stems and groups of each fold), the budget, each fold's state, and
+                          ``pooled``: the ensemble's post-processing and members' temperature, chosen on
+                          all the out-of-fold predictions together (:func:`_pooled_fit`)
     RUN/fold_<k>/         an ordinary run folder (best/, last/, log, curves) and held_out.json
     RUN/oof/<stem>.npz    every training case predicted by the fold that held it out
                           (format: :mod:`unetseg.evaluation.crossval`)
@@ -329,20 +331,34 @@ def _score(cfg: Config, fold: Fold, k: int, cases: dict[str, Case], run: Path, d
     return result
 
 
+ENSEMBLE_TEMPERATURE_NOTE = (
+    "the temperature calibrates one fold's model (each fold applies its own, fitted on the cases it held "
+    "out); the ensemble averages its members' probabilities at temperature 1: the mean of several models "
+    "is less sure than each, and members softened by a single model's temperature made the ensemble "
+    "under-confident on unseen images (BENCHMARKS.md, cross-validation)")
+
+
 def _pooled_fit(cfg: Config, record: FoldRun, run: Path, log: RunLogger) -> dict[str, Any] | None:
-    """nnU-Net's choice on all the out-of-fold predictions together (rank 0): the ensemble's temperature
-    (applied to every member) and post-processing, into ``record.pooled``; its record (for ``cv.json`` and
-    the report), or None for an instance model or ``train.calibrate: false``."""
+    """nnU-Net's choice on all the out-of-fold predictions together (rank 0): the ensemble's
+    post-processing, and the members' temperature in the ensemble, into ``record.pooled``; its record (for
+    ``cv.json`` and the report), or None for an instance model or ``train.calibrate: false``.
+
+    The temperature is fitted too, but only as a measure of how over-confident one fold's model is: no
+    held-out image is unseen by the whole ensemble, so its own temperature cannot be fitted, and the
+    members' temperature in it is 1 (:data:`ENSEMBLE_TEMPERATURE_NOTE`)."""
     temperature, postprocess = what_to_fit(cfg)
     if not (temperature or postprocess):
         return None
     t0 = time.monotonic()
     fit = fit_heldout(oof_pairs(run), temperature=temperature, postprocess=postprocess, source="out-of-fold",
                       seed=record.split_seed)
-    record.pooled = {"temperature": fit.temperature if temperature else None,
-                     "postprocess": fit.postprocess if postprocess else None, "fit": fit.to_dict()}
+    record.pooled = {"temperature": 1.0 if temperature else None,  # None: the members' own (the user's)
+                     "postprocess": fit.postprocess if postprocess else None,
+                     "fit": {**fit.to_dict(), "ensemble_temperature": 1.0 if temperature else None,
+                             "ensemble_temperature_note": ENSEMBLE_TEMPERATURE_NOTE if temperature else ""}}
     steps = [PostprocessStep(**s) for s in fit.postprocess]
-    log.log(summary_line(fit, steps, time.monotonic() - t0, "out-of-fold predictions (for the ensemble)"))
+    log.log(summary_line(fit, steps, time.monotonic() - t0, "out-of-fold predictions")
+            + ("; the ensemble averages its members at temperature 1" if temperature else ""))
     return record.pooled["fit"]
 
 

@@ -15,6 +15,7 @@ Only rank 0 writes. A tracker that cannot start is one clear error before traini
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +61,7 @@ class TensorBoardTracker:
 class MlflowTracker:
     def __init__(self, run: Path, cfg: Config) -> None:
         try:
+            from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ConfigError("--log mlflow needs MLflow: pip install 'unetseg[mlflow]'") from None
@@ -70,12 +72,16 @@ class MlflowTracker:
             "unetseg", artifact_location=None if "MLFLOW_TRACKING_URI" in os.environ
             else (run / "mlflow-artifacts").resolve().as_uri())
         self.run_id = self.client.create_run(experiment, run_name=run.name).info.run_id
-        for key, value in sorted(_flat(cfg.to_dict()).items())[:500]:  # MLflow caps a run's params
-            self.client.log_param(self.run_id, key, str(value)[:500])
+        params = [Param(k, str(v)[:500]) for k, v in sorted(_flat(cfg.to_dict()).items())[:500]]
+        for i in range(0, len(params), 100):  # a few writes, not one per key (MLflow: <= 100 params a batch)
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        for key, value in values.items():
-            self.client.log_metric(self.run_id, key, float(value), step=step)
+        from mlflow.entities import Metric  # imported (and checked) when the tracker opened
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def image(self, step: int, name: str, rgb: np.ndarray) -> None:
         self.client.log_image(self.run_id, rgb, key=name, step=step)

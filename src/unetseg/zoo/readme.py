@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.config import Config
+from unetseg.postprocess.semantic import describe_step
 from unetseg.zoo.describe import class_names, space_ids
 
 
@@ -139,6 +140,14 @@ def _usage_section(config: Config, package: str) -> list[str]:
                   f"foreground {config.infer.foreground_threshold:g}, "
                   f"interior {config.infer.interior_threshold:g}) or in napari (e.g. a watershed of the "
                   "interior probability seeded by its connected components)."]
+    if config.infer.postprocess and config.data.task == "semantic":
+        steps = "; ".join(describe_step(s) for s in config.infer.postprocess)
+        lines += ["", f"**Post-processing**: unetseg applies the steps chosen on held-out images ({steps}) "
+                  "after the argmax; they are not part of the network, so Fiji, QuPath and bioimage.io "
+                  "tools give the labels without them."]
+    if config.infer.temperature != 1.0:
+        lines += ["", f"**Calibration**: the probabilities are calibrated (temperature "
+                  f"{config.infer.temperature:.3g} inside the network, fitted on held-out images)."]
     if config.data.downsample or config.data.spacing:
         lines += ["", "**Resolution**: the network works on a grid other than the images' own (see the "
                   "input axes' scale). unetseg resamples for you; other tools need the image at that pixel "
