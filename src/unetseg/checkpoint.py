@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from unetseg.config import Config, config_from_dict, load_json, read_text
+from unetseg.config.schema import PostprocessStep
 from unetseg.errors import CheckpointError, ConfigError, first_line
 from unetseg.fileio import atomic_write, fsync_dir, write_text
 from unetseg.validate import check_config
@@ -238,7 +239,7 @@ class PooledChoices:
     instance model, ``train.calibrate: false``, a value the user gave, a run that did not finish)."""
 
     temperature: float | None = None
-    postprocess: list[dict[str, Any]] | None = None
+    postprocess: list[PostprocessStep] | None = None
 
 
 def pooled_choices(run: str | Path) -> PooledChoices:
@@ -250,7 +251,7 @@ def pooled_choices(run: str | Path) -> PooledChoices:
         if temperature is not None and not (math.isfinite(float(temperature)) and float(temperature) > 0):
             raise ValueError(temperature)
         return PooledChoices(None if temperature is None else float(temperature),
-                             None if steps is None else [dict(s) for s in steps])
+                             None if steps is None else [PostprocessStep(**s) for s in steps])
     except (OSError, ValueError, AttributeError, TypeError):
         raise CheckpointError(f"{path}: damaged or unreadable K-fold record") from None
 

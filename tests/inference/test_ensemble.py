@@ -214,10 +214,11 @@ def test_the_pooled_out_of_fold_choices_replace_the_members_own_and_one_fold_kee
     assert alone.config.infer.temperature == 0.5 and alone.config.infer.postprocess[0].size == 10
     np.testing.assert_allclose(alone.predict_proba(image), own.predict_proba(image), rtol=0, atol=1e-6)
     # a damaged pooled record is one error, not a silent fallback
-    record["pooled"] = {"temperature": -1}
-    (run / "folds.json").write_text(json.dumps(record))
-    with pytest.raises(CheckpointError, match="folds.json"):
-        unetseg.load(run, precision="fp32")
+    for damaged in ({"temperature": -1}, {"postprocess": [{"classes": [1], "op": "explode"}]}):
+        record["pooled"] = damaged
+        (run / "folds.json").write_text(json.dumps(record))
+        with pytest.raises(CheckpointError, match="folds.json"):
+            unetseg.load(run, precision="fp32")
 
 
 def test_labels_with_probabilities_are_post_processed_as_predict_gives_them(tmp_path):

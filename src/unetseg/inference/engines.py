@@ -347,9 +347,8 @@ def ensemble_config(configs: list[Config], paths: list[Path], pooled: PooledChoi
     reads images and gives classes alike. One member is that fold's model, with its own config. Several:
     the members' temperature and the post-processing a K-fold run chose for its ensemble on its pooled
     out-of-fold predictions (``pooled``), else each member's own temperature and the post-processing every
-    member chose; an
-    instance model's watershed options (each calibrated on its fold's validation images) are the members'
-    medians."""
+    member chose; an instance model's watershed options (each calibrated on its fold's validation images)
+    are the members' medians."""
     def get(c: Config, key: str) -> Any:
         section, name = key.split(".")
         return getattr(getattr(c, section), name)
@@ -370,8 +369,7 @@ def ensemble_config(configs: list[Config], paths: list[Path], pooled: PooledChoi
     temperatures = ([pooled.temperature] * len(configs) if pooled.temperature is not None
                     else [c.infer.temperature for c in configs])
     config.infer.temperature = 1.0  # the members' are applied inside the ensemble (EnsembleEngine)
-    config.infer.postprocess = ([PostprocessStep(**s) for s in pooled.postprocess]
-                                if pooled.postprocess is not None
+    config.infer.postprocess = (list(pooled.postprocess) if pooled.postprocess is not None
                                 else consensus_postprocess([c.infer.postprocess for c in configs]))
     return config, temperatures
 

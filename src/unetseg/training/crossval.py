@@ -335,7 +335,8 @@ ENSEMBLE_TEMPERATURE_NOTE = (
     "the temperature calibrates one fold's model (each fold applies its own, fitted on the cases it held "
     "out); the ensemble averages its members' probabilities at temperature 1: the mean of several models "
     "is less sure than each, and members softened by a single model's temperature made the ensemble "
-    "under-confident on unseen images (BENCHMARKS.md, cross-validation)")
+    "under-confident on unseen video sequences (on images like the training ones it helped a little; "
+    "BENCHMARKS.md, cross-validation)")
 
 
 def _pooled_fit(cfg: Config, record: FoldRun, run: Path, log: RunLogger) -> dict[str, Any] | None:
