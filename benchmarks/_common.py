@@ -171,3 +171,14 @@ def replace_section(path: Path, tag: str, text: str) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(new)
+
+
+def raw_checkpoint(best: Path, folder: Path) -> Path:
+    """A copy of the checkpoint ``best`` at temperature 1 and without post-processing (the same weights):
+    what the held-out choices are measured against."""
+    from unetseg.checkpoint import copy_checkpoint, read_config, read_metrics, rewrite_config
+
+    twin = copy_checkpoint(best, folder)
+    cfg = read_config(best)
+    cfg.infer.temperature, cfg.infer.postprocess = 1.0, []
+    return rewrite_config(twin, cfg, read_metrics(best))

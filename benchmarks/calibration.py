@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import replace_section
+from _common import raw_checkpoint, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,16 +74,6 @@ def split(data: Path, work: Path, fraction: float) -> tuple[Path, Path]:
     return root / "trainval", root / "test"
 
 
-def uncalibrated_twin(best: Path, folder: Path) -> Path:
-    """``best`` at temperature 1 and without post-processing (weights and everything else the same)."""
-    from unetseg.checkpoint import copy_checkpoint, read_config, read_metrics, rewrite_config
-
-    twin = copy_checkpoint(best, folder)
-    cfg = read_config(best)
-    cfg.infer.temperature, cfg.infer.postprocess = 1.0, []
-    return rewrite_config(twin, cfg, read_metrics(best))
-
-
 def evaluate(checkpoint: Path, test: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     py = [sys.executable, "-m", "unetseg"]
     run([*py, "evaluate", "--checkpoint", str(checkpoint), "--data", str(test), "--out", str(out),
@@ -102,7 +92,7 @@ def measure(name: str, data: Path, work: Path, minutes: float, smoke: bool,
     best = run_dir / "best"
     extra = ["--device", "cpu", "--precision", "fp32"] if smoke else []
     calibrated = evaluate(best, test, work / "calibrated.json", extra)
-    raw = evaluate(uncalibrated_twin(best, work / "uncalibrated"), test, work / "uncalibrated.json", extra)
+    raw = evaluate(raw_checkpoint(best, work / "uncalibrated"), test, work / "uncalibrated.json", extra)
     held = json.loads((best / "config.json").read_text())["metrics"].get("heldout", {})
     u = calibrated.get("uncertainty", {})
     return {

@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import replace_section  # noqa: E402
+from _common import raw_checkpoint, replace_section  # noqa: E402
 from real_data import machine  # noqa: E402
 
 DATA_ROOT = REPO / ".." / "shared" / "datasets"
@@ -99,7 +99,7 @@ def evaluate(checkpoint: Path, test: Path, out: Path, inprocess: bool, folds: st
 def raw_twin(run: Path, folder: Path) -> Path:
     """``run`` at temperature 1 and without post-processing (the same weights): a single model's best
     checkpoint rewritten, or a K-fold run's folds (symlinked) with ``pooled`` set to nothing chosen."""
-    from unetseg.checkpoint import FOLDS_FILE, copy_checkpoint, read_config, read_metrics, rewrite_config
+    from unetseg.checkpoint import FOLDS_FILE
 
     shutil.rmtree(folder, ignore_errors=True)
     if (run / FOLDS_FILE).is_file():
@@ -110,10 +110,7 @@ def raw_twin(run: Path, folder: Path) -> Path:
         for k in range(len(record["folds"])):
             (folder / f"fold_{k}").symlink_to((run / f"fold_{k}").resolve())
         return folder
-    twin = copy_checkpoint(run / "best", folder)
-    cfg = read_config(run / "best")
-    cfg.infer.temperature, cfg.infer.postprocess = 1.0, []
-    return rewrite_config(twin, cfg, read_metrics(run / "best"))
+    return raw_checkpoint(run / "best", folder)
 
 
 def trust(done: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:

@@ -106,3 +106,21 @@ def test_an_import_error_without_ctrl_c_is_not_taken_for_one(data, tmp_path, mon
     monkeypatch.setattr(runlog, "plot_curves", broken)
     with pytest.raises(ImportError):
         cli_run(train_args(data, tmp_path / "RUN"))
+
+
+def test_python_m_exits_130_after_a_ctrl_c_that_ended_a_string_exec(tmp_path):
+    """A Ctrl-C that lands while a dataclass or namedtuple is being built ends a string ``exec``; CPython then
+    remembers it and ``python -m unetseg`` died of SIGINT (-2) instead of exiting 130 (a CI run caught it)."""
+    (tmp_path / "interrupted_cli.py").write_text(
+        "import unetseg.cli.commands as c\n"
+        "def run(argv):\n"
+        "    try:\n"
+        "        exec('raise KeyboardInterrupt', {})\n"
+        "    except KeyboardInterrupt:\n"
+        "        return 130\n"
+        "c.run = run\n"
+        "c.main(['--help'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "interrupted_cli"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr

@@ -519,4 +519,9 @@ def main(argv: list[str] | None = None) -> None:
         from unetseg.runtime import configure_process
 
         configure_process(allocator=True, quiet_readers=True)  # before any large tensor exists
-    sys.exit(run(args))
+    code = run(args)
+    # A Ctrl-C that ends any string exec (dataclasses and namedtuples build classes that way) sets a flag in
+    # CPython that makes `python -m unetseg` die of SIGINT after it exits, whatever the status, even when the
+    # KeyboardInterrupt was caught; a string exec clears it, so the status is the one chosen here.
+    exec("None", {})
+    sys.exit(code)

@@ -6,6 +6,7 @@ way through its rendezvous. NCCL is used on CUDA, gloo on the CPU. Only rank 0 w
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,8 +132,16 @@ def synchronize(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo) -> None:
+def cleanup(info: DistInfo, *, finished: bool = False) -> None:
+    """Leave the process group. ``finished``: every rank got to the end, so wait for the others first (a
+    rank that tears gloo down while another still talks can abort the process)."""
     if info.enabled and dist.is_initialized():
+        # DDP wrappers of finished folds left in reference cycles must go while the group exists: freed
+        # during interpreter exit instead, gloo's threads can abort (``terminate called without an active
+        # exception``)
+        gc.collect()
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

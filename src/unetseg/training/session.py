@@ -66,6 +66,7 @@ def train(
     if cfg.train.init_from and not resume and package is None:  # checked before any data is read
         _adopt_source(cfg, given)
     info, device = init_distributed(resolve_device(cfg.train.device))
+    finished = False  # every rank got to the end: they leave the process group together
     run, caller_rng = None, rng_state()  # the run seeds the global RNGs; the caller gets its own back
     try:
         inputs = [(cfg.data.data, "--data"), (cfg.data.val_data, "--val-data"), (config_file, "--config")]
@@ -80,8 +81,10 @@ def train(
         configure_process(device)
         if crossval.requested(cfg, run.path, resume):
             with termination(cancel) as stop:
-                return crossval.cross_validate(cfg, run, device, info, quiet=quiet, stop=stop,
+                done = crossval.cross_validate(cfg, run, device, info, quiet=quiet, stop=stop,
                                                hint=resume_hint, given=given, resume=resume, plan=_plan)
+                finished = True
+                return done
         # a resumed run without a checkpoint (stopped while planning or probing) plans again
         fresh = not (resume and _has_checkpoint(run.path))
         candidates, fine = _plan(cfg, given, run, info, quiet) if given is not None and fresh else ([], None)
@@ -101,6 +104,7 @@ def train(
                         cascade.stage1_score = trainer.best if trainer.best >= 0 else None
                 if cascade is not None and cascade.stage != "done":
                     second_stage(cfg, cascade, run, device, info, quiet, stop, resume_hint)
+                finished = True
                 return run.path
             except BaseException as e:
                 if not caused_by_ctrl_c(e):  # also a Ctrl-C that an extension's import wrapped
@@ -114,7 +118,7 @@ def train(
         raise
     finally:
         set_rng_state(caller_rng)
-        cleanup(info)
+        cleanup(info, finished=finished)
 
 
 def _adopt_source(cfg: Config, given: set[str] | None) -> None:
