@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from unetseg.checkpoint import TORCHSCRIPT_SUFFIXES
 from unetseg.data.cases import find_cases
 from unetseg.errors import ConfigError
 from unetseg.inference.segmenter import Segmenter
@@ -108,7 +109,8 @@ def fine_tune_round(seg: Segmenter, corrections: Sequence[Correction], rounds: s
     model fine-tuned on them for ``minutes`` into ``round_NNN/run``."""
     if not corrections:
         raise ConfigError("no corrected images: paint the labels, then fine-tune")
-    if seg.source.suffix.lower() in (".onnx", ".pt", ".ts"):  # a .zip of a unetseg architecture can
+    # a bioimage.io .zip of a unetseg architecture can be fine-tuned; an ONNX or TorchScript file cannot
+    if seg.source.suffix.lower() in (".onnx", *TORCHSCRIPT_SUFFIXES):
         raise ConfigError(f"{seg.source}: an exported model cannot be fine-tuned; load its run folder")
     folder = next_round(rounds)
     data = folder / "data"
