@@ -14,12 +14,18 @@ glibc's defaults. Other C libraries (musl, macOS) are left alone.
 **cuDNN autotuning.** Tiles and training patches have fixed shapes, so ``cudnn.benchmark`` pays off; it is a
 process-wide switch, set here and nowhere else (``unetseg.predict`` leaves the caller's process alone).
 
+**Leaving a torchrun process.** torch (2.13) keeps a process group that DistributedDataParallel used, with
+its communication threads, alive past ``destroy_process_group`` until the interpreter is torn down, and that
+teardown can abort a rank that finished its work (``terminate called without an active exception``,
+SIGABRT, torchrun exit 1): :func:`leave_process` ends such a process without it.
+
 **Libraries' loggers.** tifffile logs a warning per damaged tag of a corrupt file; the command line turns
 them off (each bad file already becomes one error line). Library users keep their own logging.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -27,7 +33,9 @@ import functools
 import logging
 import os
 import platform
-from typing import Any
+import sys
+import threading
+from typing import Any, NoReturn
 
 import torch
 
@@ -70,6 +78,25 @@ def configure_process(device: torch.device | None = None, *, allocator: bool = F
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     if device is not None and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def launched_by_torchrun() -> bool:
+    """Started by torchrun (it sets ``TORCHELASTIC_RUN_ID`` in every process, also with one process)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def leave_process(code: int) -> NoReturn:
+    """End the process with ``code`` as an orderly exit would, less the interpreter's teardown (see the
+    module docstring): other threads are joined, exit handlers run, the standard streams flushed. For the
+    entry point of a torchrun-launched process only; every file it keeps is already written and fsynced."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: nothing more can be said
+            stream.flush()
+    os._exit(code)
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

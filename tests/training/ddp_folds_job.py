@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from unetseg.config import Config
+from unetseg.runtime import leave_process
 from unetseg.training import train
 
 cfg = Config()
@@ -17,3 +18,4 @@ cfg.model.base_channels, cfg.model.depth = 4, 2
 cfg.train.folds, cfg.train.epochs, cfg.train.iters_per_epoch = 2, 2, 3
 cfg.train.batch_size, cfg.train.precision = 2, "fp32"
 train(cfg, quiet=True)
+leave_process(0)  # as the command line does (see unetseg.runtime)

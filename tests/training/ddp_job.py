@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from unetseg.config import Config
+from unetseg.runtime import leave_process
 from unetseg.training.distributed import cleanup, init_distributed, synchronize
 from unetseg.training.run import open_run
 from unetseg.training.trainer import Trainer
@@ -44,4 +45,6 @@ save_file(
     {k: v.contiguous() for k, v in trainer.model.state_dict().items()},
     str(dump / f"rank{info.rank}.safetensors"),
 )
-cleanup(info)
+del trainer
+cleanup(info, finished=True)
+leave_process(0)  # as the command line does: torch's teardown of the group DDP kept can abort a rank

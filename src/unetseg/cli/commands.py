@@ -513,13 +513,20 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m unetseg``: the process-wide settings of a
-    command-line run (allocator, quiet readers), then the command."""
+    command-line run (allocator, quiet readers), then the command; a process torchrun started ends without
+    the interpreter's teardown (:func:`unetseg.runtime.leave_process`)."""
     args = sys.argv[1:] if argv is None else argv
-    if args and not {"--help", "-h"} & set(args):  # help and usage load no torch: they need no settings
+    settings = bool(args) and not {"--help", "-h"} & set(args)  # help and usage load no torch
+    if settings:
         from unetseg.runtime import configure_process
 
         configure_process(allocator=True, quiet_readers=True)  # before any large tensor exists
     code = run(args)
+    if settings:
+        from unetseg.runtime import launched_by_torchrun, leave_process
+
+        if launched_by_torchrun():  # a rank that finished must not abort in torch's teardown
+            leave_process(code)
     # A Ctrl-C that ends any string exec (dataclasses and namedtuples build classes that way) sets a flag in
     # CPython that makes `python -m unetseg` die of SIGINT after it exits, whatever the status, even when the
     # KeyboardInterrupt was caught; a string exec clears it, so the status is the one chosen here.

@@ -6,7 +6,6 @@ way through its rendezvous. NCCL is used on CUDA, gloo on the CPU. Only rank 0 w
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from unetseg.runtime import launched_by_torchrun
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ class DistInfo:
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; return (info, this process's device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    launched = "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun; a 1-process run then uses NCCL too
+    launched = launched_by_torchrun()  # a 1-process torchrun run uses NCCL too
     if world <= 1 and not launched:
         return DistInfo(), device
     rank = int(os.environ["RANK"])
@@ -134,12 +135,9 @@ def synchronize(info: DistInfo) -> None:
 
 def cleanup(info: DistInfo, *, finished: bool = False) -> None:
     """Leave the process group. ``finished``: every rank got to the end, so wait for the others first (a
-    rank that tears gloo down while another still talks can abort the process)."""
+    rank that tears gloo down while another still talks can abort the process). A group DDP used keeps its
+    threads until the process ends: an entry point ends with :func:`unetseg.runtime.leave_process`."""
     if info.enabled and dist.is_initialized():
-        # DDP wrappers of finished folds left in reference cycles must go while the group exists: freed
-        # during interpreter exit instead, gloo's threads can abort (``terminate called without an active
-        # exception``)
-        gc.collect()
         if finished:
             dist.barrier()
         dist.destroy_process_group()
