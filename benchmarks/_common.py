@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 RESULT_TAG = "BENCH-RESULT:"
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 
@@ -170,7 +172,7 @@ def replace_section(path: Path, tag: str, text: str) -> None:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
+    write_text(path, new)
 
 
 def raw_checkpoint(best: Path, folder: Path) -> Path:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import real_data
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 HERE = Path(__file__).resolve().parent
 LABELS = {"planner": "unetseg planner (no recipe)", "reference": "MONAI BasicUNet + DiceCE",
           "nnunet": "nnU-Net v2 (its planner, clock-stopped)"}
@@ -112,7 +114,7 @@ def main() -> None:
                     continue
                 work = Path(tempfile.gettempdir()) / "unetseg_budget" / name / f"{minutes:g}"
                 have[f"{minutes:g}"] = one(name, tool, minutes, work)
-                store.write_text(json.dumps(results, indent=1))
+                write_text(store, json.dumps(results, indent=1))
                 print(f"{name} {tool} {minutes:g} min: {have[f'{minutes:g}']:.4f}", flush=True)
     draw(results, HERE / "budget_curve.png")
     print(f"wrote {HERE / 'budget_curve.png'}")

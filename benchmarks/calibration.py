@@ -38,6 +38,8 @@ from typing import Any
 
 from _common import raw_checkpoint, replace_section
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -163,7 +165,7 @@ def main() -> None:
     else:
         data = DATA_ROOT / DATASETS[args.name][0]
     result = measure(name, data, work, args.minutes, args.smoke, args.test_fraction)
-    (work / f"calibration_{name}.json").write_text(json.dumps(result, indent=2))
+    write_text(work / f"calibration_{name}.json", json.dumps(result, indent=2))
     text = markdown(result)
     print(text)
     if args.markdown is not None:

@@ -23,6 +23,8 @@ from pathlib import Path
 from _common import replace_section
 from real_data import DATA_ROOT, DATASETS, load_recipe, machine, run, score, write_split
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 MODES = ("off", "auto", "on")
 CLASSES = "0,1+2+3+4"
 VALUES = [0.0, [1.0, 2.0, 3.0, 4.0]]
@@ -106,7 +108,7 @@ def main() -> None:
     for mode in args.modes:
         results[mode] = one(mode, train, val, cases, args.work, args.minutes, data)
         print(mode, json.dumps(results[mode]), flush=True)
-    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    write_text(args.work / "results.json", json.dumps(results, indent=2))
     n_train = len(list((train / "images").iterdir()))
     text = section(results, args.minutes, n_train, cases, args)
     print(text)

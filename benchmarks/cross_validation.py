@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -106,7 +108,7 @@ def raw_twin(run: Path, folder: Path) -> Path:
         folder.mkdir(parents=True)
         record = json.loads((run / FOLDS_FILE).read_text())
         record["pooled"] = {"temperature": 1.0, "postprocess": [], "fit": {}}
-        (folder / FOLDS_FILE).write_text(json.dumps(record))
+        write_text(folder / FOLDS_FILE, json.dumps(record))
         for k in range(len(record["folds"])):
             (folder / f"fold_{k}").symlink_to((run / f"fold_{k}").resolve())
         return folder
@@ -215,7 +217,7 @@ def smoke(work: Path) -> list[dict[str, Any]]:
 
     data = make_dataset(work / "cells", n=12, size=(48, 48), kind="cells", seed=0)
     groups = work / "groups.csv"
-    groups.write_text("".join(f"case_{i:03d},g{i // 2}\n" for i in range(12)))
+    write_text(groups, "".join(f"case_{i:03d},g{i // 2}\n" for i in range(12)))
     return [measure("smoke", data, groups, 0, 2, work / "smoke", SMOKE, inprocess=True,
                     evaluate_extra=["--device", "cpu", "--precision", "fp32"])]
 
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 rows.append(measure(name, data, data / groups if groups else None, minutes, args.folds,
                                     args.work / name, [], inprocess=False))
     args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "cross_validation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text(args.work / "cross_validation.json", json.dumps(rows, indent=2) + "\n")
     text = f"{table(rows)}\n\n{rows[0]['machine'] if rows else ''}\n"
     print(text)
     if args.markdown is not None:

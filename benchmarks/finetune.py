@@ -36,6 +36,8 @@ import real_data
 from _common import replace_section
 from large_objects import machine, score
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "datasets"
@@ -229,7 +231,7 @@ def main() -> None:
     print(text)
     if args.no_write:
         return
-    RESULTS.write_text(json.dumps({"results": results, "notes": notes}, indent=2) + "\n")
+    write_text(RESULTS, json.dumps({"results": results, "notes": notes}, indent=2) + "\n")
     if {"dsb", "dsbfluo"} & set(results):
         draw(results, args.minutes)
     replace_section(REPO / "BENCHMARKS.md", "finetune", text)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from _common import machine_facts, peak_rss_mib, replace_section
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 WIDTHS = (32, 64, 128, 256, 512)
 
 
@@ -170,7 +172,7 @@ def main() -> int:
     text = section(res)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
+        write_text(args.json, json.dumps(res, indent=1))
     if args.markdown:
         replace_section(args.markdown, "gpu_check", text)
     return 0

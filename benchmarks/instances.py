@@ -39,6 +39,7 @@ from _common import replace_section
 from scipy import ndimage
 
 from unetseg.data import find_cases, split_cases
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
 from unetseg.io.images import read_mask, stem_of
 from unetseg.metrics.instances import instance_metrics
 
@@ -92,7 +93,7 @@ def unetseg(kind: str, folders: dict[str, Path], work: Path, minutes: float) -> 
     task = [] if kind == "semantic" else ["--task", "instances"]
     if kind == "instances_distance":  # train has no option for the target: a one-line recipe gives it
         recipe = work / "instances_distance.yaml"
-        recipe.write_text("data: {task: instances, instance_target: distance}\n")
+        write_text(recipe, "data: {task: instances, instance_target: distance}\n")
         task += ["--config", str(recipe)]
     run(
         [
@@ -240,7 +241,7 @@ def main() -> None:
                 if isinstance(pred, str)
                 else {"pred": str(pred), "scores": score(pred, stems, semantic=tool == "semantic")}
             )
-            record.write_text(json.dumps(info, indent=1))
+            write_text(record, json.dumps(info, indent=1))
         elif record.is_file():
             info = json.loads(record.read_text())
         else:

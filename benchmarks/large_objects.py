@@ -43,6 +43,8 @@ import numpy as np
 import real_data
 from _common import cpu_model
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "datasets"
@@ -230,7 +232,7 @@ def write_section(text: str) -> None:
     block = f"{start}\n{text}\n{end}"
     new = (old[: old.index(start)] + block + old[old.index(end) + len(end):] if start in old and end in old
            else old.rstrip("\n") + "\n\n" + block + "\n")
-    md.write_text(new)
+    write_text(md, new)
 
 
 def main() -> None:
@@ -263,7 +265,7 @@ def main() -> None:
                 results.setdefault(name, {}).setdefault(tool, {})[key] = info
                 notes["machine"] = machine()
                 notes["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-                RESULTS.write_text(json.dumps({"results": results, "notes": notes}, indent=1))
+                write_text(RESULTS, json.dumps({"results": results, "notes": notes}, indent=1))
                 print(f"{name} {tool} {key} min: Dice {info['dice']:.4f} IoU {info['iou']:.4f}", flush=True)
     if not args.no_write:
         draw(results)

@@ -45,6 +45,7 @@ import numpy as np
 
 from unetseg.config import Config, apply_overrides, load_yaml
 from unetseg.data import ClassMap, find_cases, split_cases
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
 from unetseg.io.images import list_images, read_mask, stem_of
 from unetseg.metrics import dice, instances_from_membranes, iou, pixel_error, rand_error
 
@@ -280,7 +281,7 @@ def write_section(md: Path, name: str, text: str) -> None:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
-    md.write_text(new)
+    write_text(md, new)
 
 
 def main() -> None:
@@ -317,7 +318,7 @@ def main() -> None:
             original = info.get("pred_values") == "original"
             info["scores"] = score(Path(info["pred"]), val_cases, values, args.name, data, original=original,
                                    flat=info.get("flat_values"))
-            record.write_text(json.dumps(info, indent=2))
+            write_text(record, json.dumps(info, indent=2))
         elif record.is_file():
             info = json.loads(record.read_text())
         else:

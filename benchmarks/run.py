@@ -32,6 +32,8 @@ from _common import machine_facts, run_child
 from _contestants import TRAIN_ROWS
 from _report import fastpath_table, sliding_table, train_table
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- run.py:start -->", "<!-- run.py:end -->"
 
@@ -242,7 +244,7 @@ def write_section(path: Path, text: str) -> None:
         new = before + text + rest.split(END, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
+    write_text(path, new)
 
 
 def main() -> None:

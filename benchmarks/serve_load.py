@@ -38,6 +38,8 @@ import httpx
 import numpy as np
 from _common import machine_facts, replace_section
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "benchmark-token-" + "0123456789abcdef"
 CLIENTS = (1, 4, 16)
@@ -118,7 +120,7 @@ class Server:
 
 def start_server(checkpoint: Path, work: Path, options: list[str]) -> Server:
     token = work / "token"
-    token.write_text(TOKEN + "\n")
+    write_text(token, TOKEN + "\n")
     token.chmod(0o600)
     cmd = [sys.executable, "-m", "unetseg", "serve", "--checkpoint", str(checkpoint), "--port", "0",
            "--token-file", str(token), "--log-level", "warning", *options]
@@ -326,7 +328,7 @@ def main() -> None:
     res["errors"] = (sum(r["5xx"] for r in res["throughput"]) + res["bad"]["good_5xx"] + res["memory"]["5xx"]
                      + sum(n for a in res["bad"]["answers"].values() for s, n in a.items() if s >= 500))
     res["tracebacks"] = sum("Traceback" in line for line in server.stderr)
-    (args.work / "results_serve.json").write_text(json.dumps(res, indent=1))
+    write_text(args.work / "results_serve.json", json.dumps(res, indent=1))
     text = section(res)
     print(text)
     if not args.no_write:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from _common import machine_facts, replace_section
 
+from unetseg.fileio import write_text  # atomic: temp, fsync, replace
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 2048
 
@@ -242,7 +244,7 @@ def main() -> None:
             continue
         res = (run_slides(args.work, args.sizes, args.glass_side) if part == "slides"
                else run_volumes(args.work, args.sides3d))
-        (args.work / f"results_{part}.json").write_text(json.dumps(res, indent=1))
+        write_text(args.work / f"results_{part}.json", json.dumps(res, indent=1))
         text = section(res, volumes=part == "volumes")
         print(text)
         if not args.no_write:

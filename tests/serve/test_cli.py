@@ -75,9 +75,11 @@ def _healthy(client: httpx.Client) -> bool:
 
 
 def _accepts(url: str) -> bool:
+    """Answered, not refused: a connection the kernel queued while the listener closed is reset or closed
+    unanswered, which is not being accepted either."""
     try:
         httpx.get(f"{url}/health", timeout=5)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
         return False
     return True
 
