@@ -44,6 +44,7 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 STAGE1 = "stage1"  # a cascade's first stage: a sub-folder of the checkpoint, or an export's ".stage1" twin
 STATE_KEYS = ("optimizer", "scaler", "epoch", "step", "best", "stale", "minutes", "rng")
 FOLDS_FILE = "folds.json"  # a K-fold run's record (RUN/fold_<k>/ hold its folds' runs)
+CALIBRATION_FILE = "calibration.json"  # a K-fold run's ensemble temperature, fitted by `unetseg calibrate`
 
 
 def package_version() -> str:
@@ -254,6 +255,31 @@ def pooled_choices(run: str | Path) -> PooledChoices:
                              None if steps is None else [PostprocessStep(**s) for s in steps])
     except (OSError, ValueError, AttributeError, TypeError):
         raise CheckpointError(f"{path}: damaged or unreadable K-fold record") from None
+
+
+@dataclass(frozen=True)
+class EnsembleCalibration:
+    """``RUN/calibration.json``: the temperature that divides the log of the mean probabilities of the
+    ensemble of ``folds``, fitted on a labelled set no fold saw (``unetseg calibrate``)."""
+
+    temperature: float
+    folds: tuple[int, ...]
+
+
+def ensemble_calibration(run: str | Path) -> EnsembleCalibration | None:
+    """A K-fold run's :class:`EnsembleCalibration` (None when it has none)."""
+    path = Path(run) / CALIBRATION_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        temperature, folds = float(record["temperature"]), tuple(int(k) for k in record["folds"])
+        if not (math.isfinite(temperature) and temperature > 0) or len(folds) < 2:
+            raise ValueError(temperature)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path}: damaged or unreadable calibration record (unetseg calibrate "
+                              "--overwrite fits it again)") from None
+    return EnsembleCalibration(temperature, folds)
 
 
 def parse_config(text: str, source: str) -> Config:

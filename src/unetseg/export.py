@@ -42,13 +42,18 @@ from unetseg.checkpoint import (
     fold_checkpoints,
     is_fold_run,
     load_checkpoint,
-    pooled_choices,
     stage1_of,
 )
 from unetseg.config import Config, config_from_dict
 from unetseg.errors import ConfigError, UnetsegError, first_line
 from unetseg.fileio import OutputGuard, ensure_dir, record_written, temp_path
-from unetseg.inference.engines import OnnxEngine, ensemble_config, load_torchscript, mean_log_probs, scaled
+from unetseg.inference.engines import (
+    OnnxEngine,
+    load_torchscript,
+    mean_log_probs,
+    run_ensemble_config,
+    scaled,
+)
 from unetseg.models.sizes import same_padding
 
 if TYPE_CHECKING:
@@ -149,8 +154,7 @@ def load_model(checkpoint: str | Path, folds: list[int] | tuple[int, ...] | None
         return load_checkpoint(checkpoint, "cpu")
     members = fold_checkpoints(checkpoint, folds)
     loaded = [load_checkpoint(path, "cpu") for _, path in members]
-    config, temperatures = ensemble_config([c for _, c in loaded], [p for _, p in members],
-                                           pooled_choices(checkpoint))
+    config, temperatures = run_ensemble_config(checkpoint, members, [c for _, c in loaded])
     models = [m for m, _ in loaded]
     if len(models) == 1:
         return models[0], config

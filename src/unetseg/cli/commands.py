@@ -290,6 +290,27 @@ def evaluate(
 
 @app.command()
 @user_errors
+def calibrate(
+    checkpoint: Annotated[Path, Opt(help="a K-fold run folder (train --folds K)")],
+    data: Annotated[Path, Opt(help="labelled images no fold saw: a folder with images/ and masks/")],
+    folds: Annotated[str | None, Opt(
+        help="the ensemble of these folds only, e.g. 0,2 (default: all); predict with the same")] = None,
+    tta: Annotated[bool | None, Opt(
+        "--tta/--no-tta", help="as the ensemble will predict (default: the run's own setting)")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, Opt(help=_one_of("train", "precision"))] = "auto",
+    skip_bad: Annotated[bool, Opt("--skip-bad", help="report bad pairs and go on")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="fit again over RUN/calibration.json")] = False,
+) -> None:
+    """Fit a K-fold ensemble's temperature on held-out labelled images (RUN/calibration.json)."""
+    from unetseg.evaluation.calibrate import calibrate as run_calibrate
+
+    run_calibrate(checkpoint, data, folds=fold_option(folds), tta=tta, device=device, precision=precision,
+                  skip_bad=skip_bad, overwrite=overwrite)
+
+
+@app.command()
+@user_errors
 def predict(
     checkpoint: Annotated[Path, Opt(help="checkpoint or run folder (-> best/), .onnx or bioimage.io .zip")],
     input: Annotated[Path, Opt(help="an image file, an OME-Zarr store or a folder of images")],

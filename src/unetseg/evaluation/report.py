@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from unetseg.checkpoint import CONFIG_FILE, FOLDS_FILE, find_checkpoint, is_fold_run
+from unetseg.checkpoint import CALIBRATION_FILE, CONFIG_FILE, FOLDS_FILE, find_checkpoint, is_fold_run
 from unetseg.errors import CheckpointError
 from unetseg.evaluation.result import EvaluationResult, ImageResult, mean_sd
 from unetseg.fileio import printable, write_text
@@ -152,6 +152,18 @@ def _fold_run_sections(run: Path) -> list[str]:
         parts.append(cv_section(json.loads((run / "cv.json").read_bytes().decode("utf-8", "replace"))))
     except (OSError, ValueError, KeyError, TypeError):
         parts.append("<h2>Cross-validation</h2><p>not finished (no readable cv.json in the run)</p>")
+    try:
+        fitted = json.loads((run / CALIBRATION_FILE).read_bytes().decode("utf-8", "replace"))
+        fit = fitted["fit"]
+        kept = (f"temperature <b>{_num(fitted['temperature'], '.3g')}</b>, calibration error "
+                f"{_num(fit['ece_before'])} &rarr; {_num(fit['ece_after'])}" if not fit["temperature_note"]
+                else f"temperature 1: the fit ({_num(fit['temperature_fitted'], '.3g')}) was "
+                     f"{_esc(fit['temperature_note'])}")
+        parts.append(f'<h2>Ensemble calibration</h2><p id="ensemble-calibration">folds '
+                     f"{_esc(','.join(map(str, fitted['folds'])))}, fitted on {fit['images']} image(s) of "
+                     f"{_esc(fitted['data'])} that no fold saw: {kept}.</p>")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not calibrated (unetseg calibrate), or a record the run refuses when it loads
     try:
         record = json.loads((run / FOLDS_FILE).read_bytes().decode("utf-8", "replace"))
         parts.append(f"<h2>Run configuration</h2><pre>{_esc(json.dumps(record['config'], indent=2))}</pre>")

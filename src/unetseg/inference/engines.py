@@ -36,6 +36,7 @@ from unetseg.checkpoint import (
     TORCHSCRIPT_SUFFIXES,
     PooledChoices,
     check_weights,
+    ensemble_calibration,
     fold_checkpoints,
     is_fold_run,
     load_checkpoint,
@@ -374,6 +375,17 @@ def ensemble_config(configs: list[Config], paths: list[Path], pooled: PooledChoi
     return config, temperatures
 
 
+def run_ensemble_config(run: str | Path, members: list[tuple[int, Path]], configs: list[Config]
+                        ) -> tuple[Config, list[float]]:
+    """:func:`ensemble_config` of a K-fold run's ``(fold, checkpoint)`` members with the run's pooled
+    choices and, for exactly these folds, the temperature ``unetseg calibrate`` fitted on the ensemble."""
+    config, temperatures = ensemble_config(configs, [p for _, p in members], pooled_choices(run))
+    fitted = ensemble_calibration(run) if len(members) > 1 else None
+    if fitted is not None and fitted.folds == tuple(k for k, _ in members):
+        config.infer.temperature = fitted.temperature  # divides log(mean p): the ensemble's logits
+    return config, temperatures
+
+
 def consensus_postprocess(chosen: list[list[PostprocessStep]]) -> list[PostprocessStep]:
     """An ensemble's post-processing from its members' (each chosen on the fold it did not see): a step
     every member chose (same classes and operation), with the median of their sizes and the mean of their
@@ -398,8 +410,7 @@ def load_ensemble(run: str | Path, folds: list[int] | tuple[int, ...] | None, de
     own engine)."""
     members = fold_checkpoints(run, folds)
     loaded = [_load_one(path, device, precision, False) for _, path in members]
-    config, temperatures = ensemble_config([c for _, c in loaded], [p for _, p in members],
-                                           pooled_choices(run))
+    config, temperatures = run_ensemble_config(run, members, [c for _, c in loaded])
     if len(loaded) == 1:
         return loaded[0][0], config
     return EnsembleEngine([e for e, _ in loaded], [k for k, _ in members], temperatures), config
