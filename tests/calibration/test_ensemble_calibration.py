@@ -124,3 +124,30 @@ def test_the_fit_divides_the_ensembles_logits_the_log_of_its_mean_probabilities(
     assert t > 1.5
     scaled = torch.softmax(logits / t, dim=1)
     assert float(scaled.max(dim=1).values.mean()) < float(mean.max(dim=1).values.mean())
+
+
+def test_the_benchmark_runs_on_a_cross_validation_work_folder(runs: tuple[Path, Path], tmp_path: Path
+                                                              ) -> None:
+    """``benchmarks/ensemble_calibration.py`` (imported by path) on the layout cross_validation.py leaves."""
+    import importlib.util
+
+    run, cal = runs
+    (tmp_path / "isbi2012" / "10min").mkdir(parents=True)
+    (tmp_path / "isbi2012" / "10min" / "cv").symlink_to(run)
+    (tmp_path / "isbi2012" / "split").mkdir()
+    (tmp_path / "isbi2012" / "split" / "test").symlink_to(cal)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ensemble_calibration.py"
+    spec = importlib.util.spec_from_file_location("ensemble_calibration_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = run / CALIBRATION_FILE
+    kept = record.read_bytes() if record.exists() else None
+    rows = module.main(["isbi2012", "--minutes", "10", "--work", str(tmp_path), "--no-markdown"])
+    assert [(r["calibrated_on"], r["measured_on"], r["cal_images"]) for r in rows] == [
+        ("A", "B", 2), ("B", "A", 2)]
+    for r in rows:  # the over-confident ensemble: better calibrated on the half it was not fitted on
+        assert r["temperature"] > 1.5 and r["test_ece_after"] < r["test_ece_before"]
+        assert abs(r["dice_after"] - r["dice_before"]) < 0.01
+    assert json.loads((tmp_path / "ensemble_calibration.json").read_text()) == rows
+    assert (record.read_bytes() if record.exists() else None) == kept  # it calibrates copies of the run

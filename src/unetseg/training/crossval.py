@@ -336,7 +336,8 @@ ENSEMBLE_TEMPERATURE_NOTE = (
     "out); the ensemble averages its members' probabilities at temperature 1: the mean of several models "
     "is less sure than each, and members softened by a single model's temperature made the ensemble "
     "under-confident on unseen video sequences (on images like the training ones it helped a little; "
-    "BENCHMARKS.md, cross-validation)")
+    "BENCHMARKS.md, cross-validation); `unetseg calibrate --data CAL` fits the ensemble's own temperature on "
+    "labelled images no fold saw")
 
 
 def _pooled_fit(cfg: Config, record: FoldRun, run: Path, log: RunLogger) -> dict[str, Any] | None:
