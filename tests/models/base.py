@@ -70,6 +70,14 @@ class ModelTester:
             assert p.grad is not None, f"{pname} received no gradient"
             assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
 
+    def test_every_convolution_comes_from_the_layer_factory(self, case):
+        """So each gets the CPU bf16 float32 fallback for tiny inputs (``layers.conv``)."""
+        from unetseg.models import layers
+
+        model = self.build(case[0], case[2])
+        convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+        assert convs and all(isinstance(m, layers.conv(case[0])) for m in convs)
+
     def test_eval_is_deterministic(self, case):
         dims, size, depth = case
         model = self.build(dims, depth, dropout=0.3).eval()  # dropout must switch off in eval

@@ -150,6 +150,50 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(cells_2d: Pa
     assert all(torch.equal(good[k], kept[k]) for k in good)
 
 
+def _nan_gradients(trainer, steps: int) -> None:
+    """The first ``steps`` backward passes give one weight a NaN gradient (as a faulty kernel did)."""
+    left = [steps]
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:
+        left[0] -= 1
+        return grad * float("nan") if left[0] >= 0 else grad
+
+    next(trainer.model.parameters()).register_hook(poison)
+
+
+def _trainer(cfg: Config):
+    from unetseg.training.distributed import DistInfo
+    from unetseg.training.run import open_run
+    from unetseg.training.trainer import Trainer
+
+    folder = open_run(Path(cfg.train.out), resume=False, overwrite=False, inputs=[], main=True)
+    return Trainer(cfg, torch.device("cpu"), DistInfo(), folder, resume=False, quiet=True)
+
+
+def test_a_step_with_nan_gradients_is_skipped_and_the_weights_stay_finite(cells_2d, tmp_path) -> None:
+    """A finite loss with NaN gradients (clipping spreads one NaN into every gradient): the step is skipped,
+    training goes on, and no NaN reaches the weights or the checkpoints."""
+    trainer = _trainer(tiny_config(cells_2d, tmp_path / "run", epochs=2))
+    _nan_gradients(trainer, 2)
+    run = trainer.fit()
+    assert trainer.step == 6
+    for folder in ("last", "best"):
+        weights = load_file(str(run / folder / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values())
+    log = (run / "log.txt").read_text()
+    assert log.count("step skipped, weights unchanged") == 2 and "at step 2 " in log
+
+
+def test_nan_gradients_step_after_step_stop_the_run(cells_2d: Path, tmp_path: Path) -> None:
+    from unetseg.training.trainer import MAX_BAD_GRAD_STEPS
+
+    trainer = _trainer(tiny_config(cells_2d, tmp_path / "run", epochs=4))
+    _nan_gradients(trainer, 100)
+    with pytest.raises(TrainingError, match=f"NaN/inf in {MAX_BAD_GRAD_STEPS} steps in a row up to step "
+                                            f"{MAX_BAD_GRAD_STEPS} "):
+        trainer.fit()
+
+
 def test_max_minutes_stops_cleanly_with_a_final_checkpoint(cells_2d: Path, tmp_path: Path) -> None:
     cfg = tiny_config(cells_2d, tmp_path / "run", epochs=10_000, max_minutes=0.05)
     run = train(cfg, quiet=True)

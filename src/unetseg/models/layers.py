@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import torch
 from torch import nn
 
 from unetseg.errors import ConfigError
@@ -45,9 +46,41 @@ def check_dims(spatial_dims: object) -> int:
     return int(spatial_dims)
 
 
+# An input axis this short sends a CPU autocast convolution's backward to float32 (see _TinyInFloat32).
+TINY_AXIS = 2
+
+
+class _TinyInFloat32:
+    """Mixin for a convolution: on CPU under autocast, with gradients on, an input with a spatial axis of at
+    most :data:`TINY_AXIS` is convolved in float32.
+
+    Measured with torch 2.13 (oneDNN) on AMD EPYC (AVX-512-bf16): the bf16 backward of such convolutions
+    returns wrong weight gradients, NaN in about half the calls (uninitialised memory), and sometimes
+    writes out of bounds ("corrupted size vs. prev_size"); one Conv3d on a 2-slice input made a 3D run
+    diverge on its first step. Axes of 3 and more, the forward pass and transposed convolutions were
+    right in every case (``tests/models/test_layers.py``). These tensors are the tiny deepest levels of a
+    network, so float32 costs nothing measurable; inference (no gradients) keeps bf16.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                and min(x.shape[2:]) <= TINY_AXIS):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())  # type: ignore[misc]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class Conv2d(_TinyInFloat32, nn.Conv2d):
+    """``nn.Conv2d`` (same weights and state dict), see :class:`_TinyInFloat32`."""
+
+
+class Conv3d(_TinyInFloat32, nn.Conv3d):
+    """``nn.Conv3d`` (same weights and state dict), see :class:`_TinyInFloat32`."""
+
+
 def conv(dims: int) -> type[nn.Module]:
-    """The convolution class for ``dims`` spatial dimensions (``nn.Conv2d`` / ``nn.Conv3d``)."""
-    return (nn.Conv2d, nn.Conv3d)[check_dims(dims) - 2]
+    """The convolution class for ``dims`` spatial dimensions (:class:`Conv2d` / :class:`Conv3d`)."""
+    return (Conv2d, Conv3d)[check_dims(dims) - 2]
 
 
 def conv_transpose(dims: int) -> type[nn.Module]:

@@ -51,6 +51,9 @@ from unetseg.training.trackers import open_trackers
 from unetseg.training.validation import Validator
 from unetseg.validate import check_axes
 
+# Non-finite gradients in this many steps in a row stop the run (fewer are skipped one by one).
+MAX_BAD_GRAD_STEPS = 5
+
 
 @dataclass(frozen=True)
 class Start:
@@ -140,6 +143,7 @@ class Trainer:
         )
         self._build(cfg, device, info)
         self.epoch, self.step, self.best, self.stale, self.minutes_before = 0, 0, -1.0, 0, 0.0
+        self.bad_grads = 0  # steps in a row whose gradients were not finite (skipped)
         self.batch_in_epoch, self.save_seconds, self.val_minutes = 0, 0.0, 0.0
         self.last_score: float | None = None  # the latest validation's score
         self.minutes_done = 0.0  # the clock when fit() returned
@@ -302,10 +306,29 @@ class Trainer:
         if self.cfg.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
+        if self.scaler.is_enabled() or self._finite_grads(lr):
+            self.scaler.step(self.optimizer)  # fp16's scaler skips non-finite steps itself
         self.scaler.update()
         self.step += 1
         return value
+
+    def _finite_grads(self, lr: float) -> bool:
+        """Whether this step's gradients are finite; a non-finite one is skipped (weights unchanged) so one
+        bad backward (a kernel fault, a freak batch) cannot put NaN into every weight, and a run that keeps
+        making them stops like a NaN loss. DDP ranks hold the same reduced gradients and so agree."""
+        norms = [torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None]
+        if not norms or bool(torch.isfinite(torch.stack(norms).sum())):
+            self.bad_grads = 0
+            return True
+        self.bad_grads += 1
+        where = f"step {self.step + 1} (epoch {self.epoch + 1}, lr {lr:.3g})"
+        if self.bad_grads >= MAX_BAD_GRAD_STEPS:
+            raise TrainingError(
+                f"gradients were NaN/inf in {self.bad_grads} steps in a row up to {where}; the last good "
+                f"checkpoint is {self.run / 'last'}; try a lower --lr or --precision fp32"
+            )
+        self.log.log(f"gradients were NaN/inf at {where}: step skipped, weights unchanged")
+        return False
 
     def fit(self) -> Path:
         cfg, log = self.cfg, self.log
