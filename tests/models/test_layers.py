@@ -83,6 +83,9 @@ def test_the_float32_fallback_is_only_for_tiny_axes_under_gradients(dims):
         with torch.inference_mode():
             assert conv(torch.randn(1, 4, *([2] * dims))).dtype == torch.bfloat16
     assert conv(torch.randn(1, 4, *([2] * dims))).dtype == torch.float32  # no autocast: as torch does
+    conv.to(torch.bfloat16)  # no float32 master weights: nothing to fall back to, and no dtype clash
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(torch.randn(1, 4, *([2] * dims))).dtype == torch.bfloat16
 
 
 def test_activations():

@@ -58,13 +58,16 @@ class _TinyInFloat32:
     returns wrong weight gradients, NaN in about half the calls (uninitialised memory), and sometimes
     writes out of bounds ("corrupted size vs. prev_size"); one Conv3d on a 2-slice input made a 3D run
     diverge on its first step. Axes of 3 and more, the forward pass and transposed convolutions were
-    right in every case (``tests/models/test_layers.py``). These tensors are the tiny deepest levels of a
-    network, so float32 costs nothing measurable; inference (no gradients) keeps bf16.
+    right in every case (``tests/models/test_layers.py``). Such inputs are a network's tiny deepest levels:
+    float32 there costs 2-15% of a step (``benchmarks/tiny_axis.py``), and the planner, which keeps 4-8
+    voxels per axis at the coarsest level, does not meet it. Inference (no gradients) keeps bf16; weights
+    already in bf16 (no float32 master copy) are left as they are.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight: torch.Tensor = self.weight  # type: ignore[attr-defined]
         if (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
-                and min(x.shape[2:]) <= TINY_AXIS):
+                and weight.dtype == torch.float32 and min(x.shape[2:]) <= TINY_AXIS):
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())  # type: ignore[misc]
         return super().forward(x)  # type: ignore[misc]
