@@ -170,10 +170,12 @@ def _trainer(cfg: Config):
     return Trainer(cfg, torch.device("cpu"), DistInfo(), folder, resume=False, quiet=True)
 
 
-def test_a_step_with_nan_gradients_is_skipped_and_the_weights_stay_finite(cells_2d, tmp_path) -> None:
+@pytest.mark.parametrize("grad_clip", [12.0, None])
+def test_a_step_with_nan_gradients_is_skipped_and_the_weights_stay_finite(cells_2d, tmp_path, grad_clip):
     """A finite loss with NaN gradients (clipping spreads one NaN into every gradient): the step is skipped,
-    training goes on, and no NaN reaches the weights or the checkpoints."""
-    trainer = _trainer(tiny_config(cells_2d, tmp_path / "run", epochs=2))
+    training goes on, and no NaN reaches the weights or the checkpoints; with and without clipping (whose
+    norm the check reuses)."""
+    trainer = _trainer(tiny_config(cells_2d, tmp_path / "run", epochs=2, grad_clip=grad_clip))
     _nan_gradients(trainer, 2)
     run = trainer.fit()
     assert trainer.step == 6

@@ -303,21 +303,24 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.frozen.active(minutes, self.deadline, self.step, self.total_steps):
             self.frozen.hold()
+        norm = None
         if self.cfg.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        if self.scaler.is_enabled() or self._finite_grads(lr):
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        if self.scaler.is_enabled() or self._finite_grads(lr, norm):
             self.scaler.step(self.optimizer)  # fp16's scaler skips non-finite steps itself
         self.scaler.update()
         self.step += 1
         return value
 
-    def _finite_grads(self, lr: float) -> bool:
+    def _finite_grads(self, lr: float, norm: torch.Tensor | None) -> bool:
         """Whether this step's gradients are finite; a non-finite one is skipped (weights unchanged) so one
         bad backward (a kernel fault, a freak batch) cannot put NaN into every weight, and a run that keeps
         making them stops like a NaN loss. DDP ranks hold the same reduced gradients and so agree."""
-        norms = [torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None]
-        if not norms or bool(torch.isfinite(torch.stack(norms).sum())):
+        if norm is None:  # clipping computed it already when on
+            grads = [torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None]
+            norm = torch.stack(grads).sum() if grads else torch.zeros(())
+        if bool(torch.isfinite(norm)):
             self.bad_grads = 0
             return True
         self.bad_grads += 1
