@@ -55,13 +55,13 @@ class _TinyInFloat32:
     most :data:`TINY_AXIS` is convolved in float32.
 
     Measured with torch 2.13 (oneDNN) on AMD EPYC (AVX-512-bf16): the bf16 backward of such convolutions
-    returns wrong weight gradients, NaN in about half the calls (uninitialised memory), and sometimes
-    writes out of bounds ("corrupted size vs. prev_size"); one Conv3d on a 2-slice input made a 3D run
-    diverge on its first step. Axes of 3 and more, the forward pass and transposed convolutions were
-    right in every case (``tests/models/test_layers.py``). Such inputs are a network's tiny deepest levels:
-    float32 there costs 2-15% of a step (``benchmarks/tiny_axis.py``), and the planner, which keeps 4-8
-    voxels per axis at the coarsest level, does not meet it. Inference (no gradients) keeps bf16; weights
-    already in bf16 (no float32 master copy) are left as they are.
+    returns wrong weight gradients, often NaN (uninitialised memory), and sometimes writes out of bounds
+    ("corrupted size vs. prev_size"); one Conv3d on a 2-slice input made a 3D run diverge on its first
+    step. Axes of 3 and more, the forward pass and transposed convolutions were right in every case
+    (``tests/models/test_layers.py``). Such inputs are a network's tiny deepest levels: float32 there costs
+    2-15% of a step (``benchmarks/tiny_axis.py``), and planned networks keep 4-8 voxels per axis at the
+    coarsest level, so mostly hand-set depths meet it. Inference (no gradients) keeps bf16; weights already
+    in bf16 (no float32 master copy) are left as they are.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
